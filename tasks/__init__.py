@@ -1,0 +1,1 @@
+"""chatq: session-keyed chat jobs on Celery + Redis (producer side and shared stores)."""

@@ -1,0 +1,195 @@
+"""``chatq``: the command line. JSON on stdout for machines, errors on stderr with exit 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from .errors import ChatQError
+
+
+def _client():
+    from .client import ChatClient
+
+    return ChatClient()
+
+
+def _print(obj: Any) -> None:
+    if hasattr(obj, "model_dump_json"):
+        click.echo(obj.model_dump_json(indent=2))
+    else:
+        click.echo(json.dumps(obj, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Turns chatq's own errors into one readable line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChatQError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+def cli() -> None:
+    """chatq: session-ordered chat jobs for LLM agents on Celery + Redis."""
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=int, help="Threads (LLM calls in flight); default CHATQ_CONCURRENCY=200.")
+@click.option("--queues", "-Q", help="Comma-separated queues; default CHATQ_QUEUE.")
+@click.option("--loglevel", "-l", default="INFO")
+def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
+    """Start a worker (threads pool, sized for I/O-bound LLM calls)."""
+    if concurrency:
+        os.environ["CHATQ_CONCURRENCY"] = str(concurrency)
+    from .settings import get_settings
+
+    settings = get_settings()
+    from worker.tools import ToolImportError
+
+    try:
+        from worker.runner import get_runner
+
+        runner = get_runner()
+    except (ToolImportError, ChatQError) as exc:
+        click.echo(f"error: worker cannot start: {exc}", err=True)
+        sys.exit(2)
+    runner.register_agents()
+    from worker.sweeper import Sweeper
+
+    from .celery_app import RUN_SESSION, app
+
+    def wake(sid: str) -> None:
+        app.send_task(RUN_SESSION, args=[sid], queue=settings.queue)
+
+    Sweeper(runner.r, runner.keys, runner.queue, wake, settings.sweep_interval).start()
+    click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
+               f"model {'embedded offline' if settings.offline else settings.model}", err=True)
+    app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", str(settings.concurrency),
+        "-Q", queues or settings.queue, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        "-n", f"chatq-{os.getpid()}@%h",
+    ])
+
+
+@cli.command()
+@click.argument("message")
+@click.option("--session", "session_id", help="Session ID; created on first use. Omit for a new one.")
+@click.option("--agent")
+@click.option("--idempotency-key")
+@click.option("--metadata", help="A JSON object stored with the turn.")
+@click.option("--on-busy", type=click.Choice(["enqueue", "reject"]), default="enqueue")
+def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
+           metadata: str | None, on_busy: str) -> None:
+    """Queue a message; prints the job without waiting."""
+    _print(_client().submit(message, session_id, agent, idempotency_key, _metadata(metadata), on_busy))
+
+
+def _metadata(raw: str | None) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        from .errors import InvalidRequest
+
+        raise InvalidRequest(f"--metadata is not valid JSON: {exc}") from exc
+
+
+@cli.command()
+@click.argument("job_id")
+def get(job_id: str) -> None:
+    """Print a job."""
+    job = _client().get(job_id)
+    if job is None:
+        from .errors import JobNotFound
+
+        raise JobNotFound(f"unknown or expired job: {job_id}")
+    _print(job)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, help="Seconds; exit 1 if the job is still unfinished.")
+def wait(job_id: str, timeout: float | None) -> None:
+    """Block until a job finishes, then print it."""
+    _print(_client().wait(job_id, timeout))
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a queued job; the session's later messages go on."""
+    _print(_client().cancel(job_id))
+
+
+@cli.command()
+@click.argument("message")
+@click.option("--session", "session_id")
+@click.option("--agent")
+@click.option("--timeout", type=float, default=300)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole job instead of the reply.")
+def chat(message: str, session_id: str | None, agent: str | None, timeout: float, as_json: bool) -> None:
+    """Submit and wait; prints the reply."""
+    job = _client().chat(message, session_id, agent, timeout=timeout)
+    if as_json:
+        _print(job)
+    elif job.status == "succeeded" and job.result:
+        click.echo(job.result.content or "")
+        click.echo(f"[session {job.session_id}]", err=True)
+    else:
+        click.echo(f"error: job {job.job_id} {job.status.value}: {job.error.message if job.error else ''}", err=True)
+        sys.exit(1)
+
+
+@cli.group()
+def sessions() -> None:
+    """List, show and delete sessions."""
+
+
+@sessions.command("list")
+def sessions_list() -> None:
+    _print(_client().list_sessions())
+
+
+@sessions.command("show")
+@click.argument("session_id")
+def sessions_show(session_id: str) -> None:
+    session = _client().get_session(session_id)
+    if session is None:
+        click.echo(f"error: unknown session: {session_id}", err=True)
+        sys.exit(1)
+    _print(session)
+
+
+@sessions.command("delete")
+@click.argument("session_id")
+def sessions_delete(session_id: str) -> None:
+    if not _client().delete_session(session_id):
+        click.echo(f"error: unknown session: {session_id}", err=True)
+        sys.exit(1)
+    _print({"deleted": session_id})
+
+
+@cli.command()
+@click.option("--no-worker", is_flag=True, help="Use the workers already running instead of starting one.")
+def demo(no_worker: bool) -> None:
+    """Submit a few messages to two sessions without waiting, poll them, print the replies."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(start_worker=not no_worker))
+
+
+def main() -> None:
+    cli(prog_name="chatq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The producer's API: submit chat jobs, poll or wait for them, manage sessions.
+
+Validation happens here, before anything is written, so bad input never leaves a half-made job
+or session behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+from celery import Celery
+
+from .agent_profiles import load_profiles
+from .celery_app import RUN_SESSION, make_app
+from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
+from .job_store import JobStore, encode_job
+from .keys import Keys
+from .models import Job, Session
+from .redis_pool import get_redis
+from .session_queue import SessionQueue
+from .session_store import SessionStore
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_apps: dict[tuple[str, str], Celery] = {}
+
+
+def new_id() -> str:
+    """Unguessable: 122 random bits."""
+    return uuid.uuid4().hex
+
+
+def validate_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+        raise InvalidRequest(
+            f"malformed session ID {session_id!r}: use 1-128 characters of letters, digits and ._:@- "
+            "starting with a letter or digit"
+        )
+    return session_id
+
+
+class ChatClient:
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
+        base = settings or get_settings()
+        self.settings = base.model_copy(update={"redis_url": redis_url}) if redis_url else base
+        s = self.settings
+        self.r = get_redis(s.redis_url)
+        self.keys = Keys(s.namespace)
+        self.jobs = JobStore(self.r, self.keys)
+        self.sessions = SessionStore(self.r, self.keys)
+        self.queue = SessionQueue(self.r, self.keys, s.result_ttl)
+        self._local_agents = set(load_profiles(s))
+        self._fleet_agents: tuple[float, set[str]] = (0.0, set())
+
+    @property
+    def app(self) -> Celery:
+        key = (self.settings.broker, self.settings.queue)
+        if key not in _apps:
+            _apps[key] = make_app(self.settings)
+        return _apps[key]
+
+    def known_agents(self) -> set[str]:
+        fetched_at, fleet = self._fleet_agents
+        if time.monotonic() - fetched_at > 5:
+            fleet = set(self.r.smembers(self.keys.agents))
+            self._fleet_agents = (time.monotonic(), fleet)
+        return self._local_agents | fleet
+
+    def build_job(
+        self,
+        message: str,
+        session_id: str | None = None,
+        agent: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        batch_id: str | None = None,
+    ) -> Job:
+        """Validate a request into a queued Job, or raise InvalidRequest. Writes nothing."""
+        s = self.settings
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidRequest("message is empty")
+        if len(message) > s.max_message_chars:
+            raise InvalidRequest(f"message is {len(message)} characters; the limit is {s.max_message_chars}")
+        session_id = new_id() if session_id is None else validate_session_id(session_id)
+        agent = agent or "default"
+        if agent not in self.known_agents():
+            raise InvalidRequest(f"unknown agent {agent!r}; known: {', '.join(sorted(self.known_agents()))}")
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and IDEMPOTENCY_KEY.match(idempotency_key)):
+            raise InvalidRequest("idempotency key must be 1-200 printable ASCII characters without spaces")
+        metadata = metadata or {}
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("metadata must be a JSON object")
+        try:
+            size = len(json.dumps(metadata))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"metadata is not JSON-serializable: {exc}") from exc
+        if size > s.max_metadata_bytes:
+            raise InvalidRequest(f"metadata is {size} bytes; the limit is {s.max_metadata_bytes}")
+        return Job(job_id=new_id(), session_id=session_id, agent=agent, message=message,
+                   metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id)
+
+    def submit(
+        self,
+        message: str,
+        session_id: str | None = None,
+        agent: str | None = None,
+        idempotency_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        on_busy: Literal["enqueue", "reject"] = "enqueue",
+    ) -> Job:
+        """Queue a message behind its session's earlier ones and return the job without waiting."""
+        if on_busy not in ("enqueue", "reject"):
+            raise InvalidRequest("on_busy must be 'enqueue' or 'reject'")
+        job = self.build_job(message, session_id, agent, idempotency_key, metadata)
+        outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key)
+        if outcome == "busy":
+            raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
+        if outcome == "existing":
+            existing = self.get(job_id)
+            if existing is None:
+                raise JobNotFound(f"idempotency key {idempotency_key!r} names job {job_id}, which has expired")
+            return existing
+        self.wake(job.session_id, job.job_id)
+        return job
+
+    def wake(self, session_id: str, job_id: str | None = None) -> None:
+        try:
+            self.app.send_task(RUN_SESSION, args=[session_id], kwargs={"job_id": job_id},
+                               queue=self.settings.queue)
+        except Exception:
+            # The job is safely queued in Redis; a worker's sweeper wakes the session later.
+            log.exception("could not publish the wake-up for session %s; the sweeper will", session_id)
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        return self.jobs.wait(job_id, timeout)
+
+    def chat(self, message: str, session_id: str | None = None, agent: str | None = None,
+             timeout: float | None = None, **kwargs: Any) -> Job:
+        return self.wait(self.submit(message, session_id, agent, **kwargs).job_id, timeout)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"unknown or expired job: {job_id}")
+        outcome = self.queue.cancel(job_id, job.session_id)
+        if outcome == "unknown":
+            raise JobNotFound(f"unknown or expired job: {job_id}")
+        if outcome != "cancelled":
+            raise NotCancellable(f"job {job_id} is {outcome}; only queued jobs can be cancelled")
+        return self.get(job_id) or job
+
+    def create_session(self, session_id: str | None = None) -> Session:
+        sid = new_id() if session_id is None else validate_session_id(session_id)
+        self.sessions.create(sid)
+        session = self.sessions.get(sid)
+        assert session is not None
+        return session
+
+    def get_session(self, session_id: str) -> Session | None:
+        return self.sessions.get(validate_session_id(session_id))
+
+    def list_sessions(self) -> list[str]:
+        return self.sessions.list()
+
+    def delete_session(self, session_id: str) -> bool:
+        deleted = self.sessions.delete(validate_session_id(session_id))
+        if deleted is None:
+            raise SessionBusy(f"session {session_id} has jobs queued or running; cancel or wait for them first")
+        return deleted

@@ -1,0 +1,25 @@
+"""Errors a producer sees at the door, before anything is enqueued."""
+
+
+class ChatQError(Exception):
+    """Base class: every error chatq raises on purpose."""
+
+
+class InvalidRequest(ChatQError, ValueError):
+    """Empty or oversized message, malformed session ID, bad metadata, unknown agent."""
+
+
+class SessionBusy(ChatQError):
+    """``on_busy="reject"`` and the session already has a job queued or running."""
+
+
+class JobNotFound(ChatQError, LookupError):
+    """Unknown or expired job ID."""
+
+
+class NotCancellable(ChatQError):
+    """The job already started or finished."""
+
+
+class WaitTimeout(ChatQError, TimeoutError):
+    """``wait`` gave up before the job finished."""

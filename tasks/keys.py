@@ -1,0 +1,52 @@
+"""Every Redis key chatq uses, in one place, under one namespace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    ns: str = "chatq"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def checkpoint(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:checkpoint"
+
+    def done_channel(self, job_id: str) -> str:
+        return f"{self.ns}:done:{job_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}"
+
+    def messages(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}:messages"
+
+    def queue(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}:queue"
+
+    def lease(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}:lease"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.ns}:idem:{key}"
+
+    @property
+    def sessions(self) -> str:
+        """ZSET of session IDs scored by creation time."""
+        return f"{self.ns}:sessions"
+
+    @property
+    def pending(self) -> str:
+        """ZSET of sessions with queued jobs, scored by their last wake-up (the sweeper's input)."""
+        return f"{self.ns}:pending"
+
+    @property
+    def agents(self) -> str:
+        return f"{self.ns}:agents"
+
+    @property
+    def sweep_lock(self) -> str:
+        return f"{self.ns}:sweep-lock"

@@ -1,0 +1,273 @@
+"""Per-session order in Redis: a FIFO of job IDs per session and a lease on its head.
+
+Celery only delivers wake-ups ("session S has work"); whoever holds a session's lease runs its
+queue head, one job at a time. Every transition is one Lua script, so a job's history append,
+its result and its removal from the queue commit together, fenced by the lease token: a worker
+that lost its lease can never append a turn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+from .keys import Keys
+from .models import JobError, Message, Usage, utcnow
+
+_SUBMIT = """
+-- KEYS: job, queue, pending, idem ; ARGV: job_id, session_id, on_busy, score, idem_ttl, fields...
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {'existing', existing} end
+end
+if ARGV[3] == 'reject' and redis.call('LLEN', KEYS[2]) > 0 then return {'busy', ''} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5]) end
+return {'created', ARGV[1]}
+"""
+
+_CANCEL = """
+-- KEYS: job, queue, pending ; ARGV: job_id, session_id, now, ttl, channel
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status ~= 'queued' then return status end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('LLEN', KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[2]) end
+redis.call('PUBLISH', ARGV[5], 'cancelled')
+return 'cancelled'
+"""
+
+_START = """
+-- KEYS: job, queue, lease, session, sessions, pending, checkpoint
+-- ARGV: token, job_id, now, max_attempts, ttl, session_id, score, channel, exhausted_error
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {'moved'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or (status ~= 'queued' and status ~= 'running') then
+  redis.call('LPOP', KEYS[2])
+  return {'skip'}
+end
+if redis.call('HSETNX', KEYS[4], 'created_at', ARGV[3]) == 1 then
+  redis.call('HSET', KEYS[4], 'updated_at', ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[3], 'error', ARGV[9])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('DEL', KEYS[7])
+  redis.call('LPOP', KEYS[2])
+  redis.call('PUBLISH', ARGV[8], 'failed')
+  return {'exhausted'}
+end
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'running')
+local checkpoint = redis.call('GET', KEYS[7]) or ''
+return {'run', checkpoint, unpack(redis.call('HGETALL', KEYS[1]))}
+"""
+
+_CHECKPOINT = """
+-- KEYS: lease, checkpoint ; ARGV: token, value
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+_COMMIT = """
+-- KEYS: job, queue, lease, session, messages, checkpoint, pending
+-- ARGV: token, job_id, now, ttl, status, result, error, prompt, completion, total, model,
+--       session_id, channel, messages...
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 'lost' end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return 'moved' end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'not-running' end
+if #ARGV > 13 then redis.call('RPUSH', KEYS[5], unpack(ARGV, 14)) end
+redis.call('HSET', KEYS[4], 'updated_at', ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'prompt_tokens', ARGV[8])
+redis.call('HINCRBY', KEYS[4], 'completion_tokens', ARGV[9])
+redis.call('HINCRBY', KEYS[4], 'total_tokens', ARGV[10])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[4], 'model', ARGV[11]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'finished_at', ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('DEL', KEYS[6])
+redis.call('LPOP', KEYS[2])
+redis.call('PUBLISH', ARGV[13], ARGV[5])
+return 'ok'
+"""
+
+_RELEASE = """
+-- KEYS: lease, queue, pending ; ARGV: token, session_id
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+_RENEW = """
+-- KEYS: leases... ; ARGV: ttl_ms, tokens... ; returns the indexes (1-based) of lost leases
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+_SWEEP = """
+-- KEYS: pending ; ARGV: now, older_than, limit, key_prefix
+local out = {}
+local sids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, sid in ipairs(sids) do
+  local base = ARGV[4] .. ':session:' .. sid
+  if redis.call('LLEN', base .. ':queue') == 0 then
+    redis.call('ZREM', KEYS[1], sid)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[1], sid)
+    if redis.call('EXISTS', base .. ':lease') == 0 then table.insert(out, sid) end
+  end
+end
+return out
+"""
+
+
+@dataclass
+class Started:
+    """What ``start`` hands the runner: the job's fields and its tool checkpoint, if any."""
+
+    outcome: str
+    fields: dict[str, str]
+    checkpoint: str
+
+
+def _iso(now: datetime) -> str:
+    return now.isoformat()
+
+
+class SessionQueue:
+    def __init__(self, r: redis.Redis, keys: Keys, result_ttl: int = 86400):
+        self.r = r
+        self.keys = keys
+        self.result_ttl = result_ttl
+        self._submit = r.register_script(_SUBMIT)
+        self._cancel = r.register_script(_CANCEL)
+        self._start = r.register_script(_START)
+        self._checkpoint = r.register_script(_CHECKPOINT)
+        self._commit = r.register_script(_COMMIT)
+        self._release = r.register_script(_RELEASE)
+        self._renew = r.register_script(_RENEW)
+        self._sweep = r.register_script(_SWEEP)
+
+    # producer side
+    def submit(
+        self,
+        job_id: str,
+        session_id: str,
+        fields: dict[str, str],
+        on_busy: str = "enqueue",
+        idempotency_key: str | None = None,
+        client: redis.Redis | None = None,
+    ) -> tuple[str, str]:
+        """Append a job to its session's FIFO. Returns (outcome, job_id): created/existing/busy."""
+        k = self.keys
+        now = utcnow()
+        flat = [x for pair in fields.items() for x in pair]
+        res = self._submit(
+            keys=[k.job(job_id), k.queue(session_id), k.pending,
+                  k.idempotency(idempotency_key) if idempotency_key else ""],
+            args=[job_id, session_id, on_busy, now.timestamp(), self.result_ttl, *flat],
+            client=client,
+        )
+        return res[0], res[1]
+
+    def cancel(self, job_id: str, session_id: str) -> str:
+        k = self.keys
+        return self._cancel(
+            keys=[k.job(job_id), k.queue(session_id), k.pending],
+            args=[job_id, session_id, _iso(utcnow()), self.result_ttl, k.done_channel(job_id)],
+        )
+
+    # worker side
+    def acquire(self, session_id: str, token: str, lease_ms: int) -> bool:
+        return bool(self.r.set(self.keys.lease(session_id), token, nx=True, px=lease_ms))
+
+    def head(self, session_id: str) -> str | None:
+        return self.r.lindex(self.keys.queue(session_id), 0)
+
+    def start(self, session_id: str, job_id: str, token: str, max_attempts: int) -> Started:
+        k = self.keys
+        now = utcnow()
+        error = JobError(
+            type="WorkerLost",
+            message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
+            retryable=False,
+        )
+        res = self._start(
+            keys=[k.job(job_id), k.queue(session_id), k.lease(session_id), k.session(session_id),
+                  k.sessions, k.pending, k.checkpoint(job_id)],
+            args=[token, job_id, _iso(now), max_attempts, self.result_ttl, session_id,
+                  now.timestamp(), k.done_channel(job_id), error.model_dump_json()],
+        )
+        if res[0] != "run":
+            return Started(res[0], {}, "")
+        fields = dict(zip(res[2::2], res[3::2]))
+        return Started("run", fields, res[1])
+
+    def save_checkpoint(self, session_id: str, job_id: str, token: str, value: str) -> bool:
+        return bool(self._checkpoint(
+            keys=[self.keys.lease(session_id), self.keys.checkpoint(job_id)], args=[token, value]
+        ))
+
+    def commit(
+        self,
+        session_id: str,
+        job_id: str,
+        token: str,
+        status: str,
+        messages: list[Message],
+        usage: Usage,
+        result_json: str = "",
+        error_json: str = "",
+    ) -> str:
+        k = self.keys
+        return self._commit(
+            keys=[k.job(job_id), k.queue(session_id), k.lease(session_id), k.session(session_id),
+                  k.messages(session_id), k.checkpoint(job_id), k.pending],
+            args=[token, job_id, _iso(utcnow()), self.result_ttl, status, result_json, error_json,
+                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
+                  session_id, k.done_channel(job_id), *(m.model_dump_json() for m in messages)],
+        )
+
+    def release(self, session_id: str, token: str) -> int:
+        """1 released, 0 more work queued (keep draining), -1 the lease was lost."""
+        k = self.keys
+        return int(self._release(keys=[k.lease(session_id), k.queue(session_id), k.pending],
+                                 args=[token, session_id]))
+
+    def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:
+        """Extend held leases; returns the lease keys found lost."""
+        if not leases:
+            return []
+        lost = self._renew(keys=[key for key, _ in leases], args=[lease_ms, *(t for _, t in leases)])
+        return [leases[i - 1][0] for i in lost]
+
+    def sweep(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Sessions with queued work, no lease and no recent wake-up: they need a new wake-up."""
+        now = utcnow().timestamp()
+        return self._sweep(keys=[self.keys.pending],
+                           args=[now, now - older_than_s, limit, self.keys.ns])
+
+    def encode_checkpoint(self, messages: list[Message], usage: Usage) -> str:
+        return json.dumps({"messages": [m.model_dump(mode="json") for m in messages],
+                           "usage": usage.model_dump(mode="json")})

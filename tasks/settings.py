@@ -1,0 +1,62 @@
+"""Configuration from the environment (prefix ``CHATQ_``, plus the SDK's own ``OPENAI_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATQ_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(None, description="Defaults to redis_url; amqp:// works too.")
+    namespace: str = Field("chatq", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    queue: str = "chatq"
+
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATQ_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATQ_OPENAI_BASE_URL")
+    )
+    model: str = "gpt-4o-mini"
+    system_prompt: str | None = None
+    default_tools: list[str] = Field(
+        default_factory=lambda: [f"worker.builtin_tools:{t}" for t in ("add", "multiply", "now_utc")],
+        description="Tools of the default agent when the agents file does not define one.",
+    )
+    agents_file: Path | None = None
+    rpm: int | None = Field(None, ge=1, description="Default agent's requests-per-minute limit.")
+    tpm: int | None = Field(None, ge=1, description="Default agent's tokens-per-minute limit.")
+
+    concurrency: int = Field(200, ge=1, description="Threads per worker: LLM calls in flight.")
+    result_ttl: int = Field(86400, ge=1, description="Seconds a finished job stays pollable.")
+    lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
+    sweep_interval: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="Runs of a job whose workers keep dying.")
+    visibility_timeout: int = Field(3600, ge=1)
+
+    max_message_chars: int = Field(32_000, ge=1)
+    max_metadata_bytes: int = Field(16_384, ge=2)
+
+    provider_timeout: float = Field(120.0, gt=0)
+    provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts.")
+    provider_backoff_max: float = Field(60.0, gt=0)
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def offline(self) -> bool:
+        """No key and no base URL: run the embedded offline model."""
+        return self.openai_api_key is None and not self.openai_base_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

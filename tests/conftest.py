@@ -1,0 +1,134 @@
+"""Fixtures: real Redis, the project's OpenAI-compatible test server, real `chatq worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tasks.client import ChatClient
+from tasks.settings import Settings
+from worker.testserver import TestServer
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("CHATQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+BROKER_URL = os.environ.get("CHATQ_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_up() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.ConnectionError as exc:
+        pytest.exit(f"Redis is not answering at {REDIS_URL}: {exc} (run .ci/ensure-redis)", 2)
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[TestServer]:
+    with TestServer() as server:
+        yield server
+
+
+class Fleet:
+    """A namespace, a queue and the worker processes serving them."""
+
+    def __init__(self, tmp: Path, base_url: str | None, **settings: str):
+        tag = uuid.uuid4().hex[:8]
+        self.env = {
+            **os.environ,
+            "CHATQ_REDIS_URL": REDIS_URL,
+            "CHATQ_BROKER_URL": BROKER_URL,
+            "CHATQ_NAMESPACE": f"t{tag}",
+            "CHATQ_QUEUE": f"t{tag}",
+            "CHATQ_LEASE_SECONDS": "2",
+            "CHATQ_SWEEP_INTERVAL": "0.5",
+            "CHATQ_PROVIDER_BACKOFF_MAX": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            self.env.pop(k, None)
+        if base_url:
+            self.env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="test-key")
+        self.env.update({f"CHATQ_{k.upper()}": str(v) for k, v in settings.items()})
+        self.tmp = tmp
+        self.workers: list[subprocess.Popen] = []
+        self.settings = Settings(
+            redis_url=REDIS_URL, broker_url=BROKER_URL, namespace=self.env["CHATQ_NAMESPACE"],
+            queue=self.env["CHATQ_QUEUE"], agents_file=self.env.get("CHATQ_AGENTS_FILE"),
+        )
+
+    def client(self) -> ChatClient:
+        return ChatClient(settings=self.settings)
+
+    def start_worker(self, concurrency: int = 20) -> subprocess.Popen:
+        log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks.cli", "worker", "-c", str(concurrency), "-l", "INFO"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(f"{self.settings.namespace}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i:i + 500])
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-4000:] for p in sorted(self.tmp.glob("worker-*.log")))
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory, fake_openai) -> Iterator[Fleet]:
+    """Two worker processes on the test server, shared by the tests that need no special set-up."""
+    f = Fleet(tmp_path_factory.mktemp("fleet"), fake_openai.base_url)
+    f.start_worker(50)
+    f.start_worker(50)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def make_fleet(tmp_path, fake_openai) -> Iterator:
+    made: list[Fleet] = []
+
+    def make(online: bool = True, **settings: str) -> Fleet:
+        f = Fleet(tmp_path / f"fleet{len(made)}", fake_openai.base_url if online else None, **settings)
+        f.tmp.mkdir()
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.stop()
+
+
+@pytest.fixture
+def client(fleet: Fleet) -> ChatClient:
+    return fleet.client()
+
+
+def wait_all(client: ChatClient, job_ids: list[str], timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    return [client.wait(j, max(0.1, deadline - time.monotonic())) for j in job_ids]

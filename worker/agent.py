@@ -1,0 +1,141 @@
+"""The agent loop: model → tool calls → tool results → model, until a final answer.
+
+Every completed step is handed to ``save`` (the runner checkpoints it under the session lease), and
+``run`` resumes from such a checkpoint, so a redelivered job never runs a finished tool again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai.types.chat import ChatCompletion
+
+from tasks.agent_profiles import AgentProfile
+from tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
+
+from .history_window import window
+from .offline_model import estimate_tokens
+from .provider import Provider, ProviderError
+from .rate_limit import RateLimiter
+from .tools import ToolArgumentsError, ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    def __init__(self, type: str, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.error = JobError(type=type, message=message, retryable=retryable)
+
+
+@dataclass
+class Turn:
+    """The messages this job adds to the session (user message first) and what they cost."""
+
+    messages: list[Message]
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def tool_rounds(self) -> int:
+        return sum(1 for m in self.messages if m.role == "assistant" and m.tool_calls)
+
+    def pending_tool_calls(self) -> list[ToolCall]:
+        last_call = next((m for m in reversed(self.messages) if m.role == "assistant" and m.tool_calls), None)
+        if last_call is None:
+            return []
+        done = {m.tool_call_id for m in self.messages if m.role == "tool"}
+        return [tc for tc in last_call.tool_calls or [] if tc.id not in done]
+
+
+class Agent:
+    def __init__(self, profile: AgentProfile, tools: ToolRegistry, provider: Provider,
+                 limiter: RateLimiter | None = None):
+        self.profile = profile
+        self.tools = tools
+        self.provider = provider
+        self.limiter = limiter
+
+    def request(self, history: list[Message], turn: Turn) -> dict[str, Any]:
+        p = self.profile
+        system = [Message(role="system", content=p.system_prompt)] if p.system_prompt else []
+        budget = p.history_tokens - sum(estimate_tokens(m.to_provider()) for m in system)
+        messages = system + window(history, turn.messages, budget) + turn.messages
+        req: dict[str, Any] = {"model": p.model, "messages": [m.to_provider() for m in messages]}
+        if p.temperature is not None:
+            req["temperature"] = p.temperature
+        if p.max_output_tokens is not None:
+            req["max_tokens"] = p.max_output_tokens
+        if self.tools.names():
+            req["tools"] = self.tools.schemas()
+        return req
+
+    def run_tool(self, call: ToolCall) -> Message:
+        """Never raises: every failure becomes a tool message the model can read."""
+        started = time.perf_counter()
+        tool = self.tools.get(call.function.name)
+        ok = False
+        if tool is None:
+            content = f"error: unknown tool {call.function.name!r}; available: {', '.join(self.tools.names()) or 'none'}"
+        else:
+            try:
+                content, ok = tool.call(call.function.arguments), True
+            except ToolArgumentsError as exc:
+                content = f"error: {exc}"
+            except Exception as exc:  # a tool's own failure is data for the model
+                log.info("tool %s raised %r", call.function.name, exc)
+                content = f"error: tool {call.function.name!r} raised {type(exc).__name__}: {exc}"
+        return Message(
+            role="tool", content=content, tool_call_id=call.id,
+            metadata={"tool": call.function.name, "ok": ok,
+                      "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
+        )
+
+    def complete(self, request: dict[str, Any], on_retry) -> ChatCompletion:
+        if self.limiter:
+            estimate = sum(estimate_tokens(m) for m in request["messages"]) + (self.profile.max_output_tokens or 0)
+            self.limiter.acquire(self.profile.model, self.profile.rpm, self.profile.tpm, estimate)
+        try:
+            return self.provider.complete(request, on_retry=on_retry)
+        except ProviderError as exc:
+            raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
+
+    def run(self, history: list[Message], turn: Turn,
+            save: Callable[[Turn], None] = lambda t: None,
+            on_retry: Callable[[JobError, float], None] | None = None) -> Turn:
+        while True:
+            pending = turn.pending_tool_calls()
+            if pending:
+                for call in pending:
+                    turn.messages.append(self.run_tool(call))
+                    save(turn)
+                continue
+            completion = self.complete(self.request(history, turn), on_retry)
+            if completion.usage:
+                turn.usage = turn.usage + Usage(
+                    prompt_tokens=completion.usage.prompt_tokens,
+                    completion_tokens=completion.usage.completion_tokens,
+                    total_tokens=completion.usage.total_tokens, model=completion.model,
+                )
+            choice = completion.choices[0]
+            tool_calls = [
+                ToolCall(id=tc.id, function=FunctionCall(name=tc.function.name, arguments=tc.function.arguments))
+                for tc in (choice.message.tool_calls or []) if getattr(tc, "function", None)
+            ]
+            reply = Message(
+                role="assistant", content=choice.message.content, tool_calls=tool_calls or None,
+                metadata={"model": completion.model, "finish_reason": choice.finish_reason,
+                          "completion_id": completion.id},
+            )
+            if tool_calls and turn.tool_rounds >= self.profile.max_tool_iterations:
+                raise AgentError(
+                    "MaxToolIterations",
+                    f"the model still asked for tools after {self.profile.max_tool_iterations} rounds",
+                )
+            turn.messages.append(reply)
+            if not tool_calls:
+                return turn
+            save(turn)

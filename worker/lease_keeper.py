@@ -1,0 +1,59 @@
+"""One heartbeat thread per process renews every session lease it holds, in one script call.
+
+Leases expire on their own when a worker dies, which is how a dead worker's session is found.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from tasks.session_queue import SessionQueue
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    def __init__(self, queue: SessionQueue, lease_ms: int):
+        self.queue = queue
+        self.lease_ms = lease_ms
+        self._held: dict[str, str] = {}
+        self._lost: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def hold(self, key: str, token: str) -> None:
+        with self._lock:
+            self._held[key] = token
+            self._lost.discard(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="chatq-leases", daemon=True)
+                self._thread.start()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+            self._lost.discard(key)
+
+    def lost(self, key: str) -> bool:
+        with self._lock:
+            return key in self._lost
+
+    def renew_now(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        for key in self.queue.renew(held, self.lease_ms):
+            log.warning("lease %s was lost; its job will be taken up elsewhere", key)
+            with self._lock:
+                self._lost.add(key)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_ms / 3000):
+            try:
+                self.renew_now()
+            except Exception:
+                log.exception("lease renewal failed; retrying")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,121 @@
+"""The chat-completions provider: the real ``openai`` SDK, or the embedded offline model.
+
+Retries live here and only here (``OpenAI(max_retries=0)``), in place, so a retried call never
+lets a later message of the session overtake and never multiplies with the SDK's own retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletion
+
+from tasks.models import JobError
+from tasks.settings import Settings
+
+from . import offline_model
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class ProviderError(Exception):
+    def __init__(self, type: str, message: str, retryable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.error = JobError(type=type, message=message, retryable=retryable)
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    if not headers:
+        return None
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def classify(exc: Exception) -> ProviderError:
+    """Map an SDK exception to a job error: what to retry, and the provider's own message."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError("ProviderTimeout", "the provider did not answer in time", True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError("ProviderConnectionError", f"connection to the provider failed: {exc}", True)
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        code = err.get("code") if isinstance(err, dict) else None
+        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        status = exc.status_code
+        if status == 429 and code == "insufficient_quota":
+            return ProviderError("InsufficientQuota", message, False)
+        return ProviderError(
+            f"ProviderHTTP{status}", f"provider returned {status}: {message}",
+            status in RETRYABLE_STATUS, _retry_after(exc.response.headers),
+        )
+    return ProviderError(type(exc).__name__, str(exc), False)
+
+
+class Provider:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.offline = settings.offline
+        self._client: openai.OpenAI | None = None
+        if not self.offline:
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused"
+            self._client = openai.OpenAI(
+                api_key=key, base_url=settings.openai_base_url or None,
+                max_retries=0, timeout=settings.provider_timeout,
+            )
+
+    def _call(self, request: dict[str, Any]) -> ChatCompletion:
+        if self._client is None:
+            return ChatCompletion.model_validate(offline_model.complete(request))
+        return self._client.chat.completions.create(**request)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        cap = self.settings.provider_backoff_max
+        if retry_after is not None:
+            return min(cap, retry_after) + random.uniform(0, 0.1)
+        return random.uniform(0, min(cap, 0.5 * 2 ** attempt))
+
+    def complete(
+        self,
+        request: dict[str, Any],
+        on_retry: Callable[[JobError, float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> ChatCompletion:
+        """One completion, retried in place on 429/5xx/timeouts with jittered backoff."""
+        attempt = 0
+        while True:
+            try:
+                return self._call(request)
+            except (openai.APIError, httpx.HTTPError) as exc:
+                err = classify(exc)
+            if not err.error.retryable or attempt >= self.settings.provider_retries:
+                raise err
+            delay = self.backoff(attempt, err.retry_after)
+            log.warning("provider call failed (%s), retry %d in %.2fs", err.error.type, attempt + 1, delay)
+            if on_retry:
+                on_retry(err.error, delay)
+            sleep(delay)
+            attempt += 1

@@ -1,0 +1,143 @@
+"""The session runner: take a session's lease, run its queue head to tail, one job at a time.
+
+Any number of wake-ups for a session may arrive anywhere; only the lease holder works, so a
+session's turns run strictly in submission order while different sessions run in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+
+import redis
+
+from tasks.agent_profiles import AgentProfile, load_profiles
+from tasks.job_store import decode_job
+from tasks.keys import Keys
+from tasks.models import Job, JobError, JobResult, JobStatus, Message, Usage
+from tasks.redis_pool import get_redis
+from tasks.session_queue import SessionQueue
+from tasks.session_store import SessionStore
+from tasks.settings import Settings, get_settings
+
+from .agent import Agent, AgentError, Turn
+from .lease_keeper import LeaseKeeper
+from .provider import Provider
+from .rate_limit import RateLimiter
+from .tools import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+class SessionRunner:
+    def __init__(self, settings: Settings, r: redis.Redis | None = None):
+        self.settings = settings
+        self.r = r or get_redis(settings.redis_url, settings.concurrency + 32)
+        self.keys = Keys(settings.namespace)
+        self.queue = SessionQueue(self.r, self.keys, settings.result_ttl)
+        self.sessions = SessionStore(self.r, self.keys)
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.leases = LeaseKeeper(self.queue, self.lease_ms)
+        self.provider = Provider(settings)
+        limiter = RateLimiter(self.r, settings.namespace)
+        self.profiles: dict[str, AgentProfile] = load_profiles(settings)
+        self.agents = {
+            name: Agent(p, ToolRegistry.from_specs(p.tools), self.provider, limiter)
+            for name, p in self.profiles.items()
+        }
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+
+    def register_agents(self) -> None:
+        """Tell producers which agents this fleet serves, so they can refuse unknown names."""
+        if self.profiles:
+            self.r.sadd(self.keys.agents, *self.profiles)
+
+    def drain(self, session_id: str) -> int:
+        token = f"{self.identity}:{uuid.uuid4().hex}"
+        if not self.queue.acquire(session_id, token, self.lease_ms):
+            return 0
+        lease_key = self.keys.lease(session_id)
+        self.leases.hold(lease_key, token)
+        ran = 0
+        try:
+            while True:
+                job_id = self.queue.head(session_id)
+                if job_id is None:
+                    if self.queue.release(session_id, token) != 0:
+                        return ran
+                    continue
+                started = self.queue.start(session_id, job_id, token, self.settings.max_attempts)
+                if started.outcome == "lost":
+                    return ran
+                if started.outcome != "run":
+                    continue
+                if not self.run_job(decode_job(started.fields), started.checkpoint, token):
+                    return ran
+                ran += 1
+        finally:
+            self.leases.drop(lease_key)
+
+    def run_job(self, job: Job, checkpoint: str, token: str) -> bool:
+        """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
+        sid = job.session_id
+        if checkpoint:
+            data = json.loads(checkpoint)
+            turn = Turn([Message.model_validate(m) for m in data["messages"]], Usage.model_validate(data["usage"]))
+        else:
+            turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
+        for m in turn.messages:
+            m.metadata.setdefault("job_id", job.job_id)
+
+        def save(t: Turn) -> None:
+            self.queue.save_checkpoint(sid, job.job_id, token, self.queue.encode_checkpoint(t.messages, t.usage))
+
+        def on_retry(err: JobError, delay: float) -> None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrby(self.keys.job(job.job_id), "provider_retries", 1)
+            pipe.hset(self.keys.job(job.job_id), "last_error", err.model_dump_json())
+            pipe.execute()
+
+        agent = self.agents.get(job.agent)
+        try:
+            if agent is None:
+                raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
+            history = self.sessions.history(sid)
+            turn = agent.run(history, turn, save=save, on_retry=on_retry)
+        except AgentError as exc:
+            return self._commit_failure(job, token, exc.error, turn.usage)
+        except Exception as exc:  # a bug must fail one job, never wedge the session
+            log.exception("job %s crashed", job.job_id)
+            return self._commit_failure(job, token, JobError(type=type(exc).__name__, message=str(exc)), turn.usage)
+        final = turn.messages[-1]
+        result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
+        outcome = self.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
+                                    turn.usage, result_json=result.model_dump_json())
+        return self._committed(job, outcome)
+
+    def _commit_failure(self, job: Job, token: str, error: JobError, usage: Usage) -> bool:
+        outcome = self.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
+                                    error_json=error.model_dump_json())
+        return self._committed(job, outcome)
+
+    def _committed(self, job: Job, outcome: str) -> bool:
+        if outcome != "ok":
+            log.warning("job %s not committed (%s): another worker owns session %s now",
+                        job.job_id, outcome, job.session_id)
+            return False
+        return True
+
+
+_runner: SessionRunner | None = None
+_runner_lock = threading.Lock()
+
+
+def get_runner() -> SessionRunner:
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            _runner = SessionRunner(get_settings())
+        return _runner

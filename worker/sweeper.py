@@ -1,0 +1,54 @@
+"""Finds sessions whose work nobody holds (a dead worker's, or a lost wake-up) and wakes them.
+
+Runs in every worker; a short Redis lock makes one sweep per interval fleet-wide. It bounds how
+long a session can stall to about lease + 2 × interval, far below the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from tasks.keys import Keys
+from tasks.session_queue import SessionQueue
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(self, r: redis.Redis, keys: Keys, queue: SessionQueue, wake: Callable[[str], None],
+                 interval: float):
+        self.r = r
+        self.keys = keys
+        self.queue = queue
+        self.wake = wake
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> list[str]:
+        if not self.r.set(self.keys.sweep_lock, "1", nx=True, px=int(self.interval * 900)):
+            return []
+        stalled = self.queue.sweep(older_than_s=2 * self.interval)
+        for sid in stalled:
+            log.info("waking stalled session %s", sid)
+            self.wake(sid)
+        return stalled
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("sweep failed; retrying next interval")
+
+    def start(self) -> Sweeper:
+        self._thread = threading.Thread(target=self._run, name="chatq-sweeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
