@@ -6,8 +6,8 @@ from .celery_app import RUN_SESSION, app
 
 
 @app.task(name=RUN_SESSION)
-def run_session(session_id: str, job_id: str | None = None) -> int:
+def run_session(session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
     """Wake-up for one session: drain its queue if nobody else holds it. Returns jobs run."""
     from worker.runner import get_runner
 
-    return get_runner().drain(session_id)
+    return get_runner().drain(session_id, namespace)

@@ -66,10 +66,13 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
 
     from .celery_app import RUN_SESSION, app
 
-    def wake(sid: str) -> None:
-        app.send_task(RUN_SESSION, args=[sid], queue=settings.queue)
+    def wake(sid: str, namespace: str) -> None:
+        app.send_task(RUN_SESSION, args=[sid], kwargs={"namespace": namespace}, queue=settings.queue)
 
-    Sweeper(runner.r, runner.keys, runner.queue, wake, settings.sweep_interval).start()
+    def session_queues() -> list:
+        return [runner.space(ns).queue for ns in runner.namespaces()]
+
+    Sweeper(runner.r, runner.keys, session_queues, wake, settings.sweep_interval).start()
     click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
                f"model {'embedded offline' if settings.offline else settings.model}", err=True)
     app.worker_main([

@@ -48,17 +48,22 @@ def validate_session_id(session_id: str) -> str:
 
 
 class ChatClient:
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None):
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None,
+                 tenant: str | None = None):
         base = settings or get_settings()
         self.settings = base.model_copy(update={"redis_url": redis_url}) if redis_url else base
         s = self.settings
         self.r = get_redis(s.redis_url)
-        self.keys = Keys(s.namespace)
+        self.namespace = s.namespace if tenant is None else f"{s.namespace}.t.{tenant}"
+        self.keys = Keys(self.namespace)
+        if tenant is not None:
+            self.r.sadd(Keys(s.namespace).namespaces, self.namespace)
         self.jobs = JobStore(self.r, self.keys)
         self.sessions = SessionStore(self.r, self.keys)
         self.queue = SessionQueue(self.r, self.keys, s.result_ttl)
         self._local_agents = set(load_profiles(s))
         self._fleet_agents: tuple[float, set[str]] = (0.0, set())
+        self._agents_key = Keys(s.namespace).agents
 
     @property
     def app(self) -> Celery:
@@ -70,7 +75,7 @@ class ChatClient:
     def known_agents(self) -> set[str]:
         fetched_at, fleet = self._fleet_agents
         if time.monotonic() - fetched_at > 5:
-            fleet = set(self.r.smembers(self.keys.agents))
+            fleet = set(self.r.smembers(self._agents_key))
             self._fleet_agents = (time.monotonic(), fleet)
         return self._local_agents | fleet
 
@@ -133,7 +138,8 @@ class ChatClient:
 
     def wake(self, session_id: str, job_id: str | None = None) -> None:
         try:
-            self.app.send_task(RUN_SESSION, args=[session_id], kwargs={"job_id": job_id},
+            self.app.send_task(RUN_SESSION, args=[session_id],
+                               kwargs={"job_id": job_id, "namespace": self.namespace},
                                queue=self.settings.queue)
         except Exception:
             # The job is safely queued in Redis; a worker's sweeper wakes the session later.

@@ -48,5 +48,10 @@ class Keys:
         return f"{self.ns}:agents"
 
     @property
+    def namespaces(self) -> str:
+        """Set of namespaces (tenants) that producers use, kept under the base namespace for sweeping."""
+        return f"{self.ns}:namespaces"
+
+    @property
     def sweep_lock(self) -> str:
         return f"{self.ns}:sweep-lock"

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from dataclasses import dataclass
 
 import redis
 
@@ -33,13 +34,20 @@ from .tools import ToolRegistry
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Space:
+    keys: Keys
+    queue: SessionQueue
+    sessions: SessionStore
+
+
 class SessionRunner:
     def __init__(self, settings: Settings, r: redis.Redis | None = None):
         self.settings = settings
         self.r = r or get_redis(settings.redis_url, settings.concurrency + 32)
         self.keys = Keys(settings.namespace)
         self.queue = SessionQueue(self.r, self.keys, settings.result_ttl)
-        self.sessions = SessionStore(self.r, self.keys)
+        self._spaces: dict[str, Space] = {settings.namespace: Space(self.keys, self.queue, SessionStore(self.r, self.keys))}
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.leases = LeaseKeeper(self.queue, self.lease_ms)
         self.provider = Provider(settings)
@@ -56,32 +64,46 @@ class SessionRunner:
         if self.profiles:
             self.r.sadd(self.keys.agents, *self.profiles)
 
-    def drain(self, session_id: str) -> int:
+    def space(self, namespace: str | None = None) -> Space:
+        """The stores of one namespace (a tenant's, or the default)."""
+        ns = namespace or self.settings.namespace
+        found = self._spaces.get(ns)
+        if found is None:
+            keys = Keys(ns)
+            found = self._spaces[ns] = Space(keys, SessionQueue(self.r, keys, self.settings.result_ttl),
+                                             SessionStore(self.r, keys))
+        return found
+
+    def namespaces(self) -> list[str]:
+        return [self.settings.namespace, *sorted(self.r.smembers(self.keys.namespaces))]
+
+    def drain(self, session_id: str, namespace: str | None = None) -> int:
+        sp = self.space(namespace)
         token = f"{self.identity}:{uuid.uuid4().hex}"
-        if not self.queue.acquire(session_id, token, self.lease_ms):
+        if not sp.queue.acquire(session_id, token, self.lease_ms):
             return 0
-        lease_key = self.keys.lease(session_id)
+        lease_key = sp.keys.lease(session_id)
         self.leases.hold(lease_key, token)
         ran = 0
         try:
             while True:
-                job_id = self.queue.head(session_id)
+                job_id = sp.queue.head(session_id)
                 if job_id is None:
-                    if self.queue.release(session_id, token) != 0:
+                    if sp.queue.release(session_id, token) != 0:
                         return ran
                     continue
-                started = self.queue.start(session_id, job_id, token, self.settings.max_attempts)
+                started = sp.queue.start(session_id, job_id, token, self.settings.max_attempts)
                 if started.outcome == "lost":
                     return ran
                 if started.outcome != "run":
                     continue
-                if not self.run_job(decode_job(started.fields), started.checkpoint, token):
+                if not self.run_job(sp, decode_job(started.fields), started.checkpoint, token):
                     return ran
                 ran += 1
         finally:
             self.leases.drop(lease_key)
 
-    def run_job(self, job: Job, checkpoint: str, token: str) -> bool:
+    def run_job(self, sp: Space, job: Job, checkpoint: str, token: str) -> bool:
         """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
         sid = job.session_id
         if checkpoint:
@@ -93,33 +115,34 @@ class SessionRunner:
             m.metadata.setdefault("job_id", job.job_id)
 
         def save(t: Turn) -> None:
-            self.queue.save_checkpoint(sid, job.job_id, token, self.queue.encode_checkpoint(t.messages, t.usage))
+            sp.queue.save_checkpoint(sid, job.job_id, token, sp.queue.encode_checkpoint(t.messages, t.usage))
 
         def on_retry(err: JobError, delay: float) -> None:
             pipe = self.r.pipeline(transaction=False)
-            pipe.hincrby(self.keys.job(job.job_id), "provider_retries", 1)
-            pipe.hset(self.keys.job(job.job_id), "last_error", err.model_dump_json())
+            pipe.hincrby(sp.keys.job(job.job_id), "provider_retries", 1)
+            pipe.hset(sp.keys.job(job.job_id), "last_error", err.model_dump_json())
             pipe.execute()
 
         agent = self.agents.get(job.agent)
         try:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            history = self.sessions.history(sid)
+            history = sp.sessions.history(sid)
             turn = agent.run(history, turn, save=save, on_retry=on_retry)
         except AgentError as exc:
-            return self._commit_failure(job, token, exc.error, turn.usage)
+            return self._commit_failure(sp, job, token, exc.error, turn.usage)
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
-            return self._commit_failure(job, token, JobError(type=type(exc).__name__, message=str(exc)), turn.usage)
+            error = JobError(type=type(exc).__name__, message=str(exc))
+            return self._commit_failure(sp, job, token, error, turn.usage)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
-        outcome = self.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
+        outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                     turn.usage, result_json=result.model_dump_json())
         return self._committed(job, outcome)
 
-    def _commit_failure(self, job: Job, token: str, error: JobError, usage: Usage) -> bool:
-        outcome = self.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
+    def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> bool:
+        outcome = sp.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
                                     error_json=error.model_dump_json())
         return self._committed(job, outcome)
 

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, r: redis.Redis, keys: Keys, queue: SessionQueue, wake: Callable[[str], None],
-                 interval: float):
+    def __init__(self, r: redis.Redis, keys: Keys, queues: Callable[[], list[SessionQueue]],
+                 wake: Callable[[str, str], None], interval: float):
         self.r = r
         self.keys = keys
-        self.queue = queue
+        self.queues = queues
         self.wake = wake
         self.interval = interval
         self._stop = threading.Event()
@@ -32,11 +32,13 @@ class Sweeper:
     def sweep_once(self) -> list[str]:
         if not self.r.set(self.keys.sweep_lock, "1", nx=True, px=int(self.interval * 900)):
             return []
-        stalled = self.queue.sweep(older_than_s=2 * self.interval)
-        for sid in stalled:
-            log.info("waking stalled session %s", sid)
-            self.wake(sid)
-        return stalled
+        woken = []
+        for queue in self.queues():
+            for sid in queue.sweep(older_than_s=2 * self.interval):
+                log.info("waking stalled session %s in %s", sid, queue.keys.ns)
+                self.wake(sid, queue.keys.ns)
+                woken.append(sid)
+        return woken
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
