@@ -1,0 +1,312 @@
+"""An OpenAI-compatible HTTP server answering with the offline model, for tests and benchmarks.
+
+It lets the real ``openai`` SDK run end to end without network: asyncio + uvicorn hold hundreds
+of in-flight requests while sleeping a configurable latency, directives in the last user message
+inject faults per message text (so parallel tests do not interfere), and every request body is
+recorded so tests can assert what the provider actually received.
+
+Directives (in the last user message; counters are keyed by that message's text + directive;
+they are checked in order and the first that fires decides, except ``stall`` which only delays):
+``[[fault:429 n=2 retry_after=1]]``, ``[[fault:quota]]``, ``[[fault:500 n=1]]``, ``[[fault:400]]``
+(any status; 429/5xx default to ``n=1``, others to always), ``[[stall:S n=1]]``, ``[[drop n=1]]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import offline_model
+
+DIRECTIVE = re.compile(r"\[\[(fault|stall|drop)(?::([\w.]+))?((?:\s+\w+=[\w.]+)*)\s*\]\]")
+PARAM = re.compile(r"(\w+)=([\w.]+)")
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+DROP_LOG = "ASGI callable returned without completing response."
+
+ERRORS: dict[int | str, tuple[str, str, str | None]] = {
+    400: ("Invalid request (test server)", "invalid_request_error", None),
+    401: ("Incorrect API key provided (test server)", "invalid_request_error", "invalid_api_key"),
+    403: ("Permission denied (test server)", "invalid_request_error", None),
+    404: ("The model does not exist or you do not have access to it (test server)",
+          "invalid_request_error", "model_not_found"),
+    429: ("Rate limit reached (test server)", "requests", "rate_limit_exceeded"),
+    "quota": ("You exceeded your current quota (test server)", "insufficient_quota", "insufficient_quota"),
+    500: ("The server had an error while processing your request (test server)", "server_error", None),
+    503: ("The server is overloaded, please try again later (test server)", "server_error", None),
+}
+
+
+class _DropFilter(logging.Filter):
+    """Silence uvicorn's complaint about the response a ``[[drop]]`` leaves unfinished on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != DROP_LOG
+
+
+_DROP_FILTER = _DropFilter()
+
+
+@dataclass
+class _State:
+    latency: float = 0.0
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: int = 0
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    recorded: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def stats(self) -> dict[str, int]:
+        return {"requests": self.requests, "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight, "faults": self.faults}
+
+    def reset(self) -> None:
+        self.requests = self.faults = 0
+        self.max_in_flight = self.in_flight
+
+
+def error(status: int, message: str | None = None, kind: int | str | None = None,
+          param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-shaped error response."""
+    default, type_, code = ERRORS.get(kind or status) or (
+        f"HTTP {status} (test server)", "server_error" if status >= 500 else "invalid_request_error", None)
+    body = {"error": {"message": message or default, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return offline_model.text_of(m.get("content"))
+    return ""
+
+
+def validate(body: Any) -> tuple[str, str | None] | None:
+    """Reject what the real API rejects with 400, notably tool messages that do not pair up."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object", None
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array", "messages"
+    pending: list[str] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            return f"messages[{i}]: invalid message or role", f"messages.[{i}].role"
+        if m["role"] == "tool":
+            if m.get("tool_call_id") not in pending:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a preceding "
+                        f"message with 'tool_calls' (tool_call_id {m.get('tool_call_id')!r})",
+                        f"messages.[{i}].role")
+            pending.remove(m["tool_call_id"])
+            continue
+        if pending:
+            break
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            pending = [tc.get("id") for tc in m["tool_calls"] if isinstance(tc, dict)]
+    if pending:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                + ", ".join(map(str, pending)), "messages")
+    return None
+
+
+async def _drop(send: Send) -> None:
+    """Promise a body, then let uvicorn close the connection: the client sees a dropped connection."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+
+
+class ChatCompletions:
+    """``POST /v1/chat/completions`` as a raw ASGI app, so a ``[[drop]]`` can abandon the response."""
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        st = self.state
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            response = await self.respond(Request(scope, receive))
+            if response is None:
+                await _drop(send)
+            else:
+                await response(scope, receive, send)
+        finally:
+            st.in_flight -= 1
+
+    async def respond(self, request: Request) -> Response | None:
+        st = self.state
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(400, "We could not parse the JSON body of your request (test server)")
+        if isinstance(body, dict):
+            st.recorded.append(body)
+        if problem := validate(body):
+            return error(400, problem[0], param=problem[1])
+        text = last_user_text(body)
+        for m in DIRECTIVE.finditer(text):
+            kind, arg, params = m.group(1), m.group(2) or "", dict(PARAM.findall(m.group(3)))
+            always = kind == "fault" and not (arg == "429" or arg.startswith("5"))
+            key = (text, m.group(0))
+            st.counters[key] = st.counters.get(key, 0) + 1
+            if st.counters[key] > float(params.get("n", math.inf if always else 1)):
+                continue
+            if kind == "stall":
+                await asyncio.sleep(float(arg or 0))
+                continue
+            st.faults += 1
+            if kind == "drop":
+                return None
+            status = 429 if arg == "quota" else int(arg)
+            headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
+            return error(status, kind=arg if arg == "quota" else status, headers=headers)
+        if st.latency > 0:
+            await asyncio.sleep(st.latency)
+        return JSONResponse(offline_model.complete(body))
+
+
+def create_app(state: _State) -> Starlette:
+    async def models(_: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": offline_model.OFFLINE_MODEL, "object": "model", "created": 0, "owned_by": "chatq"}]})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def stats(_: Request) -> Response:
+        return JSONResponse(state.stats())
+
+    async def control(request: Request) -> Response:
+        body = await request.json()
+        if "latency" in body:
+            state.latency = float(body["latency"])
+        if body.get("reset"):
+            state.reset()
+        return JSONResponse({**state.stats(), "latency": state.latency})
+
+    async def requests(request: Request) -> Response:
+        contains = request.query_params.get("contains", "")
+        return JSONResponse([b for b in list(state.recorded) if contains in last_user_text(b)])
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", ChatCompletions(state), methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/healthz", healthz),
+        Route("/stats", stats),
+        Route("/control", control, methods=["POST"]),
+        Route("/requests", requests),
+    ])
+
+
+class TestServer:
+    """The test server on a background thread; ``with TestServer(latency=0.1) as s: s.base_url``."""
+
+    __test__ = False
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0):
+        self.host, self.port = host, port
+        self._state = _State(latency=latency)
+        self.app = create_app(self._state)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def latency(self) -> float:
+        return self._state.latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._state.latency = value
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self._state.stats()
+
+    def reset_stats(self) -> None:
+        self._state.reset()
+
+    def recorded(self, contains: str = "") -> list[dict[str, Any]]:
+        """Request bodies whose last user message contains ``contains`` (same as ``GET /requests``)."""
+        return [b for b in list(self._state.recorded) if contains in last_user_text(b)]
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(2048)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def _uvicorn(self, log_config: Any = None) -> uvicorn.Server:
+        logging.getLogger("uvicorn.error").addFilter(_DROP_FILTER)
+        return uvicorn.Server(uvicorn.Config(
+            self.app, loop="asyncio", http="h11", lifespan="off", log_config=log_config,
+            log_level="warning", access_log=False, backlog=2048,
+            timeout_keep_alive=75, timeout_graceful_shutdown=1,
+        ))
+
+    def start(self) -> TestServer:
+        sock = self._bind()
+        self._server = self._uvicorn()
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"testserver:{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server failed to start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server and self._thread:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> TestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.testserver", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8399)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds to sleep before each reply")
+    args = parser.parse_args(argv)
+    server = TestServer(args.host, args.port, args.latency)
+    sock = server._bind()
+    print(server.base_url, flush=True)
+    server._uvicorn(log_config=uvicorn.config.LOGGING_CONFIG).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
