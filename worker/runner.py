@@ -111,8 +111,6 @@ class SessionRunner:
             turn = Turn([Message.model_validate(m) for m in data["messages"]], Usage.model_validate(data["usage"]))
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
-        for m in turn.messages:
-            m.metadata.setdefault("job_id", job.job_id)
 
         def save(t: Turn) -> None:
             sp.queue.save_checkpoint(sid, job.job_id, token, sp.queue.encode_checkpoint(t.messages, t.usage))
@@ -135,6 +133,8 @@ class SessionRunner:
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))
             return self._commit_failure(sp, job, token, error, turn.usage)
+        for m in turn.messages:
+            m.metadata.setdefault("job_id", job.job_id)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,

@@ -55,7 +55,10 @@ class ToolArgumentsError(ValueError):
 
 
 def _args_model(fn: Callable[..., Any]) -> tuple[type[BaseModel], str | None]:
-    sig = inspect.signature(fn)
+    try:
+        sig = inspect.signature(fn, eval_str=True)
+    except NameError as exc:
+        raise ToolImportError(f"tool {fn.__qualname__}: cannot resolve its type hints: {exc}") from exc
     params = list(sig.parameters.values())
     if len(params) == 1 and inspect.isclass(params[0].annotation) and issubclass(params[0].annotation, BaseModel):
         return params[0].annotation, params[0].name

@@ -1,0 +1,163 @@
+"""Pure logic, tested directly: history window, tool schemas, retry policy, rate limit, encoding."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import openai
+import pytest
+import redis
+from pydantic import BaseModel
+
+from tasks.agent_profiles import load_profiles
+from tasks.errors import InvalidRequest
+from tasks.job_store import decode_job, encode_job
+from tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
+from tasks.settings import Settings
+from worker.history_window import units, window
+from worker.provider import Provider, ProviderError, _retry_after, classify
+from worker.rate_limit import RateLimiter
+from worker.tools import ToolImportError, ToolRegistry, import_tool, make_tool, tool
+
+from .conftest import REDIS_URL
+
+
+def user(text: str) -> Message:
+    return Message(role="user", content=text)
+
+
+def call(i: int) -> list[Message]:
+    tc = ToolCall(id=f"c{i}", function=FunctionCall(name="add", arguments="{}"))
+    return [Message(role="assistant", tool_calls=[tc]), Message(role="tool", tool_call_id=f"c{i}", content="1")]
+
+
+def test_units_keep_tool_calls_with_their_results():
+    history = [user("a"), *call(1), Message(role="assistant", content="done")]
+    assert [len(u) for u in units(history)] == [1, 2, 1]
+
+
+def test_window_takes_newest_turns_within_budget_and_starts_at_a_user_message():
+    history = []
+    for i in range(10):
+        history += [user(f"question {i} " * 5), *call(i), Message(role="assistant", content=f"answer {i}")]
+    current = [user("now")]
+    picked = window(history, current, budget=120)
+    assert picked and picked[0].role == "user" and picked[-1].content == "answer 9"
+    assert picked == history[-len(picked):]
+    for i, m in enumerate(picked):
+        if m.role == "tool":
+            assert picked[i - 1].tool_calls[0].id == m.tool_call_id
+    assert window(history, current, budget=1) == []
+    assert window(history, current, budget=10**6) == history
+
+
+class Q(BaseModel):
+    text: str
+
+
+def test_tool_schema_from_type_hints_and_from_a_model():
+    def add(a: int, b: int = 2) -> int:
+        """Add."""
+        return a + b
+
+    t = make_tool(add)
+    params = t.schema()["function"]["parameters"]
+    assert params["required"] == ["a"] and params["properties"]["b"]["default"] == 2
+    assert t.call('{"a": 1}') == "3"
+
+    @tool(name="search")
+    def find(q: Q) -> list[str]:
+        return [q.text]
+
+    assert find.__chatq_tool__.name == "search"
+    assert find.__chatq_tool__.call('{"text": "x"}') == '["x"]'
+    assert find.__chatq_tool__.schema()["function"]["parameters"]["required"] == ["text"]
+
+
+def test_tool_imports_fail_clearly():
+    with pytest.raises(ToolImportError, match="expected 'module:function'"):
+        import_tool("nocolon")
+    with pytest.raises(ToolImportError, match="does not import"):
+        import_tool("worker.builtin_tools:nope")
+    reg = ToolRegistry.from_specs(["worker.builtin_tools:add", "worker.builtin_tools:now_utc"])
+    assert reg.names() == ["add", "current_time"]
+
+
+def _status_error(status: int, body: dict, headers: dict | None = None) -> openai.APIStatusError:
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+    response = httpx.Response(status, headers=headers or {}, request=request, json=body)
+    cls = {429: openai.RateLimitError, 500: openai.InternalServerError, 400: openai.BadRequestError}.get(
+        status, openai.APIStatusError)
+    return cls("err", response=response, body=body.get("error"))
+
+
+def test_classify_provider_errors():
+    quota = classify(_status_error(429, {"error": {"code": "insufficient_quota", "message": "no money"}}))
+    assert quota.error.type == "InsufficientQuota" and not quota.error.retryable
+    limited = classify(_status_error(429, {"error": {"code": "rate_limit_exceeded", "message": "slow"}},
+                                     {"retry-after": "7"}))
+    assert limited.error.retryable and limited.retry_after == 7.0
+    assert classify(_status_error(500, {"error": {"message": "oops"}})).error.retryable
+    bad = classify(_status_error(400, {"error": {"message": "bad field"}}))
+    assert not bad.error.retryable and "bad field" in bad.error.message
+    assert _retry_after(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
+    assert _retry_after(httpx.Headers({"retry-after": "soon"})) is None
+
+
+def test_retries_in_place_then_gives_up():
+    settings = Settings(provider_retries=2, provider_backoff_max=5)
+    provider = Provider(settings)
+    calls, slept = [], []
+
+    def failing(request):
+        calls.append(request)
+        raise _status_error(500, {"error": {"message": "down"}})
+
+    provider._call = failing
+    retries: list[JobError] = []
+    with pytest.raises(ProviderError) as exc:
+        provider.complete({"model": "m"}, on_retry=lambda e, d: retries.append(e), sleep=slept.append)
+    assert len(calls) == 3 and len(slept) == 2 and len(retries) == 2
+    assert exc.value.error.type == "ProviderHTTP500"
+    assert all(0 <= s <= 5 for s in slept)
+    assert 3.0 <= provider.backoff(0, retry_after=3.0) <= 3.1
+
+
+def test_rate_limiter_shares_a_minute_budget():
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    limiter = RateLimiter(r, f"unit-{uuid.uuid4().hex[:6]}")
+    now = [120.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    for _ in range(2):
+        assert limiter.acquire("m", rpm=2, tpm=None, tokens=10, sleep=sleep, clock=lambda: now[0]) == 0
+    waited = limiter.acquire("m", rpm=2, tpm=None, tokens=10, sleep=sleep, clock=lambda: now[0])
+    assert 59 < waited <= 60.1 and len(slept) == 1
+    assert limiter.acquire("t", rpm=None, tpm=100, tokens=80, sleep=sleep, clock=lambda: now[0]) == 0
+    assert limiter.acquire("t", rpm=None, tpm=100, tokens=80, sleep=sleep, clock=lambda: now[0]) > 0
+
+
+def test_job_encoding_round_trips():
+    job = Job(job_id="j", session_id="s", message="hi", metadata={"a": [1, 2]},
+              result=JobResult(content="x", message=Message(role="assistant", content="x"), usage=Usage(total_tokens=3)),
+              last_error=JobError(type="T", message="m", retryable=True))
+    assert decode_job(encode_job(job)) == job
+
+
+def test_agents_file_errors_are_clear(tmp_path):
+    bad = tmp_path / "a.toml"
+    bad.write_text("[agents.x]\nunknown_key = 1\n")
+    with pytest.raises(InvalidRequest, match="agent 'x' is invalid"):
+        load_profiles(Settings(agents_file=bad))
+    bad.write_text("not toml [")
+    with pytest.raises(InvalidRequest, match="cannot read agents file"):
+        load_profiles(Settings(agents_file=bad))
+    good = tmp_path / "g.toml"
+    good.write_text('[agents.helper]\nmodel = "gpt-4o"\nhistory_tokens = 100\n')
+    profiles = load_profiles(Settings(agents_file=good))
+    assert set(profiles) == {"helper", "default"} and profiles["helper"].history_tokens == 100
