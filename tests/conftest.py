@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
+# Tests never reach a real provider, whatever the developer's shell exports.
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATQ_REDIS_URL", "CHATQ_NAMESPACE"):
+    os.environ.pop(_var, None)
+
 from tasks.client import ChatClient
 from tasks.settings import Settings
 from worker.testserver import TestServer

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tasks.errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, WaitTimeout
-from worker.offline_model import echo_reply
+from worker import offline_model
 
 from .conftest import ROOT, wait_all
 
@@ -25,7 +25,8 @@ def expected_history(texts: list[str]) -> list[tuple[str, str]]:
     msgs: list[dict] = []
     for text in texts:
         msgs.append({"role": "user", "content": text})
-        msgs.append({"role": "assistant", "content": echo_reply(msgs)})
+        msgs.append({"role": "assistant",
+                     "content": offline_model.complete({"messages": msgs})["choices"][0]["message"]["content"]})
     return [(m["role"], m["content"]) for m in msgs]
 
 
