@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import openai
 import pytest
 import redis
@@ -84,25 +83,32 @@ def test_tool_imports_fail_clearly():
     assert reg.names() == ["add", "current_time"]
 
 
-def _status_error(status: int, body: dict, headers: dict | None = None) -> openai.APIStatusError:
-    request = httpx.Request("POST", "http://x/v1/chat/completions")
-    response = httpx.Response(status, headers=headers or {}, request=request, json=body)
-    cls = {429: openai.RateLimitError, 500: openai.InternalServerError, 400: openai.BadRequestError}.get(
-        status, openai.APIStatusError)
-    return cls("err", response=response, body=body.get("error"))
+def _sdk_error(base_url: str, text: str) -> openai.APIError:
+    sdk = openai.OpenAI(api_key="test", base_url=base_url, max_retries=0, timeout=5)
+    with pytest.raises(openai.APIError) as exc:
+        sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+    return exc.value
 
 
-def test_classify_provider_errors():
-    quota = classify(_status_error(429, {"error": {"code": "insufficient_quota", "message": "no money"}}))
+def test_classify_real_sdk_errors(fake_openai):
+    tag = uuid.uuid4().hex
+    quota = classify(_sdk_error(fake_openai.base_url, f"[[fault:quota]] {tag}"))
     assert quota.error.type == "InsufficientQuota" and not quota.error.retryable
-    limited = classify(_status_error(429, {"error": {"code": "rate_limit_exceeded", "message": "slow"}},
-                                     {"retry-after": "7"}))
-    assert limited.error.retryable and limited.retry_after == 7.0
-    assert classify(_status_error(500, {"error": {"message": "oops"}})).error.retryable
-    bad = classify(_status_error(400, {"error": {"message": "bad field"}}))
-    assert not bad.error.retryable and "bad field" in bad.error.message
-    assert _retry_after(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
-    assert _retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert "quota" in quota.error.message
+    limited = classify(_sdk_error(fake_openai.base_url, f"[[fault:429 retry_after=7]] {tag}"))
+    assert limited.error.type == "ProviderHTTP429" and limited.error.retryable and limited.retry_after == 7.0
+    assert classify(_sdk_error(fake_openai.base_url, f"[[fault:500]] {tag}")).error.retryable
+    bad = classify(_sdk_error(fake_openai.base_url, f"[[fault:400]] {tag}"))
+    assert not bad.error.retryable and "Invalid request" in bad.error.message
+    dropped = classify(_sdk_error(fake_openai.base_url, f"[[drop]] {tag}"))
+    assert dropped.error.type == "ProviderConnectionError" and dropped.error.retryable
+
+
+def test_retry_after_header_forms():
+    assert _retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert _retry_after({"retry-after": "soon"}) is None
+    assert _retry_after(None) is None
 
 
 def test_retries_in_place_then_gives_up():
@@ -112,14 +118,14 @@ def test_retries_in_place_then_gives_up():
 
     def failing(request):
         calls.append(request)
-        raise _status_error(500, {"error": {"message": "down"}})
+        raise openai.APIConnectionError(request=None)
 
     provider._call = failing
     retries: list[JobError] = []
     with pytest.raises(ProviderError) as exc:
         provider.complete({"model": "m"}, on_retry=lambda e, d: retries.append(e), sleep=slept.append)
     assert len(calls) == 3 and len(slept) == 2 and len(retries) == 2
-    assert exc.value.error.type == "ProviderHTTP500"
+    assert exc.value.error.type == "ProviderConnectionError"
     assert all(0 <= s <= 5 for s in slept)
     assert 3.0 <= provider.backoff(0, retry_after=3.0) <= 3.1
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -34,7 +33,7 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(headers: httpx.Headers | None) -> float | None:
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     if not headers:
         return None
     if ms := headers.get("retry-after-ms"):
@@ -109,7 +108,7 @@ class Provider:
         while True:
             try:
                 return self._call(request)
-            except (openai.APIError, httpx.HTTPError) as exc:
+            except openai.APIError as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:
                 raise err
