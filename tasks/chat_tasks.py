@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.signals import worker_shutting_down
+
 from .celery_app import RUN_SESSION, app
 
 
@@ -11,3 +13,11 @@ def run_session(session_id: str, job_id: str | None = None, namespace: str | Non
     from worker.runner import get_runner
 
     return get_runner().drain(session_id, namespace)
+
+
+@worker_shutting_down.connect
+def _stop_draining(**_: object) -> None:
+    """Warm shutdown: finish the running turns, hand every session's remaining queue to other workers."""
+    from worker.runner import get_runner
+
+    get_runner().stopping.set()

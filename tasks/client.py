@@ -53,7 +53,7 @@ class ChatClient:
         base = settings or get_settings()
         self.settings = base.model_copy(update={"redis_url": redis_url}) if redis_url else base
         s = self.settings
-        self.r = get_redis(s.redis_url)
+        self.r = get_redis(s.redis_url, s.redis_max_connections)
         self.namespace = s.namespace if tenant is None else f"{s.namespace}.t.{tenant}"
         self.keys = Keys(self.namespace)
         if tenant is not None:
@@ -87,6 +87,7 @@ class ChatClient:
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
         batch_id: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Validate a request into a queued Job, or raise InvalidRequest. Writes nothing."""
         s = self.settings
@@ -110,7 +111,8 @@ class ChatClient:
         if size > s.max_metadata_bytes:
             raise InvalidRequest(f"metadata is {size} bytes; the limit is {s.max_metadata_bytes}")
         return Job(job_id=new_id(), session_id=session_id, agent=agent, message=message,
-                   metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id)
+                   metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
+                   callback_url=callback_url)
 
     def submit(
         self,
@@ -120,11 +122,12 @@ class ChatClient:
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
         on_busy: Literal["enqueue", "reject"] = "enqueue",
+        callback_url: str | None = None,
     ) -> Job:
         """Queue a message behind its session's earlier ones and return the job without waiting."""
         if on_busy not in ("enqueue", "reject"):
             raise InvalidRequest("on_busy must be 'enqueue' or 'reject'")
-        job = self.build_job(message, session_id, agent, idempotency_key, metadata)
+        job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
         outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key)
         if outcome == "busy":
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")

@@ -16,7 +16,7 @@ from .errors import JobNotFound, WaitTimeout
 from .keys import Keys
 from .models import Job, JobStatus
 
-_JSON_FIELDS = ("result", "error", "last_error", "metadata")
+_JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
 
 
 def encode_job(job: Job) -> dict[str, str]:

@@ -93,6 +93,7 @@ class Job(BaseModel):
     message: str
     status: JobStatus = JobStatus.queued
     attempts: int = 0
+    worker: str | None = Field(None, description="host:pid of the worker that last ran it")
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -103,6 +104,8 @@ class Job(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = None
     batch_id: str | None = None
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
 
 
 class Session(BaseModel):

@@ -46,7 +46,7 @@ return 'cancelled'
 
 _START = """
 -- KEYS: job, queue, lease, session, sessions, pending, checkpoint
--- ARGV: token, job_id, now, max_attempts, ttl, session_id, score, channel, exhausted_error
+-- ARGV: token, job_id, now, max_attempts, ttl, session_id, score, channel, exhausted_error, worker
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {'moved'} end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -68,7 +68,7 @@ if attempts > tonumber(ARGV[4]) then
   return {'exhausted'}
 end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'running')
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[10])
 local checkpoint = redis.call('GET', KEYS[7]) or ''
 return {'run', checkpoint, unpack(redis.call('HGETALL', KEYS[1]))}
 """
@@ -104,11 +104,12 @@ return 'ok'
 """
 
 _RELEASE = """
--- KEYS: lease, queue, pending ; ARGV: token, session_id
+-- KEYS: lease, queue, pending ; ARGV: token, session_id, force
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+local queued = redis.call('LLEN', KEYS[2])
+if queued > 0 and ARGV[3] ~= '1' then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[2])
+if queued == 0 then redis.call('ZREM', KEYS[3], ARGV[2]) end
 return 1
 """
 
@@ -205,7 +206,7 @@ class SessionQueue:
     def head(self, session_id: str) -> str | None:
         return self.r.lindex(self.keys.queue(session_id), 0)
 
-    def start(self, session_id: str, job_id: str, token: str, max_attempts: int) -> Started:
+    def start(self, session_id: str, job_id: str, token: str, max_attempts: int, worker: str = "") -> Started:
         k = self.keys
         now = utcnow()
         error = JobError(
@@ -217,7 +218,7 @@ class SessionQueue:
             keys=[k.job(job_id), k.queue(session_id), k.lease(session_id), k.session(session_id),
                   k.sessions, k.pending, k.checkpoint(job_id)],
             args=[token, job_id, _iso(now), max_attempts, self.result_ttl, session_id,
-                  now.timestamp(), k.done_channel(job_id), error.model_dump_json()],
+                  now.timestamp(), k.done_channel(job_id), error.model_dump_json(), worker],
         )
         if res[0] != "run":
             return Started(res[0], {}, "")
@@ -249,11 +250,14 @@ class SessionQueue:
                   session_id, k.done_channel(job_id), *(m.model_dump_json() for m in messages)],
         )
 
-    def release(self, session_id: str, token: str) -> int:
-        """1 released, 0 more work queued (keep draining), -1 the lease was lost."""
+    def release(self, session_id: str, token: str, force: bool = False) -> int:
+        """1 released, 0 more work queued (keep draining), -1 the lease was lost.
+
+        ``force`` releases even with work queued: the caller hands the session to another worker.
+        """
         k = self.keys
         return int(self._release(keys=[k.lease(session_id), k.queue(session_id), k.pending],
-                                 args=[token, session_id]))
+                                 args=[token, session_id, "1" if force else "0"]))
 
     def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:
         """Extend held leases; returns the lease keys found lost."""

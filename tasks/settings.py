@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     tpm: int | None = Field(None, ge=1, description="Default agent's tokens-per-minute limit.")
 
     concurrency: int = Field(200, ge=1, description="Threads per worker: LLM calls in flight.")
+    redis_max_connections: int = Field(
+        256, ge=4, description="Per process; workers add their concurrency. Waiters each hold one."
+    )
     result_ttl: int = Field(86400, ge=1, description="Seconds a finished job stays pollable.")
     lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
     sweep_interval: float = Field(5.0, gt=0)

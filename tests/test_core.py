@@ -275,3 +275,27 @@ def test_cli_errors_are_one_clear_line(fleet):
     timeout = run_cli(fleet, "wait", json.loads(run_cli(fleet, "submit", "[[stall:3]] zz").stdout)["job_id"],
                       "--timeout", "0.2")
     assert timeout.returncode == 1 and "still" in timeout.stderr
+
+
+def _rabbitmq_up() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _rabbitmq_up(), reason="no RabbitMQ at 127.0.0.1:5672")
+def test_rabbitmq_as_broker(make_fleet):
+    fleet = make_fleet(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    fleet.settings = fleet.settings.model_copy(update={"broker_url": fleet.env["CHATQ_BROKER_URL"]})
+    fleet.start_worker(8)
+    client = fleet.client()
+    s = sid("amqp")
+    texts = ["My name is Erin", "What's my name?", "bye"]
+    jobs = [client.submit(t, s).job_id for t in texts]
+    done = wait_all(client, jobs, timeout=60)
+    assert [j.status for j in done] == ["succeeded"] * 3, fleet.logs()
+    assert history_pairs(client, s) == expected_history(texts)

@@ -79,3 +79,22 @@ def test_tool_results_are_checkpointed_so_side_effects_happen_once(make_fleet, t
     assert client.r.get(f"{fleet.settings.namespace}:test:{key}") == "1"
     roles = [m.role for m in client.get_session(done.session_id).messages]
     assert roles == ["user", "assistant", "tool", "tool", "assistant"]
+
+
+def test_warm_shutdown_hands_the_rest_of_a_session_to_another_worker(make_fleet):
+    fleet = make_fleet()
+    first = fleet.start_worker(4)
+    client = fleet.client()
+    s = f"handoff-{uuid.uuid4().hex[:8]}"
+    texts = [f"{s} turn {i} [[stall:0.5]]" for i in range(8)]
+    jobs = [client.submit(t, s).job_id for t in texts]
+    _wait_for_running(client, jobs)
+    first.terminate()  # SIGTERM: Celery's warm shutdown
+    first.wait(30)
+    second = fleet.start_worker(4)
+    done = wait_all(client, jobs, timeout=60)
+    assert all(j.status == "succeeded" for j in done), fleet.logs()
+    assert history_pairs(client, s) == expected_history(texts)
+    ran_on = [j.worker.rsplit(":", 1)[1] for j in done]
+    assert ran_on[0] == str(first.pid) and ran_on[-1] == str(second.pid)
+    assert ran_on.count(str(first.pid)) < len(texts) // 2, "the first worker should stop after its current turn"

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -44,7 +45,7 @@ class Space:
 class SessionRunner:
     def __init__(self, settings: Settings, r: redis.Redis | None = None):
         self.settings = settings
-        self.r = r or get_redis(settings.redis_url, settings.concurrency + 32)
+        self.r = r or get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections)
         self.keys = Keys(settings.namespace)
         self.queue = SessionQueue(self.r, self.keys, settings.result_ttl)
         self._spaces: dict[str, Space] = {settings.namespace: Space(self.keys, self.queue, SessionStore(self.r, self.keys))}
@@ -58,6 +59,8 @@ class SessionRunner:
             for name, p in self.profiles.items()
         }
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()
+        self.wake: Callable[[str, str], None] = _publish_wake
 
     def register_agents(self) -> None:
         """Tell producers which agents this fleet serves, so they can refuse unknown names."""
@@ -92,7 +95,10 @@ class SessionRunner:
                     if sp.queue.release(session_id, token) != 0:
                         return ran
                     continue
-                started = sp.queue.start(session_id, job_id, token, self.settings.max_attempts)
+                if self.stopping.is_set():
+                    self.hand_off(sp, session_id, token)
+                    return ran
+                started = sp.queue.start(session_id, job_id, token, self.settings.max_attempts, self.identity)
                 if started.outcome == "lost":
                     return ran
                 if started.outcome != "run":
@@ -102,6 +108,11 @@ class SessionRunner:
                 ran += 1
         finally:
             self.leases.drop(lease_key)
+
+    def hand_off(self, sp: Space, session_id: str, token: str) -> None:
+        """On warm shutdown: give the rest of the session's queue to another worker right away."""
+        if sp.queue.release(session_id, token, force=True) == 1:
+            self.wake(session_id, sp.keys.ns)
 
     def run_job(self, sp: Space, job: Job, checkpoint: str, token: str) -> bool:
         """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
@@ -152,6 +163,13 @@ class SessionRunner:
                         job.job_id, outcome, job.session_id)
             return False
         return True
+
+
+def _publish_wake(session_id: str, namespace: str) -> None:
+    from tasks.celery_app import RUN_SESSION, app
+
+    app.send_task(RUN_SESSION, args=[session_id], kwargs={"namespace": namespace},
+                  queue=get_settings().queue)
 
 
 _runner: SessionRunner | None = None
