@@ -72,10 +72,12 @@ class Fleet:
     def client(self) -> ChatClient:
         return ChatClient(settings=self.settings)
 
-    def start_worker(self, concurrency: int = 20) -> subprocess.Popen:
+    def start_worker(self, concurrency: int | None = 20) -> subprocess.Popen:
+        """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would."""
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+        flags = ["-c", str(concurrency)] if concurrency else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.cli", "worker", "-c", str(concurrency), "-l", "INFO"],
+            [sys.executable, "-m", "tasks.cli", "worker", *flags, "-l", "INFO"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)

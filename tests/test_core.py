@@ -299,3 +299,16 @@ def test_rabbitmq_as_broker(make_fleet):
     done = wait_all(client, jobs, timeout=60)
     assert [j.status for j in done] == ["succeeded"] * 3, fleet.logs()
     assert history_pairs(client, s) == expected_history(texts)
+
+
+def test_bare_worker_holds_many_llm_calls_in_flight(make_fleet, fake_openai):
+    fleet = make_fleet()
+    fleet.start_worker(None)
+    client = fleet.client()
+    assert client.chat("warm up", timeout=60).status == "succeeded"
+    tag = uuid.uuid4().hex[:6]
+    fake_openai.reset_stats()
+    jobs = [client.submit(f"wait [[stall:1.5]] {tag} {i}", f"io-{tag}-{i}").job_id for i in range(150)]
+    done = wait_all(client, jobs, timeout=90)
+    assert all(j.status == "succeeded" for j in done), fleet.logs()
+    assert fake_openai.stats["max_in_flight"] >= 100

@@ -1,0 +1,41 @@
+"""What a newcomer touches first: the README's commands, the demo, docker-compose.yml, .ci/run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import ROOT
+
+
+def test_readme_opens_with_the_demo_and_test_commands():
+    first = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()[:2]]
+    assert first[0].startswith("make demo") and first[1].startswith("make test")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "chatq demo" in makefile and "pytest" in makefile
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_docker_compose_describes_redis_and_scalable_workers():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
+    worker_cmd = " ".join(services["worker"]["command"])
+    assert "chatq worker" in worker_cmd
+    assert services["worker"]["environment"]["CHATQ_REDIS_URL"].startswith("redis://redis:6379")
+    assert "replicas" in services["worker"]["deploy"]
+
+
+def test_demo_runs_on_the_embedded_model(make_fleet):
+    fleet = make_fleet(online=False)
+    out = subprocess.run([sys.executable, "-m", "tasks.cli", "demo"], cwd=ROOT, env=fleet.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "embedded offline model" in out.stdout and "demo ok" in out.stdout
+    assert "Your name is Alice." in out.stdout and "I don't know your name." in out.stdout
+    assert "Tool results: add=42.0" in out.stdout
+    assert out.stdout.count("succeeded") == 5
