@@ -167,3 +167,12 @@ def test_agents_file_errors_are_clear(tmp_path):
     good.write_text('[agents.helper]\nmodel = "gpt-4o"\nhistory_tokens = 100\n')
     profiles = load_profiles(Settings(agents_file=good))
     assert set(profiles) == {"helper", "default"} and profiles["helper"].history_tokens == 100
+
+
+def test_window_over_the_tail_read_equals_window_over_everything():
+    history = []
+    for i in range(60):
+        history += [user(f"q{i} " * (i % 7)), *call(i), Message(role="assistant", content=f"a{i} " * (i % 5))]
+    for budget in (5, 40, 120, 333, 900):
+        limit = budget // 4 + 1
+        assert window(history[-limit:], [user("now")], budget) == window(history, [user("now")], budget)

@@ -59,6 +59,11 @@ class Agent:
         self.provider = provider
         self.limiter = limiter
 
+    @property
+    def history_limit(self) -> int:
+        """No window can hold more messages than this: each costs at least 4 estimated tokens."""
+        return self.profile.history_tokens // 4 + 1
+
     def request(self, history: list[Message], turn: Turn) -> dict[str, Any]:
         p = self.profile
         system = [Message(role="system", content=p.system_prompt)] if p.system_prompt else []

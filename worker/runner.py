@@ -136,7 +136,7 @@ class SessionRunner:
         try:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            history = sp.sessions.history(sid)
+            history = sp.sessions.history(sid, limit=agent.history_limit)
             turn = agent.run(history, turn, save=save, on_retry=on_retry)
         except AgentError as exc:
             return self._commit_failure(sp, job, token, exc.error, turn.usage)
