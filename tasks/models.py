@@ -80,6 +80,13 @@ class JobResult(BaseModel):
     tool_calls: int = 0
 
 
+class Checkpoint(BaseModel):
+    """A running job's finished steps (its user message, tool calls and results) and their cost."""
+
+    messages: list[Message]
+    usage: Usage = Field(default_factory=Usage)
+
+
 class JobError(BaseModel):
     type: str
     message: str

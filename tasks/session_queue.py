@@ -8,14 +8,13 @@ that lost its lease can never append a turn.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis
 
 from .keys import Keys
-from .models import JobError, Message, Usage, utcnow
+from .models import Checkpoint, JobError, Message, Usage, utcnow
 
 _SUBMIT = """
 -- KEYS: job, queue, pending, idem ; ARGV: job_id, session_id, on_busy, score, idem_ttl, fields...
@@ -149,7 +148,7 @@ class Started:
 
     outcome: str
     fields: dict[str, str]
-    checkpoint: str
+    checkpoint: Checkpoint | None
 
 
 def _iso(now: datetime) -> str:
@@ -221,13 +220,14 @@ class SessionQueue:
                   now.timestamp(), k.done_channel(job_id), error.model_dump_json(), worker],
         )
         if res[0] != "run":
-            return Started(res[0], {}, "")
+            return Started(res[0], {}, None)
         fields = dict(zip(res[2::2], res[3::2]))
-        return Started("run", fields, res[1])
+        return Started("run", fields, Checkpoint.model_validate_json(res[1]) if res[1] else None)
 
-    def save_checkpoint(self, session_id: str, job_id: str, token: str, value: str) -> bool:
+    def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
         return bool(self._checkpoint(
-            keys=[self.keys.lease(session_id), self.keys.checkpoint(job_id)], args=[token, value]
+            keys=[self.keys.lease(session_id), self.keys.checkpoint(job_id)],
+            args=[token, checkpoint.model_dump_json()],
         ))
 
     def commit(
@@ -271,7 +271,3 @@ class SessionQueue:
         now = utcnow().timestamp()
         return self._sweep(keys=[self.keys.pending],
                            args=[now, now - older_than_s, limit, self.keys.ns])
-
-    def encode_checkpoint(self, messages: list[Message], usage: Usage) -> str:
-        return json.dumps({"messages": [m.model_dump(mode="json") for m in messages],
-                           "usage": usage.model_dump(mode="json")})

@@ -210,10 +210,12 @@ def test_finished_jobs_expire_after_ttl(client):
     ({"message": "hi", "idempotency_key": "has space"}, "idempotency key"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(client, kwargs, fragment):
-    before = sorted(client.r.scan_iter(f"{client.keys.ns}:*"))
+    kwargs = {"session_id": sid("bad"), **kwargs}
+    jobs_before = set(client.r.scan_iter(client.keys.job("*")))
     with pytest.raises(InvalidRequest, match=fragment):
         client.submit(**kwargs)
-    assert sorted(client.r.scan_iter(f"{client.keys.ns}:*")) == before
+    assert set(client.r.scan_iter(client.keys.job("*"))) <= jobs_before
+    assert not list(client.r.scan_iter(f"*{kwargs['session_id'][-10:]}*"))
 
 
 def test_provider_error_fails_job_and_keeps_history(client):

@@ -6,7 +6,6 @@ session's turns run strictly in submission order while different sessions run in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -20,7 +19,7 @@ import redis
 from tasks.agent_profiles import AgentProfile, load_profiles
 from tasks.job_store import decode_job
 from tasks.keys import Keys
-from tasks.models import Job, JobError, JobResult, JobStatus, Message, Usage
+from tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
 from tasks.redis_pool import get_redis
 from tasks.session_queue import SessionQueue
 from tasks.session_store import SessionStore
@@ -30,6 +29,7 @@ from .agent import Agent, AgentError, Turn
 from .lease_keeper import LeaseKeeper
 from .provider import Provider
 from .rate_limit import RateLimiter
+from .sweeper import Sweeper
 from .tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ class SessionRunner:
     def __init__(self, settings: Settings, r: redis.Redis | None = None):
         self.settings = settings
         self.r = r or get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections)
-        self.keys = Keys(settings.namespace)
-        self.queue = SessionQueue(self.r, self.keys, settings.result_ttl)
-        self._spaces: dict[str, Space] = {settings.namespace: Space(self.keys, self.queue, SessionStore(self.r, self.keys))}
+        self._spaces: dict[str, Space] = {}
+        home = self.space(settings.namespace)
+        self.keys = home.keys
         self.lease_ms = int(settings.lease_seconds * 1000)
-        self.leases = LeaseKeeper(self.queue, self.lease_ms)
+        self.leases = LeaseKeeper(home.queue, self.lease_ms)
         self.provider = Provider(settings)
         limiter = RateLimiter(self.r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
@@ -79,6 +79,12 @@ class SessionRunner:
 
     def namespaces(self) -> list[str]:
         return [self.settings.namespace, *sorted(self.r.smembers(self.keys.namespaces))]
+
+    def start_sweeper(self) -> Sweeper:
+        def queues() -> list[SessionQueue]:
+            return [self.space(ns).queue for ns in self.namespaces()]
+
+        return Sweeper(self.r, self.keys, queues, self.wake, self.settings.sweep_interval).start()
 
     def drain(self, session_id: str, namespace: str | None = None) -> int:
         sp = self.space(namespace)
@@ -114,17 +120,16 @@ class SessionRunner:
         if sp.queue.release(session_id, token, force=True) == 1:
             self.wake(session_id, sp.keys.ns)
 
-    def run_job(self, sp: Space, job: Job, checkpoint: str, token: str) -> bool:
+    def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, token: str) -> bool:
         """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
         sid = job.session_id
         if checkpoint:
-            data = json.loads(checkpoint)
-            turn = Turn([Message.model_validate(m) for m in data["messages"]], Usage.model_validate(data["usage"]))
+            turn = Turn(checkpoint.messages, checkpoint.usage)
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
 
         def save(t: Turn) -> None:
-            sp.queue.save_checkpoint(sid, job.job_id, token, sp.queue.encode_checkpoint(t.messages, t.usage))
+            sp.queue.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
 
         def on_retry(err: JobError, delay: float) -> None:
             pipe = self.r.pipeline(transaction=False)
