@@ -62,17 +62,9 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
         click.echo(f"error: worker cannot start: {exc}", err=True)
         sys.exit(2)
     runner.register_agents()
-    from worker.sweeper import Sweeper
+    runner.start_sweeper()
+    from .celery_app import app
 
-    from .celery_app import RUN_SESSION, app
-
-    def wake(sid: str, namespace: str) -> None:
-        app.send_task(RUN_SESSION, args=[sid], kwargs={"namespace": namespace}, queue=settings.queue)
-
-    def session_queues() -> list:
-        return [runner.space(ns).queue for ns in runner.namespaces()]
-
-    Sweeper(runner.r, runner.keys, session_queues, wake, settings.sweep_interval).start()
     click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
                f"model {'embedded offline' if settings.offline else settings.model}", err=True)
     app.worker_main([
@@ -188,6 +180,29 @@ def demo(no_worker: bool) -> None:
     from .demo import run_demo
 
     sys.exit(run_demo(start_worker=not no_worker))
+
+
+from .cli_batch import batch  # noqa: E402
+cli.add_command(batch)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+@click.option("--workers", default=1, type=int, show_default=True, help="uvicorn worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn); keys, limits and webhooks from CHATQ_* (see api.config)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from api.config import get_api_settings
+
+    try:
+        get_api_settings()
+    except ValidationError as exc:  # without the inputs: they hold API keys and secrets
+        click.echo("error: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors(include_input=False)), err=True)
+        sys.exit(2)
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 def main() -> None:

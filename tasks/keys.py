@@ -30,6 +30,12 @@ class Keys:
     def lease(self, session_id: str) -> str:
         return f"{self.ns}:session:{session_id}:lease"
 
+    def batch(self, batch_id: str) -> str:
+        return f"{self.ns}:batch:{batch_id}"
+
+    def batch_conversations(self, batch_id: str) -> str:
+        return f"{self.ns}:batch:{batch_id}:conversations"
+
     def idempotency(self, key: str) -> str:
         return f"{self.ns}:idem:{key}"
 

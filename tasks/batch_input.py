@@ -1,0 +1,232 @@
+"""Batch input: JSONL lines, in chatq's own shape or the OpenAI Batch API's, into validated jobs.
+
+Every line is checked (JSON, shape, duplicates, and each turn through ``ChatClient.build_job``)
+before anything is written, so a bad file is refused whole with its line numbers, or, with
+``skip_invalid``, its bad lines are listed and left out; it is never half-submitted.
+
+OpenAI lines: the ``user`` messages of ``body.messages`` become the turns. ``system``/``developer``
+messages are ignored (the agent's own prompt applies) and so are other body fields such as
+``model`` (the agent picks the model); both are reported as warnings. ``assistant``/``tool``
+messages are refused: chatq writes every reply itself, so a transcript with given replies cannot
+be replayed faithfully.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidRequest
+from .models import Job
+
+Source = str | os.PathLike | Iterable[str | dict]
+"""A JSONL file path, or lines (JSON text or already-parsed objects)."""
+
+CustomId = Annotated[str, Field(min_length=1, max_length=256)]
+_SHOWN_ERRORS = 50
+_IGNORED_ROLES = ("system", "developer")
+
+
+class LineError(BaseModel):
+    line: int
+    custom_id: str | None = None
+    error: str
+
+
+class BatchInvalid(InvalidRequest):
+    """Some lines are invalid; nothing was written. ``errors`` lists every one."""
+
+    def __init__(self, errors: list[LineError]):
+        self.errors = errors
+        shown = "\n".join(f"  line {e.line}: {e.error}" for e in errors[:_SHOWN_ERRORS])
+        more = f"\n  ... and {len(errors) - _SHOWN_ERRORS} more" if len(errors) > _SHOWN_ERRORS else ""
+        super().__init__(f"{len(errors)} invalid line(s); nothing was submitted "
+                         f"(--skip-invalid leaves them out):\n{shown}{more}")
+
+
+class NativeLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: CustomId
+    session_id: str | None = None
+    agent: str | None = None
+    messages: list[str] | None = Field(None, min_length=1)
+    message: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NativeLine:
+        if (self.messages is None) == (self.message is None):
+            raise ValueError("give either 'messages' (a list of turns) or 'message' (one turn)")
+        return self
+
+    def turns(self) -> list[str]:
+        return self.messages if self.messages is not None else [self.message or ""]
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            if any(part.get("type", "text") != "text" for part in self.content):
+                raise ValueError("only text content parts are supported")
+            return "".join(str(part.get("text", "")) for part in self.content)
+        return self.content or ""
+
+
+class OpenAIBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[OpenAIMessage] = Field(min_length=1)
+
+
+class OpenAILine(BaseModel):
+    """An OpenAI Batch API request line; ``session_id`` and ``agent`` are chatq's optional extras."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: CustomId
+    method: Literal["POST"] = "POST"
+    url: Literal["/v1/chat/completions", "/chat/completions"]
+    body: OpenAIBody
+    session_id: str | None = None
+    agent: str | None = None
+
+    def turns(self) -> list[str]:
+        turns = []
+        for i, m in enumerate(self.body.messages):
+            if m.role == "user":
+                turns.append(m.text())
+            elif m.role not in _IGNORED_ROLES:
+                raise ValueError(f"body.messages[{i}] has role {m.role!r}: chatq writes every reply itself, "
+                                 "so only user turns (and ignored system messages) are accepted")
+        if not turns:
+            raise ValueError("body.messages has no user message")
+        return turns
+
+    @property
+    def has_system(self) -> bool:
+        return any(m.role in _IGNORED_ROLES for m in self.body.messages)
+
+
+@dataclass
+class Conversation:
+    custom_id: str
+    session_id: str
+    jobs: list[Job]
+
+
+@dataclass
+class Plan:
+    """What a batch would write: the valid conversations, the invalid lines, and notes for the user."""
+
+    conversations: list[Conversation] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _lines(source: Source) -> Iterator[tuple[int, str | dict]]:
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, encoding="utf-8-sig") as f:  # tolerate a BOM
+                yield from enumerate(f, 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"cannot read {os.fspath(source)}: {exc}") from exc
+    else:
+        yield from enumerate(source, 1)
+
+
+def _load(raw: str | dict) -> dict:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("a line must be a JSON object")
+    return raw
+
+
+def _parse(data: dict) -> NativeLine | OpenAILine:
+    try:
+        if "body" in data or "url" in data:
+            return OpenAILine.model_validate(data)
+        return NativeLine.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(_describe(exc)) from None
+
+
+def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agent: str | None) -> Conversation:
+    turns = line.turns()
+    metadata = line.metadata if isinstance(line, NativeLine) else None
+    # A probe turn checks session, agent and metadata once, so turn errors name only the turn.
+    probe = build("probe", line.session_id, line.agent or agent, metadata=metadata)
+    jobs = []
+    for i, text in enumerate(turns, 1):
+        try:
+            jobs.append(build(text, probe.session_id, probe.agent, metadata=metadata))
+        except InvalidRequest as exc:
+            raise ValueError(f"turn {i}: {exc}" if len(turns) > 1 else str(exc)) from None
+    return Conversation(line.custom_id, probe.session_id, jobs)
+
+
+def plan(source: Source, build: Callable[..., Job], agent: str | None = None) -> Plan:
+    """Validate every line into jobs without writing anything.
+
+    ``build`` is ``ChatClient.build_job`` (bound to the batch ID); ``agent`` is the default for
+    lines that name none.
+    """
+    out = Plan()
+    custom_ids: dict[str, int] = {}
+    sessions: dict[str, int] = {}
+    dropped_system = 0
+    ignored_fields: set[str] = set()
+    for number, raw in _lines(source):
+        if isinstance(raw, str) and not raw.strip():
+            continue
+        custom_id = None
+        try:
+            data = _load(raw)
+            custom_id = data.get("custom_id")
+            line = _parse(data)
+            if custom_id in custom_ids:
+                raise ValueError(f"duplicate custom_id {custom_id!r} (first on line {custom_ids[custom_id]})")
+            if line.session_id in sessions:
+                raise ValueError(f"session {line.session_id!r} is also used on line {sessions[line.session_id]}; "
+                                 "put all of a session's turns on one line")
+            conversation = _conversation(line, build, agent)
+        except ValueError as exc:  # InvalidRequest is one too
+            out.errors.append(LineError(line=number, custom_id=custom_id if isinstance(custom_id, str) else None,
+                                        error=str(exc)))
+            continue
+        custom_ids[line.custom_id] = number
+        if line.session_id is not None:
+            sessions[line.session_id] = number
+        if isinstance(line, OpenAILine):
+            dropped_system += line.has_system
+            ignored_fields.update(line.body.model_extra or {})
+        out.conversations.append(conversation)
+    if dropped_system:
+        out.warnings.append(f"system messages on {dropped_system} line(s) were ignored: "
+                            "the agent's own system prompt applies")
+    if ignored_fields:
+        out.warnings.append(f"OpenAI body fields ignored (the agent decides them): {', '.join(sorted(ignored_fields))}")
+    return out

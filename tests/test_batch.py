@@ -1,0 +1,283 @@
+"""Batches end to end: real Redis, real worker processes, the CLI through subprocesses.
+
+Every reply is checked against ``echo_reply`` recomputed over the history the session must hold,
+so a lost, duplicated or reordered turn fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
+from tasks.errors import WaitTimeout
+from worker.offline_model import echo_reply
+
+from .conftest import ROOT
+
+RESULT_KEYS = {"custom_id", "session_id", "status", "replies", "usage", "error", "job_ids"}
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def run_cli(fleet, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasks.cli", *map(str, args)], cwd=ROOT, env=fleet.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def expected_replies(turns: list[str]) -> list[str | None]:
+    """Replies a fresh session gives these turns in order; a faulting turn fails and leaves no history."""
+    history: list[dict] = []
+    replies: list[str | None] = []
+    for text in turns:
+        if "[[fault:" in text:
+            replies.append(None)
+            continue
+        history.append({"role": "user", "content": text})
+        replies.append(echo_reply(history))
+        history.append({"role": "assistant", "content": replies[-1]})
+    return replies
+
+
+def namespace_keys(client) -> set[str]:
+    return {k for k in client.r.scan_iter(f"{client.keys.ns}:*", count=1000) if not k.endswith(":sweep-lock")}
+
+
+def openai_line(custom_id: str, *users: str, system: str | None = None) -> dict:
+    messages = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": u} for u in users]
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 100}}
+
+
+@pytest.fixture
+def batches(client) -> BatchClient:
+    return BatchClient(client)
+
+
+def test_native_conversations_run_in_order_each_in_its_own_session(batches, client):
+    t = tag()
+    named = f"named-{t}"
+    convs = {f"c{i}-{t}": [f"conversation {i} turn {n} {t}" for n in range(i + 1)] for i in range(6)}
+    lines = [{"custom_id": cid, "messages": turns} for cid, turns in convs.items()]
+    lines[2]["session_id"] = named
+    lines.append({"custom_id": f"single-{t}", "message": f"just one {t}"})
+    convs[f"single-{t}"] = [f"just one {t}"]
+
+    info = batches.submit(lines)
+    assert (info.total, info.turns) == (7, 22) and not info.skipped and not info.warnings
+    status = batches.wait(info.batch_id, timeout=60)
+    assert status.done and status.finished_at and (status.total, status.succeeded) == (7, 7)
+    assert (status.turns.total, status.turns.succeeded) == (22, 22)
+
+    results = batches.results(info.batch_id)
+    assert [r.custom_id for r in results] == list(convs)
+    assert results[2].session_id == named
+    assert len({r.session_id for r in results}) == 7
+    for r in results:
+        assert r.status == "succeeded" and r.error is None, r
+        assert r.replies == expected_replies(convs[r.custom_id])
+        assert r.usage.total_tokens > 0
+        history = client.get_session(r.session_id).messages
+        assert [m.content for m in history if m.role == "user"] == convs[r.custom_id]
+    assert all(j.batch_id == info.batch_id for j in client.jobs.get_many(results[5].job_ids))
+    for key in (batches.store.key(info.batch_id), batches.store.conversations_key(info.batch_id)):
+        assert 0 < client.r.ttl(key) <= client.settings.result_ttl
+
+
+def test_openai_batch_lines_work_unchanged(batches):
+    t = tag()
+    lines = [openai_line(f"oa1-{t}", f"Translate cat {t}", system="[[persona:Pirate]] You translate."),
+             openai_line(f"oa2-{t}", f"first {t}", f"second {t}"),
+             {**openai_line(f"oa3-{t}", f"parts {t}"), "agent": "default"}]
+    lines[2]["body"]["messages"][0]["content"] = [{"type": "text", "text": f"parts {t}"}]
+    info = batches.submit(lines)
+    assert info.total == 3 and info.turns == 4
+    assert any("system messages on 1 line" in w for w in info.warnings)
+    assert any("max_tokens, model" in w for w in info.warnings)
+    batches.wait(info.batch_id, timeout=60)
+    results = {r.custom_id: r for r in batches.results(info.batch_id)}
+    # The agent's own (empty) system prompt applied: no persona prefix.
+    assert results[f"oa1-{t}"].replies == expected_replies([f"Translate cat {t}"])
+    assert results[f"oa2-{t}"].replies == expected_replies([f"first {t}", f"second {t}"])
+    assert results[f"oa3-{t}"].replies == expected_replies([f"parts {t}"])
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ({"messages": ["hi"]}, "custom_id: Field required"),
+    ({"custom_id": 7, "message": "hi"}, "custom_id: Input should be a valid string"),
+    ({"custom_id": "x", "message": "a", "messages": ["b"]}, "either 'messages'"),
+    ({"custom_id": "x", "messages": []}, "messages"),
+    ({"custom_id": "x", "mesages": ["typo"]}, "mesages: Extra inputs are not permitted"),
+    ({"custom_id": "x", "messages": ["ok", "  "]}, "turn 2: message is empty"),
+    ({"custom_id": "x", "message": "y" * 40_000}, "the limit is"),
+    ({"custom_id": "x", "message": "hi", "session_id": "bad id!"}, "malformed session ID"),
+    ({"custom_id": "x", "message": "hi", "agent": "nobody"}, "unknown agent"),
+    ({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {"messages": [{"role": "user", "content": "a"}]}},
+     "url:"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "system", "content": "only system"}]}}, "no user message"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": "a"},
+                                                     {"role": "assistant", "content": "b"}]}}, "role 'assistant'"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
+     "only text"),
+])
+def test_each_kind_of_invalid_line_is_named(batches, line, fragment):
+    with pytest.raises(BatchInvalid) as exc:
+        batches.submit([{"custom_id": "fine", "message": "ok"}, line])
+    (error,) = exc.value.errors
+    assert error.line == 2 and fragment in error.error, error
+
+
+def test_invalid_lines_are_listed_by_number_and_nothing_is_written(fleet, client, tmp_path):
+    t = tag()
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        {"custom_id": f"a-{t}", "message": "fine"},
+        "{broken",
+        "",
+        {"custom_id": f"a-{t}", "message": "same id again"},
+        {"custom_id": f"s1-{t}", "message": "hi", "session_id": f"shared-{t}"},
+        {"custom_id": f"s2-{t}", "message": "hi", "session_id": f"shared-{t}"},
+        {"custom_id": f"b-{t}", "messages": ["fine", ""]},
+    ])
+    before = namespace_keys(client)
+    out = run_cli(fleet, "batch", "submit", path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: 4 invalid line(s); nothing was submitted")
+    assert "line 2: not valid JSON" in out.stderr
+    assert "line 4: duplicate custom_id" in out.stderr and "(first on line 1)" in out.stderr
+    assert f"line 6: session 'shared-{t}' is also used on line 5" in out.stderr
+    assert "line 7: turn 2: message is empty" in out.stderr
+    assert namespace_keys(client) == before
+
+    out = run_cli(fleet, "batch", "submit", path, "--skip-invalid")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert [e["line"] for e in info["skipped"]] == [2, 4, 6, 7] and info["total"] == 2
+    assert "skipped 4 invalid line(s): 2, 4, 6, 7" in out.stderr
+    batches = BatchClient(client)
+    batches.wait(info["batch_id"], timeout=60)
+    assert [(r.custom_id, r.status) for r in batches.results(info["batch_id"])] == \
+        [(f"a-{t}", "succeeded"), (f"s1-{t}", "succeeded")]
+
+
+def test_failed_turn_fails_its_conversation_only_and_later_turns_still_run(batches, client):
+    t = tag()
+    broken = [f"one {t}", f"[[fault:400]] two {t}", f"three {t}"]
+    fine = [f"alpha {t}", f"beta {t}"]
+    info = batches.submit([{"custom_id": "broken", "messages": broken}, {"custom_id": "fine", "messages": fine}])
+    status = batches.wait(info.batch_id, timeout=60)
+    assert (status.succeeded, status.failed) == (1, 1)
+    assert (status.turns.succeeded, status.turns.failed) == (4, 1)
+    bad, good = batches.results(info.batch_id)
+    assert bad.status == "failed" and bad.replies == expected_replies(broken) and bad.replies[1] is None
+    assert bad.error.turn == 2 and bad.error.type == "ProviderHTTP400" and "Invalid request" in bad.error.message
+    assert bad.usage.total_tokens > 0
+    assert good.status == "succeeded" and good.replies == expected_replies(fine) and good.error is None
+
+
+def test_cancel_cancels_the_queued_tail_of_every_conversation(fleet, batches, client):
+    t = tag()
+    convs = {f"x{i}": [f"[[stall:1.5]] first {i} {t}", f"second {i} {t}", f"third {i} {t}"] for i in range(3)}
+    info = batches.submit([{"custom_id": c, "messages": m} for c, m in convs.items()])
+    deadline = time.monotonic() + 20
+    while batches.status(info.batch_id).turns.running < 3:
+        assert time.monotonic() < deadline, "first turns never started"
+        time.sleep(0.05)
+    with pytest.raises(WaitTimeout):
+        batches.wait(info.batch_id, timeout=0.2)
+
+    out = run_cli(fleet, "batch", "cancel", info.batch_id)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["cancelled"] == 6
+    status = batches.wait(info.batch_id, timeout=30)
+    assert (status.cancelled, status.turns.succeeded, status.turns.cancelled) == (3, 3, 6)
+    for r in batches.results(info.batch_id):
+        first = convs[r.custom_id][0]
+        assert r.status == "cancelled" and r.replies == [*expected_replies([first]), None, None]
+        assert r.error.turn == 2 and r.error.type == "Cancelled"
+        assert [m.content for m in client.get_session(r.session_id).messages if m.role == "user"] == [first]
+    assert batches.cancel(info.batch_id).cancelled == 0
+
+
+def test_batch_survives_a_killed_worker(make_fleet):
+    fleet = make_fleet()
+    first = fleet.start_worker(4)
+    client = fleet.client()
+    batches = BatchClient(client)
+    t = tag()
+    convs = {f"k{i}": [f"[[stall:0.3]] k{i} turn {n} {t}" for n in range(3)] for i in range(12)}
+    info = batches.submit([{"custom_id": c, "messages": m} for c, m in convs.items()])
+    deadline = time.monotonic() + 30
+    while (status := batches.status(info.batch_id)).turns.succeeded < 4 or not status.turns.running:
+        assert time.monotonic() < deadline, fleet.logs()
+        time.sleep(0.02)
+    fleet.kill(first)
+    assert not batches.status(info.batch_id).done
+    fleet.start_worker(8)
+    status = batches.wait(info.batch_id, timeout=60)
+    assert status.succeeded == 12, fleet.logs()
+    results = batches.results(info.batch_id)
+    for r in results:
+        assert r.status == "succeeded" and r.replies == expected_replies(convs[r.custom_id])
+    jobs = client.jobs.get_many([j for r in results for j in r.job_ids])
+    assert any(j.attempts == 2 for j in jobs), "the kill interrupted no turn"
+
+
+def test_batch_run_end_to_end_and_results_file_shape(fleet, client, tmp_path):
+    t = tag()
+    convs = {f"r{i}-{t}": [f"run {i} turn {n} {t}" for n in range(2)] for i in range(5)}
+    lines = [{"custom_id": c, "messages": m} for c, m in convs.items()]
+    lines.append(openai_line(f"oa-{t}", f"openai {t}"))
+    convs[f"oa-{t}"] = [f"openai {t}"]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    out_path = tmp_path / "out.jsonl"
+
+    out = run_cli(fleet, "batch", "run", path, "-o", out_path)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["done"] and status["total"] == status["succeeded"] == 6 and status["turns"]["total"] == 11
+    assert "wrote 6 result(s)" in out.stderr and "ETA" in out.stderr
+
+    rows = [json.loads(x) for x in out_path.read_text().splitlines()]
+    assert [r["custom_id"] for r in rows] == list(convs)
+    for row in rows:
+        assert set(row) == RESULT_KEYS
+        assert row["replies"] == expected_replies(convs[row["custom_id"]]) and row["error"] is None
+        assert row["usage"]["total_tokens"] > 0 and len(row["job_ids"]) == len(convs[row["custom_id"]])
+        ConversationResult.model_validate(row)
+
+    again = run_cli(fleet, "batch", "results", status["batch_id"])
+    assert again.returncode == 0 and [json.loads(x) for x in again.stdout.splitlines()] == rows
+    counts = json.loads(run_cli(fleet, "batch", "status", status["batch_id"]).stdout)
+    assert {k: counts[k] for k in ("total", "queued", "running", "succeeded", "failed", "cancelled")} == \
+        {"total": 6, "queued": 0, "running": 0, "succeeded": 6, "failed": 0, "cancelled": 0}
+
+
+def test_unknown_batch_is_a_clear_error(fleet, batches):
+    for op in (batches.status, batches.results, batches.cancel):
+        with pytest.raises(BatchNotFound):
+            op("0" * 32)
+    out = run_cli(fleet, "batch", "status", "0" * 32)
+    assert out.returncode == 1 and out.stderr == f"error: unknown or expired batch: {'0' * 32}\n"
+
+
+def test_empty_input_is_refused(batches):
+    with pytest.raises(ValueError, match="empty"):
+        batches.submit(["", "  "])
+    with pytest.raises(ValueError, match="no valid conversations"):
+        batches.submit(["{bad"], skip_invalid=True)
