@@ -39,7 +39,7 @@ def new_id() -> str:
 
 
 def validate_session_id(session_id: str) -> str:
-    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+    if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         raise InvalidRequest(
             f"malformed session ID {session_id!r}: use 1-128 characters of letters, digits and ._:@- "
             "starting with a letter or digit"
@@ -99,7 +99,7 @@ class ChatClient:
         agent = agent or "default"
         if agent not in self.known_agents():
             raise InvalidRequest(f"unknown agent {agent!r}; known: {', '.join(sorted(self.known_agents()))}")
-        if idempotency_key is not None and not (isinstance(idempotency_key, str) and IDEMPOTENCY_KEY.match(idempotency_key)):
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and IDEMPOTENCY_KEY.fullmatch(idempotency_key)):
             raise InvalidRequest("idempotency key must be 1-200 printable ASCII characters without spaces")
         metadata = metadata or {}
         if not isinstance(metadata, dict):

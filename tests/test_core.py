@@ -204,6 +204,7 @@ def test_finished_jobs_expire_after_ttl(client):
     ({"message": "x" * 40_000}, "limit"),
     ({"message": "hi", "session_id": "bad id!"}, "malformed session ID"),
     ({"message": "hi", "session_id": "x" * 200}, "malformed session ID"),
+    ({"message": "hi", "session_id": "abc\n"}, "malformed session ID"),
     ({"message": "hi", "agent": "nobody"}, "unknown agent"),
     ({"message": "hi", "metadata": ["not", "a", "dict"]}, "metadata"),
     ({"message": "hi", "metadata": {"x": object()}}, "JSON"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
+from api.webhooks import deliver_if_requested
 from tasks.agent_profiles import AgentProfile, load_profiles
 from tasks.job_store import decode_job
 from tasks.keys import Keys
@@ -107,6 +108,8 @@ class SessionRunner:
                 started = sp.queue.start(session_id, job_id, token, self.settings.max_attempts, self.identity)
                 if started.outcome == "lost":
                     return ran
+                if started.outcome == "exhausted":
+                    self.notify(sp, job_id)
                 if started.outcome != "run":
                     continue
                 if not self.run_job(sp, decode_job(started.fields), started.checkpoint, token):
@@ -155,19 +158,25 @@ class SessionRunner:
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                     turn.usage, result_json=result.model_dump_json())
-        return self._committed(job, outcome)
+        return self._committed(sp, job, outcome)
 
     def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> bool:
         outcome = sp.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
                                     error_json=error.model_dump_json())
-        return self._committed(job, outcome)
+        return self._committed(sp, job, outcome)
 
-    def _committed(self, job: Job, outcome: str) -> bool:
+    def _committed(self, sp: Space, job: Job, outcome: str) -> bool:
         if outcome != "ok":
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, outcome, job.session_id)
             return False
+        if job.callback_url:
+            self.notify(sp, job.job_id)
         return True
+
+    def notify(self, sp: Space, job_id: str) -> None:
+        """Queue the job's webhook, if it asked for one; never blocks the session."""
+        deliver_if_requested(self.r, sp.keys, job_id, self.settings.namespace)
 
 
 def _publish_wake(session_id: str, namespace: str) -> None:

@@ -1,0 +1,63 @@
+"""The FastAPI app factory: ``create_app()``; ``chatq serve`` runs it on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from tasks.settings import Settings, get_settings
+
+from . import batches, errors, jobs, ops, sessions
+from .auth import KeyRing
+from .body_limit import BodyLimit
+from .config import ApiSettings, get_api_settings
+from .deps import Services
+from .health import WorkerProbe
+from .metrics import LatencyMiddleware, Metrics
+from .tenants import Tenants
+from .webhooks import WebhookSender
+
+log = logging.getLogger("uvicorn.error")  # formatted like the server's own start-up lines
+
+
+def create_app(api_settings: ApiSettings | None = None, settings: Settings | None = None) -> FastAPI:
+    """The API over the core's namespace; both settings default to the environment (tests pass theirs)."""
+    api = api_settings or get_api_settings()
+    core = settings or get_settings()
+    tenants = Tenants(core)
+    keyring = KeyRing(api.api_keys)
+    names: list[str | None] = list(api.tenants) if api.tenants else [None]
+    metrics = Metrics(tenants, names, api.max_active_jobs)
+    services = Services(
+        settings=api, tenants=tenants, keyring=keyring, metrics=metrics,
+        webhooks=WebhookSender(api, core.namespace), workers=WorkerProbe(tenants.client(None)),
+        long_polls=anyio.CapacityLimiter(api.max_long_polls),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if keyring.open:
+            log.warning("CHATQ_API_KEYS is not set: the API is open to anyone who can reach it, as one tenant "
+                        "(fine for local use; set keys before exposing it)")
+        else:
+            log.info("API keys configured for %d tenant(s)", len(names))
+        yield
+
+    app = FastAPI(
+        title="chatq", version="1", lifespan=lifespan,
+        description="Session-ordered chat jobs for LLM agents: submit, poll or long-poll, cancel; "
+                    "sessions; batches; webhooks on completion.",
+    )
+    app.state.services = services
+    errors.install(app)
+    for module in (jobs, sessions, batches, ops):
+        app.include_router(module.router)
+    batch_prefix = batches.router.prefix
+    app.add_middleware(BodyLimit, limit_for=lambda path: (
+        api.max_batch_bytes if path.startswith(batch_prefix) else api.max_body_bytes))
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,35 @@
+"""What routes share: the app's services, reached through FastAPI dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from .auth import KeyRing
+from .config import ApiSettings
+from .health import WorkerProbe
+from .metrics import Metrics
+from .tenants import Tenants
+from .webhooks import WebhookSender
+
+
+@dataclass
+class Services:
+    settings: ApiSettings
+    tenants: Tenants
+    keyring: KeyRing
+    metrics: Metrics
+    webhooks: WebhookSender
+    workers: WorkerProbe
+    long_polls: anyio.CapacityLimiter
+    """Threads for long polls, apart from the default pool so waiting never starves other requests."""
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(get_services)]

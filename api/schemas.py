@@ -1,0 +1,61 @@
+"""What crosses the HTTP boundary that chatq's models do not cover: request bodies, path IDs, small responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
+
+from tasks.client import IDEMPOTENCY_KEY, SESSION_ID
+
+from .errors import NotFound
+
+ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def known_id(value: str, what: str) -> str:
+    """Job and batch IDs are uuid4 hex: anything else is unknown (404), and never reaches a Redis key."""
+    if not ID.match(value):
+        raise NotFound(f"unknown or expired {what}: {value}")
+    return value
+
+
+SessionId = Annotated[str, Path(
+    pattern=SESSION_ID.pattern, description="1-128 letters, digits and `._:@-`, starting with a letter or digit.")]
+JobId = Annotated[str, Path(description="The job's ID (32 hex digits); any other value is unknown.")]
+BatchId = Annotated[str, Path(description="The batch's ID (32 hex digits); any other value is unknown.")]
+CallbackUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)]
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(
+        min_length=1, description="The user's message (not blank; size limit CHATQ_MAX_MESSAGE_CHARS).")
+    agent: str | None = Field(None, max_length=128, description="A registered agent; default `default`.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Stored with the turn (size limit CHATQ_MAX_METADATA_BYTES).")
+    idempotency_key: str | None = Field(
+        None, pattern=IDEMPOTENCY_KEY.pattern, description="Resubmitting with the same key returns the same job.")
+    callback_url: CallbackUrl | None = Field(
+        None, description="POSTed the job record, signed (`X-Chatq-Signature`), when the job finishes.")
+    on_busy: Literal["enqueue", "reject"] = Field(
+        "enqueue", description="`reject`: 409 instead of queueing behind the session's earlier messages.")
+
+
+class ChatIn(MessageIn):
+    session_id: str | None = Field(
+        None, pattern=SESSION_ID.pattern, description="Omit for a new session; created on first use.")
+
+
+class SessionList(BaseModel):
+    sessions: list[str]
+    total: int = Field(description="Sessions in all; page with `offset` and `limit`.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: bool
+    workers: bool
