@@ -192,7 +192,7 @@ def test_failed_turn_fails_its_conversation_only_and_later_turns_still_run(batch
 
 def test_cancel_cancels_the_queued_tail_of_every_conversation(fleet, batches, client):
     t = tag()
-    convs = {f"x{i}": [f"[[stall:1.5]] first {i} {t}", f"second {i} {t}", f"third {i} {t}"] for i in range(3)}
+    convs = {f"x{i}": [f"[[stall:4]] first {i} {t}", f"second {i} {t}", f"third {i} {t}"] for i in range(3)}
     info = batches.submit([{"custom_id": c, "messages": m} for c, m in convs.items()])
     deadline = time.monotonic() + 20
     while batches.status(info.batch_id).turns.running < 3:

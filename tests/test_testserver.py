@@ -138,7 +138,7 @@ def test_stall_trips_client_timeout(sdk):
 
 
 def test_latency_with_hundreds_in_flight():
-    with TestServer(latency=0.5) as server:
+    with TestServer(latency=1.0) as server:
         sdk = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0, timeout=30)
         texts = [tag(f"n{i}") for i in range(200)]
         with ThreadPoolExecutor(200) as pool:
