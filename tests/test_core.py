@@ -275,7 +275,7 @@ def test_cli_errors_are_one_clear_line(fleet):
     assert unknown.returncode == 1 and unknown.stderr.startswith("error: unknown or expired job")
     bad = run_cli(fleet, "submit", "", "--session", "x")
     assert bad.returncode == 1 and "message is empty" in bad.stderr and "Traceback" not in bad.stderr
-    timeout = run_cli(fleet, "wait", json.loads(run_cli(fleet, "submit", "[[stall:3]] zz").stdout)["job_id"],
+    timeout = run_cli(fleet, "wait", json.loads(run_cli(fleet, "submit", "[[stall:8]] zz").stdout)["job_id"],
                       "--timeout", "0.2")
     assert timeout.returncode == 1 and "still" in timeout.stderr
 
@@ -311,7 +311,7 @@ def test_bare_worker_holds_many_llm_calls_in_flight(make_fleet, fake_openai):
     assert client.chat("warm up", timeout=60).status == "succeeded"
     tag = uuid.uuid4().hex[:6]
     fake_openai.reset_stats()
-    jobs = [client.submit(f"wait [[stall:1.5]] {tag} {i}", f"io-{tag}-{i}").job_id for i in range(150)]
+    jobs = [client.submit(f"wait [[stall:3]] {tag} {i}", f"io-{tag}-{i}").job_id for i in range(150)]
     done = wait_all(client, jobs, timeout=90)
     assert all(j.status == "succeeded" for j in done), fleet.logs()
     assert fake_openai.stats["max_in_flight"] >= 100
