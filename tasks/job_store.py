@@ -14,7 +14,7 @@ import redis
 
 from .errors import JobNotFound, WaitTimeout
 from .keys import Keys
-from .models import Job, JobStatus
+from .models import Job
 
 _JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
 
@@ -70,7 +70,3 @@ class JobStore:
                 pubsub.get_message(timeout=min(remaining if remaining is not None else 5.0, 5.0))
         finally:
             pubsub.close()
-
-
-def is_finished(status: str) -> bool:
-    return JobStatus(status).finished
