@@ -136,7 +136,8 @@ class ChatClient:
             if existing is None:
                 raise JobNotFound(f"idempotency key {idempotency_key!r} names job {job_id}, which has expired")
             return existing
-        self.wake(job.session_id, job.job_id)
+        if outcome == "created":
+            self.wake(job.session_id, job.job_id)
         return job
 
     def wake(self, session_id: str, job_id: str | None = None) -> None:

@@ -7,6 +7,8 @@ and waits for them to finish.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from typing import Any
 
@@ -14,8 +16,12 @@ import redis
 
 from .errors import JobNotFound, WaitTimeout
 from .keys import Keys
-from .models import Job
+from .models import Job, JobStatus
 
+log = logging.getLogger(__name__)
+
+_listeners: dict[tuple[int, str], DoneListener] = {}
+_listeners_lock = threading.Lock()
 _JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
 
 
@@ -51,22 +57,74 @@ class JobStore:
             pipe.hgetall(self.keys.job(job_id))
         return [decode_job(f) if f else None for f in pipe.execute()]
 
+    @property
+    def _done(self) -> DoneListener:
+        with _listeners_lock:
+            key = (id(self.r), self.keys.ns)
+            if key not in _listeners:
+                _listeners[key] = DoneListener(self.r, self.keys.done_channel("*"))
+            return _listeners[key]
+
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job finishes: woken by the commit's PUBLISH, not by polling."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        done = self._done.register(job_id)
         try:
-            pubsub.subscribe(self.keys.done_channel(job_id))
             while True:
-                job = self.get(job_id)
-                if job is None:
+                status = self.r.hget(self.keys.job(job_id), "status")
+                if status is None:
                     raise JobNotFound(f"unknown or expired job: {job_id}")
-                if job.status.finished:
+                if JobStatus(status).finished:
+                    job = self.get(job_id)
+                    if job is None:
+                        raise JobNotFound(f"unknown or expired job: {job_id}")
                     return job
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise WaitTimeout(f"job {job_id} still {job.status.value} after {timeout}s")
-                # A bounded wait also notices a record that expired without a notification.
-                pubsub.get_message(timeout=min(remaining if remaining is not None else 5.0, 5.0))
+                    raise WaitTimeout(f"job {job_id} still {status} after {timeout}s")
+                # A bounded wait also notices a record that expired, or a notification lost to a reconnect.
+                done.wait(5.0 if remaining is None else min(remaining, 5.0))
+                done.clear()
         finally:
-            pubsub.close()
+            self._done.unregister(job_id, done)
+
+
+class DoneListener:
+    """One pub/sub connection per process and namespace, shared by every waiting thread.
+
+    A connection per wait cost a TCP connect, a pooled connection held for the whole wait, and a
+    socket per thread to poll; here one redis-py listener thread sets the waiters' events.
+    """
+
+    def __init__(self, r: redis.Redis, pattern: str):
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._prefix = pattern.removesuffix("*")
+        self._pubsub = r.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(**{pattern: self._on_message})
+        self._thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
+                                                  exception_handler=self._on_error)
+
+    def register(self, job_id: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(event)
+        return event
+
+    def unregister(self, job_id: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(job_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[job_id]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        job_id = message["channel"].removeprefix(self._prefix)
+        with self._lock:
+            for event in self._waiters.get(job_id, ()):
+                event.set()
+
+    def _on_error(self, exc: BaseException, pubsub: Any, thread: Any) -> None:
+        log.warning("job notifications interrupted (%s); waiters fall back to 5 s checks until it reconnects", exc)
+        time.sleep(1.0)

@@ -24,10 +24,11 @@ if KEYS[4] ~= '' then
 end
 if ARGV[3] == 'reject' and redis.call('LLEN', KEYS[2]) > 0 then return {'busy', ''} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local queued = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5]) end
-return {'created', ARGV[1]}
+if queued == 1 then return {'created', ARGV[1]} end
+return {'queued-behind', ARGV[1]}
 """
 
 _CANCEL = """
@@ -179,7 +180,12 @@ class SessionQueue:
         idempotency_key: str | None = None,
         client: redis.Redis | None = None,
     ) -> tuple[str, str]:
-        """Append a job to its session's FIFO. Returns (outcome, job_id): created/existing/busy."""
+        """Append a job to its session's FIFO. Returns (outcome, job_id).
+
+        Outcomes: ``created`` (alone in its queue: publish a wake-up), ``queued-behind`` (an earlier
+        job's wake-up or lease holder will reach it: the holder cannot release a non-empty queue, and
+        the sweeper covers a dead one), ``existing`` (idempotency key seen) or ``busy``.
+        """
         k = self.keys
         now = utcnow()
         flat = [x for pair in fields.items() for x in pair]

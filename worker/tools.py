@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -25,11 +27,16 @@ class Tool:
     args_model: type[BaseModel]
     model_arg: str | None  # set when fn takes a single pydantic model argument
 
-    def schema(self) -> dict[str, Any]:
+    @cached_property
+    def _schema(self) -> dict[str, Any]:
         params = self.args_model.model_json_schema()
         params.pop("title", None)
         return {"type": "function",
                 "function": {"name": self.name, "description": self.description, "parameters": params}}
+
+    def schema(self) -> dict[str, Any]:
+        """Built once: generating JSON schemas on every provider call was a worker hot spot."""
+        return copy.deepcopy(self._schema)
 
     def call(self, arguments: str) -> str:
         """Run with the model's JSON arguments; raises ToolArgumentsError for bad input."""
@@ -125,7 +132,8 @@ class ToolRegistry:
         return list(self._tools)
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [t.schema() for t in self._tools.values()]
+        """Shared, read-only: the request only serializes them."""
+        return [t._schema for t in self._tools.values()]
 
     @classmethod
     def from_specs(cls, specs: list[str]) -> ToolRegistry:
