@@ -8,7 +8,7 @@ that lost its lease can never append a turn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis
@@ -44,33 +44,47 @@ redis.call('PUBLISH', ARGV[5], 'cancelled')
 return 'cancelled'
 """
 
-_START = """
--- KEYS: job, queue, lease, session, sessions, pending, checkpoint
--- ARGV: token, job_id, now, max_attempts, ttl, session_id, score, channel, exhausted_error, worker
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
-if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {'moved'} end
-local status = redis.call('HGET', KEYS[1], 'status')
+_TAKE = """
+-- The lease holder's next step: take the queue head and start it, or release an empty queue.
+-- KEYS: queue, lease, session, sessions, pending, messages ; ARGV: token, now, max_attempts, ttl,
+--       session_id, score, exhausted_error, worker, history_limit, key_prefix
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
+local job_id = redis.call('LINDEX', KEYS[1], 0)
+if not job_id then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[5], ARGV[5])
+  return {'released'}
+end
+local job = ARGV[10] .. ':job:' .. job_id
+local checkpoint_key = job .. ':checkpoint'
+local status = redis.call('HGET', job, 'status')
 if (not status) or (status ~= 'queued' and status ~= 'running') then
-  redis.call('LPOP', KEYS[2])
-  return {'skip'}
+  redis.call('LPOP', KEYS[1])
+  return {'skip', job_id}
 end
-if redis.call('HSETNX', KEYS[4], 'created_at', ARGV[3]) == 1 then
-  redis.call('HSET', KEYS[4], 'updated_at', ARGV[3])
-  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+if redis.call('HSETNX', KEYS[3], 'created_at', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[3], 'updated_at', ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts > tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[3], 'error', ARGV[9])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('DEL', KEYS[7])
-  redis.call('LPOP', KEYS[2])
-  redis.call('PUBLISH', ARGV[8], 'failed')
-  return {'exhausted'}
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+if attempts > tonumber(ARGV[3]) then
+  redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[7])
+  redis.call('EXPIRE', job, ARGV[4])
+  redis.call('DEL', checkpoint_key)
+  redis.call('LPOP', KEYS[1])
+  redis.call('PUBLISH', ARGV[10] .. ':done:' .. job_id, 'failed')
+  return {'exhausted', job_id}
 end
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[10])
-local checkpoint = redis.call('GET', KEYS[7]) or ''
-return {'run', checkpoint, unpack(redis.call('HGETALL', KEYS[1]))}
+redis.call('HSETNX', job, 'started_at', ARGV[2])
+redis.call('HSET', job, 'status', 'running', 'worker', ARGV[8])
+local fields = redis.call('HGETALL', job)
+local out = {'run', job_id, redis.call('GET', checkpoint_key) or '', #fields}
+for _, v in ipairs(fields) do table.insert(out, v) end
+local limit = tonumber(ARGV[9])
+if limit > 0 then
+  for _, m in ipairs(redis.call('LRANGE', KEYS[6], -limit, -1)) do table.insert(out, m) end
+end
+return out
 """
 
 _CHECKPOINT = """
@@ -144,12 +158,15 @@ return out
 
 
 @dataclass
-class Started:
-    """What ``start`` hands the runner: the job's fields and its tool checkpoint, if any."""
+class Taken:
+    """The lease holder's next step: ``run`` (with the job, its checkpoint and the history tail),
+    ``released`` (queue empty), ``lost`` (lease gone), ``skip`` or ``exhausted`` (job dropped)."""
 
     outcome: str
-    fields: dict[str, str]
-    checkpoint: Checkpoint | None
+    job_id: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    history: list[Message] = field(default_factory=list)
 
 
 def _iso(now: datetime) -> str:
@@ -163,7 +180,7 @@ class SessionQueue:
         self.result_ttl = result_ttl
         self._submit = r.register_script(_SUBMIT)
         self._cancel = r.register_script(_CANCEL)
-        self._start = r.register_script(_START)
+        self._take = r.register_script(_TAKE)
         self._checkpoint = r.register_script(_CHECKPOINT)
         self._commit = r.register_script(_COMMIT)
         self._release = r.register_script(_RELEASE)
@@ -208,10 +225,9 @@ class SessionQueue:
     def acquire(self, session_id: str, token: str, lease_ms: int) -> bool:
         return bool(self.r.set(self.keys.lease(session_id), token, nx=True, px=lease_ms))
 
-    def head(self, session_id: str) -> str | None:
-        return self.r.lindex(self.keys.queue(session_id), 0)
-
-    def start(self, session_id: str, job_id: str, token: str, max_attempts: int, worker: str = "") -> Started:
+    def take(self, session_id: str, token: str, max_attempts: int, worker: str = "",
+             history_limit: int = 0) -> Taken:
+        """Start the queue head (one round trip: job, checkpoint and history tail come back with it)."""
         k = self.keys
         now = utcnow()
         error = JobError(
@@ -219,16 +235,18 @@ class SessionQueue:
             message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
             retryable=False,
         )
-        res = self._start(
-            keys=[k.job(job_id), k.queue(session_id), k.lease(session_id), k.session(session_id),
-                  k.sessions, k.pending, k.checkpoint(job_id)],
-            args=[token, job_id, _iso(now), max_attempts, self.result_ttl, session_id,
-                  now.timestamp(), k.done_channel(job_id), error.model_dump_json(), worker],
+        res = self._take(
+            keys=[k.queue(session_id), k.lease(session_id), k.session(session_id), k.sessions, k.pending,
+                  k.messages(session_id)],
+            args=[token, _iso(now), max_attempts, self.result_ttl, session_id, now.timestamp(),
+                  error.model_dump_json(), worker, history_limit, k.ns],
         )
         if res[0] != "run":
-            return Started(res[0], {}, None)
-        fields = dict(zip(res[2::2], res[3::2]))
-        return Started("run", fields, Checkpoint.model_validate_json(res[1]) if res[1] else None)
+            return Taken(res[0], res[1] if len(res) > 1 else None)
+        n = int(res[3])
+        fields = dict(zip(res[4:4 + n:2], res[5:4 + n:2]))
+        return Taken("run", res[1], fields, Checkpoint.model_validate_json(res[2]) if res[2] else None,
+                     [Message.model_validate_json(m) for m in res[4 + n:]])
 
     def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
         return bool(self._checkpoint(

@@ -59,6 +59,7 @@ class SessionRunner:
             name: Agent(p, ToolRegistry.from_specs(p.tools), self.provider, limiter)
             for name, p in self.profiles.items()
         }
+        self.history_limit = max(a.history_limit for a in self.agents.values())
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
         self.wake: Callable[[str, str], None] = _publish_wake
@@ -97,22 +98,18 @@ class SessionRunner:
         ran = 0
         try:
             while True:
-                job_id = sp.queue.head(session_id)
-                if job_id is None:
-                    if sp.queue.release(session_id, token) != 0:
-                        return ran
-                    continue
                 if self.stopping.is_set():
                     self.hand_off(sp, session_id, token)
                     return ran
-                started = sp.queue.start(session_id, job_id, token, self.settings.max_attempts, self.identity)
-                if started.outcome == "lost":
+                taken = sp.queue.take(session_id, token, self.settings.max_attempts, self.identity,
+                                      self.history_limit)
+                if taken.outcome in ("released", "lost"):
                     return ran
-                if started.outcome == "exhausted":
-                    self.notify(sp, job_id)
-                if started.outcome != "run":
+                if taken.outcome == "exhausted":
+                    self.notify(sp, taken.job_id)
+                if taken.outcome != "run":
                     continue
-                if not self.run_job(sp, decode_job(started.fields), started.checkpoint, token):
+                if not self.run_job(sp, decode_job(taken.fields), taken.checkpoint, taken.history, token):
                     return ran
                 ran += 1
         finally:
@@ -123,7 +120,8 @@ class SessionRunner:
         if sp.queue.release(session_id, token, force=True) == 1:
             self.wake(session_id, sp.keys.ns)
 
-    def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, token: str) -> bool:
+    def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, history: list[Message],
+                token: str) -> bool:
         """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
         sid = job.session_id
         if checkpoint:
@@ -144,8 +142,7 @@ class SessionRunner:
         try:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            history = sp.sessions.history(sid, limit=agent.history_limit)
-            turn = agent.run(history, turn, save=save, on_retry=on_retry)
+            turn = agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
         except AgentError as exc:
             return self._commit_failure(sp, job, token, exc.error, turn.usage)
         except Exception as exc:  # a bug must fail one job, never wedge the session
