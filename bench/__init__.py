@@ -1,0 +1,1 @@
+"""The chatq benchmark: chatq vs the plain one-task-per-message Celery pattern vs the bare SDK."""

@@ -1,0 +1,357 @@
+"""chatq benchmark: chatq vs the plain Celery pattern vs the bare SDK, on this machine, in one run.
+
+Starts Redis if needed, the project's OpenAI-compatible test server (its latency is switched per
+phase through ``/control``), a chatq worker node and a baseline Celery worker, then for each
+provider latency runs the same workload (S sessions × M messages, all submitted up front) through
+chatq, the baseline and the no-queue limit, plus an open-loop run at a fixed rate for the queue
+overhead. Prints the tables and the issue's targets. Everything lives in its own Redis DBs and
+namespace/queue names, and every process it starts is stopped on exit, failure or Ctrl-C.
+
+    .venv/bin/python bench/run.py                # the full run (a few minutes)
+    .venv/bin/python bench/run.py --quick        # a tiny workload, for the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from bench import baseline_load, chatq_load, limit, patches, report, workload  # noqa: E402
+from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, start_testserver  # noqa: E402
+from bench.profile import Profiler, summarize  # noqa: E402
+from bench.stats import Run  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sessions", type=int, default=600, help="sessions per workload")
+    p.add_argument("--messages", type=int, default=5, help="messages per session")
+    p.add_argument("--arrival", choices=["random", "rounds"], default="random",
+                   help="order of the submissions: sessions interleaved at random, or round by round")
+    p.add_argument("--latency", default="0,0.25,1", help="provider latencies in seconds, comma-separated")
+    p.add_argument("--backlog", default="1", metavar="LATENCIES",
+                   help="latencies of backlog runs (the workload queued first, then taken up at once); '' to skip")
+    p.add_argument("--workers", type=int, default=2, help="chatq worker processes (one node)")
+    p.add_argument("--concurrency", type=int, default=300, help="threads per chatq worker process")
+    p.add_argument("--open-rate", type=float, default=50, help="jobs/s of the open-loop overhead run (0: skip)")
+    p.add_argument("--open-seconds", type=float, default=10)
+    p.add_argument("--baseline-seconds", type=float, default=20,
+                   help="time budget of a baseline run at latency > 0: its workload is cut to fit")
+    p.add_argument("--skip", default="", help="contenders to skip, comma-separated: baseline,limit")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server (no DB number)")
+    p.add_argument("--dbs", default="12,13,10,11",
+                   help="Redis DBs: chatq store, chatq broker, baseline broker, baseline results+history")
+    p.add_argument("--stock-server", action="store_true",
+                   help="run worker.testserver as is (without TCP_NODELAY: +40 ms per call, see bench/serve.py)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy the chatq workers and the client during each chatq phase (bench/profile.py)")
+    p.add_argument("--patch", default="", metavar="NAMES",
+                   help="prototype fixes to apply (bench/patches.py), comma-separated, or 'all'")
+    p.add_argument("--json", type=Path, help="also write every figure to this file")
+    p.add_argument("--quick", action="store_true", help="a tiny workload: checks the benchmark runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sessions, args.messages, args.latency = 8, 3, "0,0.05"
+        args.workers, args.concurrency = 1, 16
+        args.open_rate, args.open_seconds, args.baseline_seconds = 20, 1, 2
+        args.backlog = "0.05"
+    args.latencies = [float(x) for x in args.latency.split(",") if x.strip()]
+    args.backlog = [float(x) for x in args.backlog.split(",") if x.strip()]
+    args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    args.patch = ([*patches.WORKER, *patches.CLIENT] if args.patch == "all"
+                  else [x.strip() for x in args.patch.split(",") if x.strip()])
+    return args
+
+
+class Bench:
+    """One benchmark run: its names, its processes, and the phases that fill ``runs``."""
+
+    def __init__(self, args: argparse.Namespace, procs: Processes):
+        self.args = args
+        self.procs = procs
+        self.tag = f"bench-{uuid.uuid4().hex[:6]}"
+        store, broker, base_broker, base_store = (f"{args.redis}/{d}" for d in args.dbs.split(","))
+        self.urls = {"store": store, "broker": broker, "base_broker": base_broker, "base_store": base_store}
+        self.runs: list[Run] = []
+        self.open_runs: list[Run] = []
+
+    # set-up
+    def start(self) -> None:
+        from tasks.settings import Settings
+
+        a = self.args
+        self.base_url, root = start_testserver(self.procs, 0.0, stock=a.stock_server)
+        self.server = TestServerControl(root)
+        self.server_pid = self.procs.children[-1].pid
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "bench"}
+        chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
+                     "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
+        patches.apply(a.patch, patches.CLIENT)
+        launcher = ["-m", "bench.patched_worker", ",".join(a.patch)] if a.patch else ["-m", "tasks.cli"]
+        self.workers = [
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, *launcher, "worker", "-c", str(a.concurrency),
+                                                   "-l", "WARNING"], chatq_env)
+            for i in range(a.workers)
+        ]
+        self.baseline_env = {"BENCH_BASELINE_BROKER": self.urls["base_broker"],
+                             "BENCH_BASELINE_BACKEND": self.urls["base_store"],
+                             "BENCH_BASELINE_QUEUE": f"{self.tag}-baseline", "BENCH_BASELINE_PREFIX": self.tag}
+        self.baseline_worker = None
+        if "baseline" not in a.skip:
+            self.baseline_worker = self.procs.start(
+                "baseline-worker", [sys.executable, "-m", "celery", "-A", "bench.baseline_app", "worker",
+                                    "-l", "WARNING"], {**env, **self.baseline_env})
+            self.baseline = baseline_load.load(self.baseline_env)
+        settings = Settings(redis_url=self.urls["store"], broker_url=self.urls["broker"],
+                            namespace=self.tag, queue=self.tag)
+        self.client = chatq_load.make_client(settings, waiters=a.sessions + 64)
+        self.r = redis.Redis.from_url(self.urls["store"])
+        self.redis_pid = int(self.r.info("server")["process_id"])
+        self.r_base = redis.Redis.from_url(self.urls["base_store"])
+        self._await_workers(self.client.app, a.workers, self.workers)
+        if self.baseline_worker:
+            self._await_workers(self.baseline.app, 1, [self.baseline_worker])
+
+    def _await_workers(self, app, count: int, procs: list) -> None:
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5)) < count:
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited:\n{self.procs.log_tail(p)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not answer a ping within 60 s")
+
+    def warm_up(self) -> None:
+        """Threads, connections and imports get created here, not inside a measured phase."""
+        self.server.set(0.0)
+        wl = workload.make(f"{self.tag}-warm", min(self.args.sessions, 200), 1)
+        chatq_load.burst(self.client, wl, 0.0, timeout=60)
+        chatq_load.delete_job_records(self.r, self.tag)
+        if self.baseline_worker:
+            run = baseline_load.burst(self.baseline, wl.prefix(20), 0.0, timeout=60)
+            _delete(self.r_base, [f"celery-task-meta-{i}" for i in run.ids])
+
+    # phases
+    def _monitor(self, node: list[int], groups: dict[str, list[int]]) -> Monitor:
+        return Monitor(node, {"client": [os.getpid()], **groups, "server": [self.server_pid],
+                              "redis": [self.redis_pid]}, self.server)
+
+    def _profile(self, phase: str):
+        if not self.args.profile:
+            return contextlib.nullcontext()
+        pids = {"client": os.getpid(), **{f"worker{i}": p.pid for i, p in enumerate(self.workers)}}
+        return Profiler(pids, self.args.profile, phase)
+
+    def _finish(self, run: Run, mon: Monitor, jobs: int) -> None:
+        run.max_in_flight = self.server.stats()["max_in_flight"]
+        busy = [n for n in mon.in_flight if n > 0]
+        run.mean_in_flight = statistics.median(busy) if busy else 0
+        run.peak_rss = mon.peak_rss
+        run.cpu_ms = {name: 1000 * sec / max(1, jobs) for name, sec in mon.cpu.spent.items()}
+        self.runs.append(run)
+        _progress(run)
+
+    @staticmethod
+    def _memory(run: Run, r: redis.Redis, before: int, session_keys: list[str], job_keys: list[str]) -> None:
+        """Redis memory per session and per finished job, then delete the job records.
+
+        Exact from MEMORY USAGE of the keys; from INFO deltas (before, after, after deleting the
+        job records) too, which carry tens of KB of noise, so only for 500+ sessions.
+        """
+        after = _used_memory(r)
+        run.keys_per_session = _key_bytes(r, session_keys) / max(1, run.sessions)
+        run.keys_per_job = _key_bytes(r, job_keys) / max(1, len(job_keys))
+        _delete(r, job_keys)
+        if run.sessions >= 500 and job_keys:
+            without_jobs = _used_memory(r)
+            run.redis_per_job = (after - without_jobs) / len(job_keys)
+            run.redis_per_session = (without_jobs - before) / run.sessions
+
+    def latency_phase(self, latency: float) -> None:
+        a = self.args
+        wl = workload.make(f"{self.tag}-L{latency:g}", a.sessions, a.messages, a.arrival)
+        self.server.set(latency)
+        before = _used_memory(self.r)
+        with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
+                self._profile(f"{latency:g}s"):
+            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency)
+        run.check = chatq_load.check_sessions(self.client, wl)
+        _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
+        k = self.client.keys
+        self._memory(run, self.r, before, [key for sid in wl.sessions for key in (k.session(sid), k.messages(sid))],
+                     list(self.r.scan_iter(f"{self.tag}:job:*", count=1000)))
+        self._finish(run, mon, wl.jobs)
+
+        if self.baseline_worker:
+            cap = wl.jobs if latency == 0 else max(8, int(a.baseline_seconds * (os.cpu_count() or 1) / latency))
+            part = wl.prefix(min(wl.jobs, cap))
+            self.server.set(latency)
+            before = _used_memory(self.r_base)
+            pid = self.baseline_worker.pid
+            with self._monitor([pid], {"workers": [pid]}) as mon:
+                run = baseline_load.burst(self.baseline, part, latency, timeout=120 + part.jobs * latency)
+            run.check = baseline_load.check_sessions(self.baseline, part)
+            self._memory(run, self.r_base, before, [self.baseline.history_key(s) for s in part.sessions],
+                         [f"celery-task-meta-{i}" for i in run.ids])
+            self._finish(run, mon, part.jobs)
+
+        if "limit" not in a.skip:
+            chatq_run = next(r for r in self.runs if r.latency == latency and r.name == "chatq")
+            wl = workload.make(f"{self.tag}-limit{latency:g}", a.sessions, a.messages, a.arrival)
+            self.server.set(latency)
+            with self._monitor([], {}) as mon:
+                run, histories = limit.run(self.base_url, wl, max(1, chatq_run.max_in_flight), latency)
+            run.check = limit.check_sessions(histories, wl)
+            self._finish(run, mon, wl.jobs)
+
+    def backlog_phase(self, latency: float) -> None:
+        """The same workload queued while the node does not consume, then taken up at once."""
+        a = self.args
+        wl = workload.make(f"{self.tag}-B{latency:g}", a.sessions, a.messages, a.arrival)
+        self.server.set(latency)
+        with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon:
+            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency, backlog=True)
+        run.check = chatq_load.check_sessions(self.client, wl)
+        chatq_load.delete_job_records(self.r, self.tag)
+        self._finish(run, mon, wl.jobs)
+
+    def open_loop_phase(self) -> None:
+        a = self.args
+        if a.open_rate <= 0:
+            return
+        self.server.set(0.0)
+        n = max(1, int(a.open_rate * a.open_seconds))
+        sessions = max(1, min(n, int(a.open_rate)))  # each session gets about one message a second
+
+        def open_workload(prefix: str) -> workload.Workload:
+            return workload.Workload([(f"{prefix}-s{i % sessions:05d}", i // sessions) for i in range(n)])
+
+        run = chatq_load.open_loop(self.client, open_workload(f"{self.tag}-open"), a.open_rate, 0.0, timeout=60)
+        self.open_runs.append(run)
+        _progress(run, f"open loop {a.open_rate:g}/s")
+        if self.baseline_worker:
+            run = baseline_load.open_loop(self.baseline, open_workload(f"{self.tag}-open-base"), a.open_rate, 0.0,
+                                          timeout=60)
+            _delete(self.r_base, [f"celery-task-meta-{i}" for i in run.ids])
+            self.open_runs.append(run)
+            _progress(run, f"open loop {a.open_rate:g}/s")
+
+    def clean_redis(self) -> None:
+        """Delete every key this run made (its DBs may be shared with other benchmark runs)."""
+        for url in self.urls.values():
+            r = redis.Redis.from_url(url)
+            _delete(r, list(r.scan_iter(f"*{self.tag}*", count=1000)))
+
+
+def _used_memory(r: redis.Redis) -> int:
+    """used_memory without the clients' buffers: a burst leaves hundreds of idle pooled
+    connections behind (~20 KB each), which are not data."""
+    m = r.info("memory")
+    return int(m["used_memory"]) - int(m.get("mem_clients_normal", 0)) - int(m.get("mem_clients_slaves", 0))
+
+
+def _quiesce(broker: redis.Redis, queue: str, timeout: float = 15) -> None:
+    """Wait until the workers consumed every wake-up (the no-op ones left after a burst), so
+    that the memory figures count data, not broker messages."""
+    deadline = time.monotonic() + timeout
+    while (broker.llen(queue) or broker.hlen("unacked")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _delete(r: redis.Redis, keys: list[str]) -> None:
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i:i + 500])
+
+
+def _key_bytes(r: redis.Redis, keys: list[str]) -> int:
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(n or 0 for n in pipe.execute())
+
+
+def _progress(run: Run, label: str = "") -> None:
+    submitted = f" (submitted in {run.submit_seconds:.1f}s)" if not math.isnan(run.submit_seconds) else ""
+    print(f"  {label or f'latency {run.latency:g}s'}: {run.name:<8} {run.jobs} jobs in {run.elapsed:.1f}s{submitted} "
+          f"= {run.overall_rate:.1f}/s overall, {run.rate:.1f}/s steady, lost {run.check.lost}, reordered {run.check.reordered}"
+          + (f", errors: {run.errors[:2]}" if run.errors else ""), flush=True)
+
+
+def machine() -> str:
+    return f"nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_redis()
+    print(f"chatq benchmark: {machine()}")
+    print(f"  {args.sessions} sessions x {args.messages} messages ({args.arrival} arrival), latencies {args.latencies}, "
+          f"chatq node = {args.workers} worker process(es) x {args.concurrency} threads, "
+          f"baseline = celery prefork x {os.cpu_count()}"
+          + (f"\n  prototype patches: {', '.join(args.patch)}" if args.patch else ""), flush=True)
+    logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-"))
+    with Processes(logdir) as procs:
+        bench = Bench(args, procs)
+        try:
+            bench.start()
+            bench.warm_up()
+            for latency in args.latencies:
+                bench.latency_phase(latency)
+            for latency in args.backlog:
+                bench.backlog_phase(latency)
+            bench.open_loop_phase()
+        except BaseException:
+            print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
+            raise
+        finally:
+            procs.stop_all()
+            bench.clean_redis()
+    shutil.rmtree(logdir, ignore_errors=True)
+    print("\nThroughput and correctness (same workload; baseline cut to its time budget at latency > 0)")
+    print(report.throughput(bench.runs))
+    print("\nQueue overhead, ms (start: ready -> started; visible: finished -> the waiting client has it)")
+    print(report.overhead(bench.runs))
+    if bench.open_runs:
+        print(report.overhead(bench.open_runs, label=f"open {args.open_rate:g}/s"))
+    print("\nCPU ms per job, by process (client = this process: submit/wait, or the SDK for the limit; "
+          "irq = the kernel's network interrupts; other = anything else on the machine)")
+    print(report.cpu(bench.runs))
+    print("\nMemory")
+    print(report.memory(bench.runs))
+    checks = report.targets(bench.runs, bench.open_runs)
+    print("\nTargets")
+    for name, ok, measured in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
+    if args.profile:
+        for f in sorted(args.profile.glob("*.txt")):
+            print("\n" + summarize(f, top=12))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "argv": sys.argv[1:],
+                                         "runs": [asdict(r) | {"rate": r.rate, "overall_rate": r.overall_rate}
+                                                  for r in bench.runs + bench.open_runs]},
+                                        default=str, indent=1))
+    failed = sum(r.failed + r.check.lost + r.check.reordered for r in bench.runs + bench.open_runs
+                 if r.name == "chatq")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

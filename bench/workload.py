@@ -1,0 +1,118 @@
+"""The workload every contender runs, and the check of what each session ended up holding.
+
+S sessions × M messages, all submitted up front, each session's in order. By default sessions
+interleave at random (seeded), the way many users typing at once look to a backend, so a session
+often has several messages queued behind each other; ``rounds`` sends every session's first
+message, then every second one, and so on. The expected final
+history is rebuilt with the offline model's ``echo_reply``, whose replies hash the whole prior
+history: a lost, duplicated or reordered turn changes every later reply.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+
+from worker.offline_model import echo_reply
+
+
+@dataclass
+class Workload:
+    order: list[tuple[str, int]]  # (session, message index) in arrival order
+
+    @property
+    def jobs(self) -> int:
+        return len(self.order)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages per session, sessions in order of first arrival."""
+        out: dict[str, int] = {}
+        for sid, _ in self.order:
+            out[sid] = out.get(sid, 0) + 1
+        return out
+
+    @property
+    def sessions(self) -> list[str]:
+        return list(self.counts)
+
+    def prefix(self, jobs: int) -> Workload:
+        """The first ``jobs`` arrivals: the same traffic, cut short for a slow contender."""
+        return Workload(self.order[:jobs])
+
+
+def make(tag: str, sessions: int, messages: int, arrival: str = "random", seed: int = 7) -> Workload:
+    """``random``: sessions interleave at random; ``rounds``: every session's message 0, then every
+    session's message 1, ... (many users in step)."""
+    sids = [f"{tag}-s{i:05d}" for i in range(sessions)]
+    if arrival == "rounds":
+        return Workload([(sid, j) for j in range(messages) for sid in sids])
+    arrivals = [sid for sid in sids for _ in range(messages)]
+    random.Random(seed).shuffle(arrivals)
+    seen: dict[str, int] = {}
+    order = []
+    for sid in arrivals:
+        order.append((sid, seen.get(sid, 0)))
+        seen[sid] = seen.get(sid, 0) + 1
+    return Workload(order)
+
+
+def text(session_id: str, index: int) -> str:
+    return f"message {index} of {session_id}"
+
+
+def expected(session_id: str, messages: int) -> list[tuple[str, str]]:
+    history: list[dict[str, str]] = []
+    for j in range(messages):
+        history.append({"role": "user", "content": text(session_id, j)})
+        history.append({"role": "assistant", "content": echo_reply(history)})
+    return [(m["role"], m["content"]) for m in history]
+
+
+@dataclass
+class Check:
+    lost: int = 0
+    reordered: int = 0
+    exact_sessions: int = 0
+
+    def add(self, other: Check) -> None:
+        self.lost += other.lost
+        self.reordered += other.reordered
+        self.exact_sessions += other.exact_sessions
+
+
+def check(session_id: str, messages: int, actual: list[tuple[str, str | None]]) -> Check:
+    """Compare one session's final (role, content) history with the expected one.
+
+    lost: submitted turns absent from the history (or left without a reply).
+    reordered: turns present out of submission order or more than once, plus replies computed over
+    a different history than the one stored before them (the model saw turns in another order).
+    """
+    want = expected(session_id, messages)
+    if actual == want:
+        return Check(exact_sessions=1)
+    index = {text(session_id, j): j for j in range(messages)}
+    turns: list[tuple[int, bool]] = []  # (message index, reply consistent with the stored prefix)
+    prefix: list[dict[str, str | None]] = []
+    for i, (role, content) in enumerate(actual):
+        if role != "user":
+            prefix.append({"role": role, "content": content})
+            continue
+        prefix.append({"role": role, "content": content})
+        reply = actual[i + 1][1] if i + 1 < len(actual) and actual[i + 1][0] == "assistant" else None
+        if reply is not None:
+            turns.append((index.get(content or "", -1), reply == echo_reply(prefix)))
+    present = {j for j, _ in turns}
+    lost = sum(1 for j in range(messages) if j not in present)
+    in_order = _longest_increasing([j for j, _ in turns])
+    wrong_context = sum(1 for _, ok in turns if not ok)
+    return Check(lost=lost, reordered=max(len(turns) - in_order, wrong_context))
+
+
+def _longest_increasing(xs: list[int]) -> int:
+    tails: list[int] = []
+    for x in xs:
+        i = bisect.bisect_left(tails, x)
+        tails[i:i + 1] = [x]
+    return len(tails)
