@@ -96,14 +96,11 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def start_testserver(procs: Processes, latency: float, stock: bool = False) -> tuple[str, str]:
-    """The project's OpenAI-compatible server in its own process; returns (base_url, control_url).
-
-    Through ``bench.serve`` (the same server with TCP_NODELAY) unless ``stock``.
-    """
+def start_testserver(procs: Processes, latency: float) -> tuple[str, str]:
+    """The project's OpenAI-compatible server in its own process; returns (base_url, control_url)."""
     port = free_port()
-    proc = procs.start("testserver", [sys.executable, "-m", "bench.serve", "--port", str(port),
-                                      "--latency", str(latency), *(["--stock"] if stock else [])],
+    proc = procs.start("testserver", [sys.executable, "-m", "worker.testserver", "--port", str(port),
+                                      "--latency", str(latency)],
                        dict(os.environ, PYTHONUNBUFFERED="1"))
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20

@@ -59,8 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server (no DB number)")
     p.add_argument("--dbs", default="12,13,10,11",
                    help="Redis DBs: chatq store, chatq broker, baseline broker, baseline results+history")
-    p.add_argument("--stock-server", action="store_true",
-                   help="run worker.testserver as is (without TCP_NODELAY: +40 ms per call, see bench/serve.py)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy the chatq workers and the client during each chatq phase (bench/profile.py)")
     p.add_argument("--patch", default="", metavar="NAMES",
@@ -98,7 +96,7 @@ class Bench:
         from tasks.settings import Settings
 
         a = self.args
-        self.base_url, root = start_testserver(self.procs, 0.0, stock=a.stock_server)
+        self.base_url, root = start_testserver(self.procs, 0.0)
         self.server = TestServerControl(root)
         self.server_pid = self.procs.children[-1].pid
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "bench"}
