@@ -117,14 +117,13 @@ redis.call('PUBLISH', ARGV[13], ARGV[5])
 return 'ok'
 """
 
-_RELEASE = """
--- KEYS: lease, queue, pending ; ARGV: token, session_id, force
+_HAND_OFF = """
+-- KEYS: lease, queue, pending ; ARGV: token, session_id ; returns the jobs left queued, or -1 if lost
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local queued = redis.call('LLEN', KEYS[2])
-if queued > 0 and ARGV[3] ~= '1' then return 0 end
 redis.call('DEL', KEYS[1])
+local queued = redis.call('LLEN', KEYS[2])
 if queued == 0 then redis.call('ZREM', KEYS[3], ARGV[2]) end
-return 1
+return queued
 """
 
 _RENEW = """
@@ -183,7 +182,7 @@ class SessionQueue:
         self._take = r.register_script(_TAKE)
         self._checkpoint = r.register_script(_CHECKPOINT)
         self._commit = r.register_script(_COMMIT)
-        self._release = r.register_script(_RELEASE)
+        self._hand_off = r.register_script(_HAND_OFF)
         self._renew = r.register_script(_RENEW)
         self._sweep = r.register_script(_SWEEP)
 
@@ -274,14 +273,11 @@ class SessionQueue:
                   session_id, k.done_channel(job_id), *(m.model_dump_json() for m in messages)],
         )
 
-    def release(self, session_id: str, token: str, force: bool = False) -> int:
-        """1 released, 0 more work queued (keep draining), -1 the lease was lost.
-
-        ``force`` releases even with work queued: the caller hands the session to another worker.
-        """
+    def hand_off(self, session_id: str, token: str) -> int:
+        """Give up the lease with work still queued (warm shutdown); returns the jobs left, -1 if lost."""
         k = self.keys
-        return int(self._release(keys=[k.lease(session_id), k.queue(session_id), k.pending],
-                                 args=[token, session_id, "1" if force else "0"]))
+        return int(self._hand_off(keys=[k.lease(session_id), k.queue(session_id), k.pending],
+                                  args=[token, session_id]))
 
     def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:
         """Extend held leases; returns the lease keys found lost."""

@@ -54,11 +54,6 @@ class SessionStore:
             pending_jobs=pending,
         )
 
-    def history(self, session_id: str, limit: int | None = None) -> list[Message]:
-        """The whole history, or only its newest ``limit`` messages (a long session's turn stays O(window))."""
-        start = -limit if limit else 0
-        return [Message.model_validate_json(m) for m in self.r.lrange(self.keys.messages(session_id), start, -1)]
-
     def create(self, session_id: str) -> bool:
         """Get-or-create: True when this call made it. Atomic, so racing creators make one session."""
         now = utcnow()

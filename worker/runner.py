@@ -117,7 +117,7 @@ class SessionRunner:
 
     def hand_off(self, sp: Space, session_id: str, token: str) -> None:
         """On warm shutdown: give the rest of the session's queue to another worker right away."""
-        if sp.queue.release(session_id, token, force=True) == 1:
+        if sp.queue.hand_off(session_id, token) > 0:
             self.wake(session_id, sp.keys.ns)
 
     def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, history: list[Message],
