@@ -16,6 +16,7 @@ from tasks.errors import InvalidRequest
 from .auth import CurrentTenant
 from .deps import Svc
 from .errors import responses
+from .jobs import checked_callback
 from .quota import check_quota
 from .schemas import BatchId, known_id
 
@@ -40,6 +41,8 @@ async def submit_batch(
     skip_invalid: Annotated[bool, Query(
         description="Leave invalid lines out (listed) instead of refusing all.")] = False,
     agent: Annotated[str | None, Query(max_length=128, description="Agent for lines that name none.")] = None,
+    callback_url: Annotated[str | None, Query(max_length=2048, description=(
+        "Every turn's job is POSTed here, signed, when it finishes (its record carries the batch_id)."))] = None,
 ) -> BatchInfo:
     """Validate every line, then queue every turn; invalid lines refuse the whole batch (422) unless skipped."""
     try:
@@ -47,11 +50,12 @@ async def submit_batch(
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the batch is not UTF-8: {exc}") from None
     batches = svc.tenants.batches(tenant.name)
+    callback = checked_callback(svc, tenant, callback_url)
     with svc.metrics.submission(tenant.label) as tally:
         # Lines are a lower bound on turns: the quota is checked before parsing, and soft anyway.
         tally.jobs = sum(1 for line in lines if line.strip())
         await run_in_threadpool(check_quota, tenant.client, svc.settings.max_active_jobs, tally.jobs)
-        info = await run_in_threadpool(batches.submit, lines, skip_invalid, agent)
+        info = await run_in_threadpool(batches.submit, lines, skip_invalid, agent, callback)
         tally.jobs = info.turns
     response.headers["Location"] = str(request.url_for("get_batch", batch_id=info.batch_id))
     return info

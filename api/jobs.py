@@ -32,18 +32,25 @@ def _hint(response: Response, job: Job) -> Job:
     return job
 
 
+def checked_callback(svc: Services, tenant: Tenant, url: object | None) -> str | None:
+    """A callback URL the tenant may use: signing configured, destination allowed; else InvalidRequest."""
+    if url is None:
+        return None
+    callback = str(url)
+    if svc.settings.secret_for(tenant.name) is None:
+        raise InvalidRequest("callback_url needs webhook signing: the operator sets CHATQ_WEBHOOK_SECRET "
+                             "or CHATQ_WEBHOOK_SECRETS")
+    try:
+        check_destination(callback, svc.settings.webhook_allow_private, resolve=False)
+    except WebhookRefused as exc:
+        raise InvalidRequest(str(exc)) from None
+    return callback
+
+
 def _submit(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None,
             request: Request, response: Response) -> Job:
-    callback = str(body.callback_url) if body.callback_url is not None else None
     with svc.metrics.submission(tenant.label):
-        if callback is not None:
-            if svc.settings.secret_for(tenant.name) is None:
-                raise InvalidRequest("callback_url needs webhook signing: the operator sets CHATQ_WEBHOOK_SECRET "
-                                     "or CHATQ_WEBHOOK_SECRETS")
-            try:
-                check_destination(callback, svc.settings.webhook_allow_private, resolve=False)
-            except WebhookRefused as exc:
-                raise InvalidRequest(str(exc)) from None
+        callback = checked_callback(svc, tenant, body.callback_url)
         check_quota(tenant.client, svc.settings.max_active_jobs)
         job = tenant.client.submit(body.message, session_id, body.agent, body.idempotency_key, body.metadata,
                                    body.on_busy, callback_url=callback)

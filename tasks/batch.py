@@ -209,14 +209,16 @@ class BatchClient:
         # A written batch's conversation list never changes, so polling reads it once.
         self._entries = lru_cache(maxsize=8)(self.store.entries)
 
-    def submit(self, source: Source, skip_invalid: bool = False, agent: str | None = None) -> BatchInfo:
+    def submit(self, source: Source, skip_invalid: bool = False, agent: str | None = None,
+               callback_url: str | None = None) -> BatchInfo:
         """Validate every line, then write every job and wake every conversation's session.
 
         Raises ``BatchInvalid`` (listing line numbers) before writing anything when a line is
-        invalid, unless ``skip_invalid``; ``agent`` is the default for lines that name none.
+        invalid, unless ``skip_invalid``; ``agent`` is the default for lines that name none;
+        ``callback_url``, if given, receives every turn's job when it finishes.
         """
         batch_id = new_id()
-        p = plan(source, partial(self.client.build_job, batch_id=batch_id), agent)
+        p = plan(source, partial(self.client.build_job, batch_id=batch_id, callback_url=callback_url), agent)
         if p.errors and not skip_invalid:
             raise BatchInvalid(p.errors)
         if not p.conversations:

@@ -457,6 +457,29 @@ def test_webhook_delivered_by_the_worker_when_the_job_finishes(make_fleet):
             time.sleep(0.05)
 
 
+def test_batch_callback_url_reaches_every_turn(make_fleet):
+    f = make_fleet(webhook_secret=MASTER_SECRET, webhook_allow_private="true", webhook_backoff="0.1")
+    f.start_worker(4)
+    settings = api_settings()
+    body = "\n".join(json.dumps({"custom_id": f"c{i}", "messages": [f"hi {i}", f"again {i}"]}) for i in range(2))
+    with Receiver() as receiver, serve(create_app(settings, f.settings)) as url, http(url, KEY_A) as c:
+        created = c.post("/v1/batches", params={"callback_url": receiver.url}, content=body,
+                         headers={"content-type": "application/x-ndjson"})
+        assert created.status_code == 202, created.text
+        batch_id = created.json()["batch_id"]
+        deadline = time.monotonic() + 60
+        while len(receiver.received) < 4:
+            assert time.monotonic() < deadline, f"{len(receiver.received)} of 4 webhooks arrived"
+            time.sleep(0.05)
+        records = [json.loads(b) for _, b in receiver.received]
+        assert {r["batch_id"] for r in records} == {batch_id}
+        assert sorted(r["message"] for r in records) == ["again 0", "again 1", "hi 0", "hi 1"]
+        assert all(verify(b, settings.secret_for("acme"), h[SIGNATURE_HEADER]) for h, b in receiver.received)
+        refused = c.post("/v1/batches", params={"callback_url": "ftp://nowhere"}, content=body,
+                         headers={"content-type": "application/x-ndjson"})
+        assert refused.status_code == 422
+
+
 def test_cancel_delivers_the_webhook_from_the_api(a):
     with Receiver() as receiver:
         s = sid()
