@@ -18,7 +18,6 @@ class LeaseKeeper:
         self.queue = queue
         self.lease_ms = lease_ms
         self._held: dict[str, str] = {}
-        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -26,7 +25,6 @@ class LeaseKeeper:
     def hold(self, key: str, token: str) -> None:
         with self._lock:
             self._held[key] = token
-            self._lost.discard(key)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="chatq-leases", daemon=True)
                 self._thread.start()
@@ -34,19 +32,13 @@ class LeaseKeeper:
     def drop(self, key: str) -> None:
         with self._lock:
             self._held.pop(key, None)
-            self._lost.discard(key)
-
-    def lost(self, key: str) -> bool:
-        with self._lock:
-            return key in self._lost
 
     def renew_now(self) -> None:
         with self._lock:
             held = list(self._held.items())
         for key in self.queue.renew(held, self.lease_ms):
+            # The commit is fenced by the token, so a lost lease needs no flag: it just cannot commit.
             log.warning("lease %s was lost; its job will be taken up elsewhere", key)
-            with self._lock:
-                self._lost.add(key)
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease_ms / 3000):
