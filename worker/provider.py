@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
@@ -75,21 +77,44 @@ def classify(exc: Exception) -> ProviderError:
 
 
 class Provider:
+    """Calls the provider with one SDK client per thread.
+
+    One client shared by hundreds of threads funnels every call through one connection pool, which
+    keeps 100 idle connections (the SDK's default) and scans all of them under a lock per request.
+    A client per thread keeps its own connection; all share one TLS context, since building one
+    (loading the CA store) costs ~20 ms of CPU per client.
+    """
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.offline = settings.offline
-        self._client: openai.OpenAI | None = None
+        self._local = threading.local()
+        self._tls: ssl.SSLContext | None = None
         if not self.offline:
-            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused"
-            self._client = openai.OpenAI(
-                api_key=key, base_url=settings.openai_base_url or None,
-                max_retries=0, timeout=settings.provider_timeout,
+            self._tls = ssl.create_default_context()
+            self.client()  # fail at start-up, not on the first job, if the SDK rejects the settings
+
+    def client(self) -> openai.OpenAI:
+        """This thread's SDK client (``OpenAI(max_retries=0)``: retries are ours, in place)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            s = self.settings
+            client = self._local.client = openai.OpenAI(
+                api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "unused",
+                base_url=s.openai_base_url or None, max_retries=0, timeout=s.provider_timeout,
+                http_client=openai.DefaultHttpxClient(verify=self._tls, timeout=s.provider_timeout),
             )
+        return client
 
     def _call(self, request: dict[str, Any]) -> ChatCompletion:
-        if self._client is None:
+        """POST the request as built: it is already plain JSON, and ``chat.completions.create``
+        would re-walk every message and tool schema through the SDK's TypedDict transform (a quarter
+        of a worker's CPU at zero latency). ``client.post`` is the SDK's documented way to send a
+        body as is; auth, timeouts, error types and response parsing are the SDK's own."""
+        if self.offline:
             return ChatCompletion.model_validate(offline_model.complete(request))
-        return self._client.chat.completions.create(**request)
+        return self.client().post("/chat/completions", body=request, cast_to=ChatCompletion,
+                                  options={"security": {"bearer_auth": True}})
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max
