@@ -59,9 +59,11 @@ def summarize(path: Path, top: int = 20, contains: str | None = None) -> str:
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines(): frame names may hold \x1c etc.
         stack, _, count = line.rpartition(" ")
         if not stack or (contains and contains not in stack):
+            continue
+        if not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
