@@ -7,12 +7,14 @@ from celery.signals import worker_shutting_down
 from .celery_app import RUN_SESSION, app
 
 
-@app.task(name=RUN_SESSION)
-def run_session(session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
-    """Wake-up for one session: drain its queue if nobody else holds it. Returns jobs run."""
+@app.task(name=RUN_SESSION, bind=True)
+def run_session(self, session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
+    """Wake-up for one session: drain its queue if nobody else holds it, then serve sessions handed
+    to this thread directly. Returns jobs run."""
     from worker.runner import get_runner
 
-    return get_runner().drain(session_id, namespace)
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    return get_runner().serve(session_id, namespace, queue)
 
 
 @worker_shutting_down.connect
@@ -20,4 +22,4 @@ def _stop_draining(**_: object) -> None:
     """Warm shutdown: finish the running turns, hand every session's remaining queue to other workers."""
     from worker.runner import get_runner
 
-    get_runner().stopping.set()
+    get_runner().stop()

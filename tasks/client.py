@@ -63,7 +63,7 @@ class ChatClient:
         self.queue = SessionQueue(self.r, self.keys, s.result_ttl)
         self._local_agents = set(load_profiles(s))
         self._fleet_agents: tuple[float, set[str]] = (0.0, set())
-        self._agents_key = Keys(s.namespace).agents
+        self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
 
     @property
     def app(self) -> Celery:
@@ -75,7 +75,7 @@ class ChatClient:
     def known_agents(self) -> set[str]:
         fetched_at, fleet = self._fleet_agents
         if time.monotonic() - fetched_at > 5:
-            fleet = set(self.r.smembers(self._agents_key))
+            fleet = set(self.r.smembers(self._fleet_keys.agents))
             self._fleet_agents = (time.monotonic(), fleet)
         return self._local_agents | fleet
 
@@ -128,7 +128,8 @@ class ChatClient:
         if on_busy not in ("enqueue", "reject"):
             raise InvalidRequest("on_busy must be 'enqueue' or 'reject'")
         job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
-        outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key)
+        outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key,
+                                            hand_to=self._fleet_keys, queue=self.settings.queue)
         if outcome == "busy":
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
         if outcome == "existing":

@@ -71,17 +71,15 @@ class JobStore:
         done = self._done.register(job_id)
         try:
             while True:
-                status = self.r.hget(self.keys.job(job_id), "status")
-                if status is None:
+                fields = self.r.hgetall(self.keys.job(job_id))
+                if "status" not in fields:
                     raise JobNotFound(f"unknown or expired job: {job_id}")
-                if JobStatus(status).finished:
-                    job = self.get(job_id)
-                    if job is None:
-                        raise JobNotFound(f"unknown or expired job: {job_id}")
-                    return job
+                status = JobStatus(fields["status"])
+                if status.finished:
+                    return decode_job(fields)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise WaitTimeout(f"job {job_id} still {status} after {timeout}s")
+                    raise WaitTimeout(f"job {job_id} still {status.value} after {timeout}s")
                 # A bounded wait also notices a record that expired, or a notification lost to a reconnect.
                 done.wait(5.0 if remaining is None else min(remaining, 5.0))
                 done.clear()

@@ -58,6 +58,14 @@ class Keys:
         """Set of namespaces (tenants) that producers use, kept under the base namespace for sweeping."""
         return f"{self.ns}:namespaces"
 
+    def idle(self, queue: str) -> str:
+        """ZSET of runner threads waiting for a session handed to them directly, scored by deadline."""
+        return f"{self.ns}:idle:{queue}"
+
+    def inbox(self, waiter: str = "") -> str:
+        """LIST where a producer puts the one session it hands to an idle runner thread."""
+        return f"{self.ns}:inbox:{waiter}"
+
     @property
     def sweep_lock(self) -> str:
         return f"{self.ns}:sweep-lock"

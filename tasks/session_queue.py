@@ -17,18 +17,31 @@ from .keys import Keys
 from .models import Checkpoint, JobError, Message, Usage, utcnow
 
 _SUBMIT = """
--- KEYS: job, queue, pending, idem ; ARGV: job_id, session_id, on_busy, score, idem_ttl, fields...
+-- KEYS: job, queue, pending, idem, lease, idle ; ARGV: job_id, session_id, on_busy, score, idem_ttl,
+--       inbox_prefix, namespace, fields...
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'existing', existing} end
 end
 if ARGV[3] == 'reject' and redis.call('LLEN', KEYS[2]) > 0 then return {'busy', ''} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 local queued = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5]) end
-if queued == 1 then return {'created', ARGV[1]} end
-return {'queued-behind', ARGV[1]}
+if queued > 1 then return {'queued-behind', ARGV[1]} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'held', ARGV[1]} end
+if KEYS[6] ~= '' then
+  local t = redis.call('TIME')
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local waiter = redis.call('ZPOPMAX', KEYS[6])[1]
+  if waiter then
+    local inbox = ARGV[6] .. waiter
+    redis.call('RPUSH', inbox, ARGV[7] .. ' ' .. ARGV[2])
+    redis.call('PEXPIRE', inbox, 60000)
+    return {'handed', ARGV[1]}
+  end
+end
+return {'created', ARGV[1]}
 """
 
 _CANCEL = """
@@ -46,9 +59,14 @@ return 'cancelled'
 
 _TAKE = """
 -- The lease holder's next step: take the queue head and start it, or release an empty queue.
+-- With acquire_ms > 0 it first takes a free lease (a worker's first step on a woken session).
 -- KEYS: queue, lease, session, sessions, pending, messages ; ARGV: token, now, max_attempts, ttl,
---       session_id, score, exhausted_error, worker, history_limit, key_prefix
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
+--       session_id, score, exhausted_error, worker, history_limit, key_prefix, acquire_ms
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[1] then
+  if holder or ARGV[11] == '0' then return {'lost'} end
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[11])
+end
 local job_id = redis.call('LINDEX', KEYS[1], 0)
 if not job_id then
   redis.call('DEL', KEYS[2])
@@ -195,20 +213,26 @@ class SessionQueue:
         on_busy: str = "enqueue",
         idempotency_key: str | None = None,
         client: redis.Redis | None = None,
+        hand_to: Keys | None = None,
+        queue: str = "",
     ) -> tuple[str, str]:
         """Append a job to its session's FIFO. Returns (outcome, job_id).
 
-        Outcomes: ``created`` (alone in its queue: publish a wake-up), ``queued-behind`` (an earlier
-        job's wake-up or lease holder will reach it: the holder cannot release a non-empty queue, and
-        the sweeper covers a dead one), ``existing`` (idempotency key seen) or ``busy``.
+        Outcomes: ``created`` (alone in its queue and nobody holds it: publish a wake-up),
+        ``handed`` (given to an idle runner thread of ``queue`` registered under ``hand_to``'s
+        namespace: no wake-up needed), ``held`` (the lease holder will reach it: it cannot release
+        a non-empty queue), ``queued-behind`` (an earlier job's wake-up or holder will reach it; the
+        sweeper covers a dead one), ``existing`` (idempotency key seen) or ``busy``.
         """
         k = self.keys
         now = utcnow()
         flat = [x for pair in fields.items() for x in pair]
         res = self._submit(
             keys=[k.job(job_id), k.queue(session_id), k.pending,
-                  k.idempotency(idempotency_key) if idempotency_key else ""],
-            args=[job_id, session_id, on_busy, now.timestamp(), self.result_ttl, *flat],
+                  k.idempotency(idempotency_key) if idempotency_key else "", k.lease(session_id),
+                  hand_to.idle(queue) if hand_to else ""],
+            args=[job_id, session_id, on_busy, now.timestamp(), self.result_ttl,
+                  hand_to.inbox() if hand_to else "", k.ns, *flat],
             client=client,
         )
         return res[0], res[1]
@@ -221,12 +245,13 @@ class SessionQueue:
         )
 
     # worker side
-    def acquire(self, session_id: str, token: str, lease_ms: int) -> bool:
-        return bool(self.r.set(self.keys.lease(session_id), token, nx=True, px=lease_ms))
-
     def take(self, session_id: str, token: str, max_attempts: int, worker: str = "",
-             history_limit: int = 0) -> Taken:
-        """Start the queue head (one round trip: job, checkpoint and history tail come back with it)."""
+             history_limit: int = 0, acquire_ms: int = 0) -> Taken:
+        """Start the queue head (one round trip: job, checkpoint and history tail come back with it).
+
+        ``acquire_ms``: first take the session's lease for that long if nobody holds it; ``lost``
+        means another worker holds it (or, without ``acquire_ms``, that this one no longer does).
+        """
         k = self.keys
         now = utcnow()
         error = JobError(
@@ -238,7 +263,7 @@ class SessionQueue:
             keys=[k.queue(session_id), k.lease(session_id), k.session(session_id), k.sessions, k.pending,
                   k.messages(session_id)],
             args=[token, _iso(now), max_attempts, self.result_ttl, session_id, now.timestamp(),
-                  error.model_dump_json(), worker, history_limit, k.ns],
+                  error.model_dump_json(), worker, history_limit, k.ns, acquire_ms],
         )
         if res[0] != "run":
             return Taken(res[0], res[1] if len(res) > 1 else None)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     result_ttl: int = Field(86400, ge=1, description="Seconds a finished job stays pollable.")
     lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
     sweep_interval: float = Field(5.0, gt=0)
+    idle_wait: float = Field(
+        1.0, ge=0, description="Seconds a runner thread between sessions waits to be handed one "
+        "directly by a producer (no Celery message); 0 turns hand-offs off.")
     max_attempts: int = Field(3, ge=1, description="Runs of a job whose workers keep dying.")
     visibility_timeout: int = Field(3600, ge=1)
 

@@ -53,7 +53,10 @@ def expected_replies(turns: list[str]) -> list[str | None]:
 
 
 def namespace_keys(client) -> set[str]:
-    return {k for k in client.r.scan_iter(f"{client.keys.ns}:*", count=1000) if not k.endswith(":sweep-lock")}
+    """The namespace's data keys; not the workers' own bookkeeping (sweep lock, idle runner threads)."""
+    ns = client.keys.ns
+    return {k for k in client.r.scan_iter(f"{ns}:*", count=1000)
+            if not (k.endswith(":sweep-lock") or k.startswith((f"{ns}:idle:", f"{ns}:inbox:")))}
 
 
 def openai_line(custom_id: str, *users: str, system: str | None = None) -> dict:

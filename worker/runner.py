@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tasks.session_store import SessionStore
 from tasks.settings import Settings, get_settings
 
 from .agent import Agent, AgentError, Turn
+from .handoff import Handoff
 from .lease_keeper import LeaseKeeper
 from .provider import Provider
 from .rate_limit import RateLimiter
@@ -63,6 +65,10 @@ class SessionRunner:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
         self.wake: Callable[[str, str], None] = _publish_wake
+        self.handoff = Handoff(self.r, self.keys, self.identity, settings.idle_wait) if settings.idle_wait > 0 else None
+        # A chain of handed sessions keeps its first wake-up unacked: end it well inside the broker's
+        # visibility timeout, so the wake-up is never redelivered while its thread is still busy.
+        self.chain_seconds = min(600.0, settings.visibility_timeout / 4)
 
     def register_agents(self) -> None:
         """Tell producers which agents this fleet serves, so they can refuse unknown names."""
@@ -88,23 +94,48 @@ class SessionRunner:
 
         return Sweeper(self.r, self.keys, queues, self.wake, self.settings.sweep_interval).start()
 
+    def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None) -> int:
+        """Drain a woken session, then keep this thread serving sessions producers hand it directly
+        (``worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run."""
+        ran = self.drain(session_id, namespace)
+        if self.handoff is None:
+            return ran
+        queue = queue or self.settings.queue
+        until = time.monotonic() + self.chain_seconds
+        while not self.stopping.is_set() and time.monotonic() < until:
+            handed = self.handoff.next_session(queue)
+            if handed is None:
+                break
+            ran += self.drain(handed[1], handed[0])
+        return ran
+
+    def stop(self) -> None:
+        """Warm shutdown: running turns finish, queued work is handed to other workers."""
+        self.stopping.set()
+        if self.handoff is not None:
+            self.handoff.release_all()
+
     def drain(self, session_id: str, namespace: str | None = None) -> int:
         sp = self.space(namespace)
-        token = f"{self.identity}:{uuid.uuid4().hex}"
-        if not sp.queue.acquire(session_id, token, self.lease_ms):
+        if self.stopping.is_set():  # e.g. handed over just before a warm shutdown
+            self.wake(session_id, sp.keys.ns)
             return 0
+        token = f"{self.identity}:{uuid.uuid4().hex}"
         lease_key = sp.keys.lease(session_id)
-        self.leases.hold(lease_key, token)
+        acquire_ms = self.lease_ms  # the first take also takes the lease, if it is free
         ran = 0
         try:
             while True:
-                if self.stopping.is_set():
+                if self.stopping.is_set() and not acquire_ms:
                     self.hand_off(sp, session_id, token)
                     return ran
                 taken = sp.queue.take(session_id, token, self.settings.max_attempts, self.identity,
-                                      self.history_limit)
+                                      self.history_limit, acquire_ms)
                 if taken.outcome in ("released", "lost"):
                     return ran
+                if acquire_ms:
+                    acquire_ms = 0
+                    self.leases.hold(lease_key, token)
                 if taken.outcome == "exhausted":
                     self.notify(sp, taken.job_id)
                 if taken.outcome != "run":
