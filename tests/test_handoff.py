@@ -1,0 +1,139 @@
+"""Sessions handed straight to idle runner threads: no Celery message, nothing dropped, nothing stuck."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from tasks.job_store import encode_job
+from tasks.keys import Keys
+from tasks.models import Job
+from tasks.session_queue import SessionQueue
+from worker.handoff import Handoff
+
+from .conftest import BROKER_URL, REDIS_URL
+
+
+@pytest.fixture
+def space():
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    keys = Keys(f"h{uuid.uuid4().hex[:8]}")
+    yield r, keys, SessionQueue(r, keys)
+    for k in r.scan_iter(f"{keys.ns}:*"):
+        r.delete(k)
+
+
+def submit(queue: SessionQueue, keys: Keys, session_id: str, hand: bool = True) -> str:
+    job = Job(job_id=uuid.uuid4().hex, session_id=session_id, message="hi")
+    outcome, _ = queue.submit(job.job_id, session_id, encode_job(job), hand_to=keys if hand else None, queue="q")
+    return outcome
+
+
+def wait_in_thread(handoff: Handoff) -> tuple[threading.Thread, list]:
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(handoff.next_session("q")))
+    t.start()
+    return t, got
+
+
+def registered(r: redis.Redis, keys: Keys, count: int = 1, queue: str = "q") -> None:
+    deadline = time.monotonic() + 5
+    while r.zcard(keys.idle(queue)) < count:
+        assert time.monotonic() < deadline, "the waiter never registered"
+        time.sleep(0.01)
+
+
+def test_an_idle_session_goes_to_a_waiting_thread_and_the_next_one_to_celery(space):
+    r, keys, queue = space
+    handoff = Handoff(r, keys, "host:1", wait_seconds=5)
+    t, got = wait_in_thread(handoff)
+    registered(r, keys)
+    assert submit(queue, keys, "s1") == "handed"
+    t.join(5)
+    assert got == [(keys.ns, "s1")]
+    assert submit(queue, keys, "s2") == "created", "no one waits any more: publish a wake-up"
+    assert submit(queue, keys, "s2") == "queued-behind"
+    assert submit(queue, keys, "s3", hand=False) == "created"
+
+
+def test_a_waiter_that_timed_out_is_never_handed_anything(space):
+    r, keys, queue = space
+    handoff = Handoff(r, keys, "host:1", wait_seconds=0.2)
+    t, got = wait_in_thread(handoff)
+    t.join(5)
+    assert got == [None]
+    assert submit(queue, keys, "s1") == "created"
+    # A registration whose deadline passed (its thread stalled or died) is not picked either.
+    r.zadd(keys.idle("q"), {"host:2:9": 1})
+    assert submit(queue, keys, "s2") == "created"
+    assert r.zcard(keys.idle("q")) == 0
+
+
+def test_a_session_whose_lease_is_held_is_left_to_its_holder(space):
+    r, keys, queue = space
+    r.set(keys.lease("s1"), "someone", px=5000)
+    assert submit(queue, keys, "s1") == "held"
+
+
+def test_several_waiters_each_get_one_session_newest_first(space):
+    r, keys, queue = space
+    handoff = Handoff(r, keys, "host:1", wait_seconds=5)
+    waiters = []
+    for n in range(3):
+        waiters.append(wait_in_thread(handoff))
+        registered(r, keys, n + 1)
+    newest = r.zrange(keys.idle("q"), -1, -1)[0]
+    assert submit(queue, keys, "a") == "handed"
+    assert r.zcard(keys.idle("q")) == 2 and newest not in r.zrange(keys.idle("q"), 0, -1)
+    assert submit(queue, keys, "b") == "handed"
+    assert submit(queue, keys, "c") == "handed"
+    assert submit(queue, keys, "d") == "created"
+    for t, _ in waiters:
+        t.join(5)
+    assert sorted(got[0][1] for _, got in waiters) == ["a", "b", "c"]
+
+
+def test_warm_shutdown_wakes_waiters_at_once(space):
+    r, keys, _ = space
+    handoff = Handoff(r, keys, "host:1", wait_seconds=30)
+    t, got = wait_in_thread(handoff)
+    registered(r, keys)
+    started = time.monotonic()
+    handoff.release_all()
+    t.join(5)
+    assert got == [None] and time.monotonic() - started < 5
+    assert r.zcard(keys.idle("q")) == 0
+
+
+def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
+    fleet = make_fleet(idle_wait="20")
+    worker = fleet.start_worker(4)
+    client = fleet.client()
+    assert client.chat("warm up", timeout=30).status == "succeeded"
+    registered(client.r, client.keys, queue=fleet.settings.queue)
+    client.app.control.cancel_consumer(fleet.settings.queue, reply=True)
+    broker = redis.Redis.from_url(BROKER_URL)
+    job = client.submit("hello, nobody is consuming wake-ups")
+    done = client.wait(job.job_id, 30)
+    assert done.status == "succeeded", fleet.logs()
+    assert done.worker.endswith(f":{worker.pid}")
+    assert broker.llen(fleet.settings.queue) == 0, "no Celery message was published for it"
+
+
+def test_session_handed_to_a_killed_worker_is_recovered_by_the_sweeper(make_fleet):
+    fleet = make_fleet(idle_wait="60")
+    doomed = fleet.start_worker(4)
+    client = fleet.client()
+    assert client.chat("warm up", timeout=30).status == "succeeded"
+    registered(client.r, client.keys, queue=fleet.settings.queue)
+    fleet.kill(doomed)  # its waiter stays registered until its deadline
+    fleet.start_worker(4)
+    job = client.submit("handed to the dead")
+    done = client.wait(job.job_id, 30)
+    assert done.status == "succeeded", fleet.logs()
+    inboxes = list(client.r.scan_iter(f"{fleet.settings.namespace}:inbox:*"))
+    assert any(f":{doomed.pid}:" in k for k in inboxes), "the job should have been handed to the dead worker"
