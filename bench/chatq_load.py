@@ -94,6 +94,7 @@ def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, back
     queue_name = client.settings.queue
     if backlog:
         client.app.control.cancel_consumer(queue_name, reply=True)
+        time.sleep(client.settings.idle_wait + 0.5)  # until no runner thread waits for a hand-off
     started = time.time()
     for sid, j in wl.order:
         inbox[sid].put(client.submit(text(sid, j), sid).job_id)

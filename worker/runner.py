@@ -140,8 +140,9 @@ class SessionRunner:
                     self.notify(sp, taken.job_id)
                 if taken.outcome != "run":
                     continue
-                if not self.run_job(sp, decode_job(taken.fields), taken.checkpoint, taken.history, token):
-                    return ran
+                outcome = self.run_job(sp, decode_job(taken.fields), taken.checkpoint, taken.history, token)
+                if outcome != "ok":
+                    return ran + (outcome == "released")
                 ran += 1
         finally:
             self.leases.drop(lease_key)
@@ -152,8 +153,9 @@ class SessionRunner:
             self.wake(session_id, sp.keys.ns)
 
     def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, history: list[Message],
-                token: str) -> bool:
-        """Run one job and commit it; False when the lease was lost (someone else owns it now)."""
+                token: str) -> str:
+        """Run one job and commit it: ``ok``, ``released`` (it was the last queued: the lease is
+        given up with the commit) or why the commit was refused (the lease was lost)."""
         sid = job.session_id
         if checkpoint:
             turn = Turn(checkpoint.messages, checkpoint.usage)
@@ -185,22 +187,23 @@ class SessionRunner:
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
-                                    turn.usage, result_json=result.model_dump_json())
+                                  turn.usage, result_json=result.model_dump_json(),
+                                  release_if_empty=True)
         return self._committed(sp, job, outcome)
 
-    def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> bool:
+    def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> str:
         outcome = sp.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
-                                    error_json=error.model_dump_json())
+                                  error_json=error.model_dump_json(), release_if_empty=True)
         return self._committed(sp, job, outcome)
 
-    def _committed(self, sp: Space, job: Job, outcome: str) -> bool:
-        if outcome != "ok":
+    def _committed(self, sp: Space, job: Job, outcome: str) -> str:
+        if outcome not in ("ok", "released"):
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, outcome, job.session_id)
-            return False
+            return outcome
         if job.callback_url:
             self.notify(sp, job.job_id)
-        return True
+        return outcome
 
     def notify(self, sp: Space, job_id: str) -> None:
         """Queue the job's webhook, if it asked for one; never blocks the session."""
