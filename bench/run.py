@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--open-seconds", type=float, default=10)
     p.add_argument("--baseline-seconds", type=float, default=20,
                    help="time budget of a baseline run at latency > 0: its workload is cut to fit")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run chatq and the baseline this many times at each latency, alternately, and report "
+                        "each one's median run and the median of the paired ratios (the machine's speed drifts)")
     p.add_argument("--skip", default="", help="contenders to skip, comma-separated: baseline,limit")
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server (no DB number)")
     p.add_argument("--dbs", default="12,13,10,11",
@@ -90,6 +93,7 @@ class Bench:
         self.urls = {"store": store, "broker": broker, "base_broker": base_broker, "base_store": base_store}
         self.runs: list[Run] = []
         self.open_runs: list[Run] = []
+        self.paired: dict[float, list[float]] = {}  # latency -> chatq/baseline rate of each repeat
 
     # set-up
     def start(self) -> None:
@@ -185,31 +189,12 @@ class Bench:
 
     def latency_phase(self, latency: float) -> None:
         a = self.args
-        wl = workload.make(f"{self.tag}-L{latency:g}", a.sessions, a.messages, a.arrival)
-        self.server.set(latency)
-        before = _used_memory(self.r)
-        with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
-                self._profile(f"{latency:g}s"):
-            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency)
-        run.check = chatq_load.check_sessions(self.client, wl)
-        _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
-        k = self.client.keys
-        self._memory(run, self.r, before, [key for sid in wl.sessions for key in (k.session(sid), k.messages(sid))],
-                     list(self.r.scan_iter(f"{self.tag}:job:*", count=1000)))
-        self._finish(run, mon, wl.jobs)
-
-        if self.baseline_worker:
-            cap = wl.jobs if latency == 0 else max(8, int(a.baseline_seconds * (os.cpu_count() or 1) / latency))
-            part = wl.prefix(min(wl.jobs, cap))
-            self.server.set(latency)
-            before = _used_memory(self.r_base)
-            pid = self.baseline_worker.pid
-            with self._monitor([pid], {"workers": [pid]}) as mon:
-                run = baseline_load.burst(self.baseline, part, latency, timeout=120 + part.jobs * latency)
-            run.check = baseline_load.check_sessions(self.baseline, part)
-            self._memory(run, self.r_base, before, [self.baseline.history_key(s) for s in part.sessions],
-                         [f"celery-task-meta-{i}" for i in run.ids])
-            self._finish(run, mon, part.jobs)
+        pairs: list[tuple[Run, Run | None]] = []
+        for i in range(a.repeat):
+            suffix = f"-r{i}" if a.repeat > 1 else ""
+            pairs.append((self._chatq_run(latency, suffix), self._baseline_run(latency, suffix)))
+        if a.repeat > 1:
+            self._keep_medians(latency, pairs)
 
         if "limit" not in a.skip:
             chatq_run = next(r for r in self.runs if r.latency == latency and r.name == "chatq")
@@ -219,6 +204,59 @@ class Bench:
                 run, histories = limit.run(self.base_url, wl, max(1, chatq_run.max_in_flight), latency)
             run.check = limit.check_sessions(histories, wl)
             self._finish(run, mon, wl.jobs)
+
+    def _chatq_run(self, latency: float, suffix: str) -> Run:
+        a = self.args
+        wl = workload.make(f"{self.tag}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+        self.server.set(latency)
+        before = _used_memory(self.r)
+        with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
+                self._profile(f"{latency:g}s{suffix}"):
+            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency)
+        run.check = chatq_load.check_sessions(self.client, wl)
+        _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
+        k = self.client.keys
+        self._memory(run, self.r, before, [key for sid in wl.sessions for key in (k.session(sid), k.messages(sid))],
+                     list(self.r.scan_iter(f"{self.tag}:job:*", count=1000)))
+        self._finish(run, mon, wl.jobs)
+        return run
+
+    def _baseline_run(self, latency: float, suffix: str) -> Run | None:
+        a = self.args
+        if not self.baseline_worker:
+            return None
+        wl = workload.make(f"{self.tag}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+        cap = wl.jobs if latency == 0 else max(8, int(a.baseline_seconds * (os.cpu_count() or 1) / latency))
+        part = wl.prefix(min(wl.jobs, cap))
+        self.server.set(latency)
+        before = _used_memory(self.r_base)
+        pid = self.baseline_worker.pid
+        with self._monitor([pid], {"workers": [pid]}) as mon:
+            run = baseline_load.burst(self.baseline, part, latency, timeout=120 + part.jobs * latency)
+        run.check = baseline_load.check_sessions(self.baseline, part)
+        self._memory(run, self.r_base, before, [self.baseline.history_key(s) for s in part.sessions],
+                     [f"celery-task-meta-{i}" for i in run.ids])
+        self._finish(run, mon, part.jobs)
+        return run
+
+    def _keep_medians(self, latency: float, pairs: list[tuple[Run, Run | None]]) -> None:
+        """Keep each contender's median run (by jobs/s; the lower one of an even count), with lost,
+        reordered and failed summed over all of its runs."""
+        kept = []
+        for side in (0, 1):
+            runs = [p[side] for p in pairs if p[side] is not None]
+            if not runs:
+                continue
+            median = sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+            median.check.lost = sum(r.check.lost for r in runs)
+            median.check.reordered = sum(r.check.reordered for r in runs)
+            median.failed = sum(r.failed for r in runs)
+            median.repeats = [r.rate for r in runs]
+            self.runs = [r for r in self.runs if not any(r is x for x in runs)]
+            kept.append(median)
+        self.runs += kept
+        if all(b is not None and b.rate for _, b in pairs):
+            self.paired[latency] = [c.rate / b.rate for c, b in pairs]
 
     def backlog_phase(self, latency: float) -> None:
         """The same workload queued while the node does not consume, then taken up at once."""
@@ -325,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(logdir, ignore_errors=True)
     print("\nThroughput and correctness (same workload; baseline cut to its time budget at latency > 0)")
     print(report.throughput(bench.runs))
+    if bench.paired:
+        print(f"Each contender's median of {args.repeat} runs above; chatq/baseline of each back-to-back pair:")
+        print(report.paired(bench.paired))
     print("\nQueue overhead, ms (start: ready -> started; visible: finished -> the waiting client has it)")
     print(report.overhead(bench.runs))
     if bench.open_runs:
@@ -334,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.cpu(bench.runs))
     print("\nMemory")
     print(report.memory(bench.runs))
-    checks = report.targets(bench.runs, bench.open_runs)
+    checks = report.targets(bench.runs, bench.open_runs, bench.paired)
     print("\nTargets")
     for name, ok, measured in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")

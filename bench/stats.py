@@ -41,6 +41,7 @@ class Run:
     sessions: int = 0
     errors: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # the baseline's task IDs (their result keys)
+    repeats: list[float] = field(default_factory=list)  # jobs/s of every repeat, when this is their median
 
     @property
     def rate(self) -> float:
