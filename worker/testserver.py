@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Any
 
 import uvicorn
@@ -267,7 +268,9 @@ class TestServer:
     def _uvicorn(self, log_config: Any = None) -> uvicorn.Server:
         logging.getLogger("uvicorn.error").addFilter(_DROP_FILTER)
         return uvicorn.Server(uvicorn.Config(
-            self.app, loop="asyncio", http="h11", lifespan="off", log_config=log_config,
+            # httptools, the C parser, when installed: h11 costs ~40% more server CPU per call.
+            self.app, loop="asyncio", http="httptools" if find_spec("httptools") else "h11",
+            lifespan="off", log_config=log_config,
             log_level="warning", access_log=False, backlog=2048,
             timeout_keep_alive=75, timeout_graceful_shutdown=1,
         ))
