@@ -49,8 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency", default="0,0.25,1", help="provider latencies in seconds, comma-separated")
     p.add_argument("--backlog", default="1", metavar="LATENCIES",
                    help="latencies of backlog runs (the workload queued first, then taken up at once); '' to skip")
-    p.add_argument("--workers", type=int, default=2, help="chatq worker processes (one node)")
-    p.add_argument("--concurrency", type=int, default=300, help="threads per chatq worker process")
+    p.add_argument("--workers", type=int, default=3, help="chatq worker processes (one node)")
+    p.add_argument("--concurrency", type=int, default=200, help="threads per chatq worker process")
     p.add_argument("--open-rate", type=float, default=50, help="jobs/s of the open-loop overhead run (0: skip)")
     p.add_argument("--open-seconds", type=float, default=10)
     p.add_argument("--baseline-seconds", type=float, default=20,
