@@ -240,34 +240,40 @@ class Bench:
         return run
 
     def _keep_medians(self, latency: float, pairs: list[tuple[Run, Run | None]]) -> None:
-        """Keep each contender's median run (by jobs/s; the lower one of an even count), with lost,
-        reordered and failed summed over all of its runs."""
-        kept = []
         for side in (0, 1):
-            runs = [p[side] for p in pairs if p[side] is not None]
-            if not runs:
-                continue
-            median = sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
-            median.check.lost = sum(r.check.lost for r in runs)
-            median.check.reordered = sum(r.check.reordered for r in runs)
-            median.failed = sum(r.failed for r in runs)
-            median.repeats = [r.rate for r in runs]
-            self.runs = [r for r in self.runs if not any(r is x for x in runs)]
-            kept.append(median)
-        self.runs += kept
+            self._keep_median([p[side] for p in pairs if p[side] is not None])
         if all(b is not None and b.rate for _, b in pairs):
             self.paired[latency] = [c.rate / b.rate for c, b in pairs]
+
+    def _keep_median(self, runs: list[Run]) -> None:
+        """Keep one contender's median run (by jobs/s; the lower one of an even count), with lost,
+        reordered and failed summed over all of its runs and every run's jobs/s and calls in flight."""
+        if not runs:
+            return
+        median = sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+        median.check.lost = sum(r.check.lost for r in runs)
+        median.check.reordered = sum(r.check.reordered for r in runs)
+        median.failed = sum(r.failed for r in runs)
+        median.repeats = [r.rate for r in runs]
+        median.in_flight_repeats = [r.max_in_flight for r in runs]
+        self.runs = [r for r in self.runs if not any(r is x for x in runs)] + [median]
 
     def backlog_phase(self, latency: float) -> None:
         """The same workload queued while the node does not consume, then taken up at once."""
         a = self.args
-        wl = workload.make(f"{self.tag}-B{latency:g}", a.sessions, a.messages, a.arrival)
-        self.server.set(latency)
-        with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon:
-            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency, backlog=True)
-        run.check = chatq_load.check_sessions(self.client, wl)
-        chatq_load.delete_job_records(self.r, self.tag)
-        self._finish(run, mon, wl.jobs)
+        runs = []
+        for i in range(a.repeat):
+            suffix = f"-r{i}" if a.repeat > 1 else ""
+            wl = workload.make(f"{self.tag}-B{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+            self.server.set(latency)
+            with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon:
+                run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency, backlog=True)
+            run.check = chatq_load.check_sessions(self.client, wl)
+            chatq_load.delete_job_records(self.r, self.tag)
+            self._finish(run, mon, wl.jobs)
+            runs.append(run)
+        if a.repeat > 1:
+            self._keep_median(runs)
 
     def open_loop_phase(self) -> None:
         a = self.args

@@ -42,6 +42,7 @@ class Run:
     errors: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # the baseline's task IDs (their result keys)
     repeats: list[float] = field(default_factory=list)  # jobs/s of every repeat, when this is their median
+    in_flight_repeats: list[int] = field(default_factory=list)  # max in flight of every repeat
 
     @property
     def rate(self) -> float:
