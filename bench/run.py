@@ -7,7 +7,8 @@ chatq, the baseline and the no-queue limit, plus an open-loop run at a fixed rat
 overhead. Prints the tables and the issue's targets. Everything lives in its own Redis DBs and
 namespace/queue names, and every process it starts is stopped on exit, failure or Ctrl-C.
 
-    .venv/bin/python bench/run.py                # the full run (a few minutes)
+    .venv/bin/python bench/run.py --repeat 3     # the figures in RESULTS.md (about 15 minutes)
+    .venv/bin/python bench/run.py                # one run of each (about 5 minutes)
     .venv/bin/python bench/run.py --quick        # a tiny workload, for the test suite
 """
 
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench import baseline_load, chatq_load, limit, patches, report, workload  # noqa: E402
+from bench import baseline_load, chatq_load, limit, report, workload  # noqa: E402
 from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, start_testserver  # noqa: E402
 from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run  # noqa: E402
@@ -64,8 +65,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Redis DBs: chatq store, chatq broker, baseline broker, baseline results+history")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy the chatq workers and the client during each chatq phase (bench/profile.py)")
-    p.add_argument("--patch", default="", metavar="NAMES",
-                   help="prototype fixes to apply (bench/patches.py), comma-separated, or 'all'")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--quick", action="store_true", help="a tiny workload: checks the benchmark runs")
     args = p.parse_args(argv)
@@ -77,8 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.latencies = [float(x) for x in args.latency.split(",") if x.strip()]
     args.backlog = [float(x) for x in args.backlog.split(",") if x.strip()]
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
-    args.patch = ([*patches.WORKER, *patches.CLIENT] if args.patch == "all"
-                  else [x.strip() for x in args.patch.split(",") if x.strip()])
     return args
 
 
@@ -106,10 +103,8 @@ class Bench:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "bench"}
         chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
                      "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
-        patches.apply(a.patch, patches.CLIENT)
-        launcher = ["-m", "bench.patched_worker", ",".join(a.patch)] if a.patch else ["-m", "tasks.cli"]
         self.workers = [
-            self.procs.start(f"chatq-worker-{i}", [sys.executable, *launcher, "worker", "-c", str(a.concurrency),
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "tasks.cli", "worker", "-c", str(a.concurrency),
                                                    "-l", "WARNING"], chatq_env)
             for i in range(a.workers)
         ]
@@ -347,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chatq benchmark: {machine()}")
     print(f"  {args.sessions} sessions x {args.messages} messages ({args.arrival} arrival), latencies {args.latencies}, "
           f"chatq node = {args.workers} worker process(es) x {args.concurrency} threads, "
-          f"baseline = celery prefork x {os.cpu_count()}"
-          + (f"\n  prototype patches: {', '.join(args.patch)}" if args.patch else ""), flush=True)
+          f"baseline = celery prefork x {os.cpu_count()}", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-"))
     with Processes(logdir) as procs:
         bench = Bench(args, procs)
