@@ -103,7 +103,11 @@ class SessionRunner:
         queue = queue or self.settings.queue
         until = time.monotonic() + self.chain_seconds
         while not self.stopping.is_set() and time.monotonic() < until:
-            handed = self.handoff.next_session(queue)
+            try:
+                handed = self.handoff.next_session(queue)
+            except redis.RedisError as exc:  # a session lost in transit is the sweeper's
+                log.warning("waiting for a hand-off failed (%s); back to Celery", exc)
+                break
             if handed is None:
                 break
             ran += self.drain(handed[1], handed[0])
