@@ -109,12 +109,18 @@ def test_warm_shutdown_wakes_waiters_at_once(space):
     assert r.zcard(keys.idle("q")) == 0
 
 
-def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
-    fleet = make_fleet(idle_wait="20")
+def with_waiting_thread(make_fleet, idle_wait: str):
+    """A one-worker fleet whose worker has a thread waiting for a hand-off (after a first job)."""
+    fleet = make_fleet(idle_wait=idle_wait)
     worker = fleet.start_worker(4)
     client = fleet.client()
     assert client.chat("warm up", timeout=30).status == "succeeded"
     registered(client.r, client.keys, queue=fleet.settings.queue)
+    return fleet, worker, client
+
+
+def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
+    fleet, worker, client = with_waiting_thread(make_fleet, "20")
     client.app.control.cancel_consumer(fleet.settings.queue, reply=True)
     broker = redis.Redis.from_url(BROKER_URL)
     job = client.submit("hello, nobody is consuming wake-ups")
@@ -125,11 +131,7 @@ def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_flee
 
 
 def test_session_handed_to_a_killed_worker_is_recovered_by_the_sweeper(make_fleet):
-    fleet = make_fleet(idle_wait="60")
-    doomed = fleet.start_worker(4)
-    client = fleet.client()
-    assert client.chat("warm up", timeout=30).status == "succeeded"
-    registered(client.r, client.keys, queue=fleet.settings.queue)
+    fleet, doomed, client = with_waiting_thread(make_fleet, "60")
     fleet.kill(doomed)  # its waiter stays registered until its deadline
     fleet.start_worker(4)
     job = client.submit("handed to the dead")
