@@ -116,12 +116,12 @@ return 1
 _COMMIT = """
 -- KEYS: job, queue, lease, session, messages, checkpoint, pending
 -- ARGV: token, job_id, now, ttl, status, result, error, prompt, completion, total, model,
---       session_id, channel, release_if_empty, messages...
+--       session_id, channel, messages...
 -- Returns 'ok', or 'released' when the queue is now empty and the lease was given up with it.
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 'lost' end
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return 'moved' end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'not-running' end
-if #ARGV > 14 then redis.call('RPUSH', KEYS[5], unpack(ARGV, 15)) end
+if #ARGV > 13 then redis.call('RPUSH', KEYS[5], unpack(ARGV, 14)) end
 redis.call('HSET', KEYS[4], 'updated_at', ARGV[3])
 redis.call('HINCRBY', KEYS[4], 'prompt_tokens', ARGV[8])
 redis.call('HINCRBY', KEYS[4], 'completion_tokens', ARGV[9])
@@ -134,7 +134,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('DEL', KEYS[6])
 redis.call('LPOP', KEYS[2])
 redis.call('PUBLISH', ARGV[13], ARGV[5])
-if ARGV[14] == '1' and redis.call('LLEN', KEYS[2]) == 0 then
+if redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[7], ARGV[12])
   return 'released'
@@ -295,13 +295,11 @@ class SessionQueue:
         usage: Usage,
         result_json: str = "",
         error_json: str = "",
-        release_if_empty: bool = False,
     ) -> str:
         """Append the turn, store the result and pop the job, fenced by the lease token.
 
-        Returns ``ok``, ``released`` (with ``release_if_empty``: nothing was left queued, so the
-        lease went too, saving the holder a round trip), or why it refused: ``lost``, ``moved``,
-        ``not-running``.
+        Returns ``ok``, ``released`` (nothing was left queued, so the lease went too, saving the
+        holder a round trip), or why it refused: ``lost``, ``moved``, ``not-running``.
         """
         k = self.keys
         return self._commit(
@@ -309,8 +307,7 @@ class SessionQueue:
                   k.messages(session_id), k.checkpoint(job_id), k.pending],
             args=[token, job_id, _iso(utcnow()), self.result_ttl, status, result_json, error_json,
                   usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
-                  session_id, k.done_channel(job_id), int(release_if_empty),
-                  *(m.model_dump_json() for m in messages)],
+                  session_id, k.done_channel(job_id), *(m.model_dump_json() for m in messages)],
         )
 
     def hand_off(self, session_id: str, token: str) -> int:

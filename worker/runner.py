@@ -191,13 +191,12 @@ class SessionRunner:
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
-                                  turn.usage, result_json=result.model_dump_json(),
-                                  release_if_empty=True)
+                                  turn.usage, result_json=result.model_dump_json())
         return self._committed(sp, job, outcome)
 
     def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> str:
         outcome = sp.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
-                                  error_json=error.model_dump_json(), release_if_empty=True)
+                                  error_json=error.model_dump_json())
         return self._committed(sp, job, outcome)
 
     def _committed(self, sp: Space, job: Job, outcome: str) -> str:
