@@ -1,5 +1,5 @@
 """chatq's HTTP API: FastAPI over one ``ChatClient`` per tenant.
 
-Kept import-light on purpose: the worker imports ``api.webhooks`` without pulling in FastAPI.
-``create_app`` lives in ``api.app``.
+Kept import-light on purpose: the worker imports ``chatq.api.webhooks`` without pulling in FastAPI.
+``create_app`` lives in ``chatq.api.app``.
 """

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from tasks.settings import Settings, get_settings
+from chatq.tasks.settings import Settings, get_settings
 
 from . import batches, errors, jobs, ops, sessions
 from .auth import KeyRing

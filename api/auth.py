@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tasks.client import ChatClient
+from chatq.tasks.client import ChatClient
 
 from .config import OPEN_TENANT
 from .errors import Unauthorized

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tasks.batch import BatchInfo, BatchStatus, CancelReport, ConversationResult
-from tasks.errors import InvalidRequest
+from chatq.tasks.batch import BatchInfo, BatchStatus, CancelReport, ConversationResult
+from chatq.tasks.errors import InvalidRequest
 
 from .auth import CurrentTenant
 from .deps import Svc

@@ -1,4 +1,4 @@
-"""The HTTP API's settings (prefix ``CHATQ_``), kept beside the core's ``tasks.settings``.
+"""The HTTP API's settings (prefix ``CHATQ_``), kept beside the core's ``chatq.tasks.settings``.
 
 The worker reads the webhook part too, so both sides sign with the same secrets.
 """

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from tasks.batch import BatchInvalid, BatchNotFound
-from tasks.errors import ChatQError, InvalidRequest, JobNotFound, NotCancellable, SessionBusy
+from chatq.tasks.batch import BatchInvalid, BatchNotFound
+from chatq.tasks.errors import ChatQError, InvalidRequest, JobNotFound, NotCancellable, SessionBusy
 
 log = logging.getLogger(__name__)
 

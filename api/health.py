@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tasks.client import ChatClient
-from tasks.keys import Keys
+from chatq.tasks.client import ChatClient
+from chatq.tasks.keys import Keys
 
 
 class WorkerProbe:

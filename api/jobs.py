@@ -8,8 +8,8 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tasks.errors import InvalidRequest, JobNotFound, WaitTimeout
-from tasks.models import Job
+from chatq.tasks.errors import InvalidRequest, JobNotFound, WaitTimeout
+from chatq.tasks.models import Job
 
 from .auth import CurrentTenant, Tenant
 from .deps import Services, Svc

@@ -19,8 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tasks.errors import InvalidRequest, SessionBusy
-from tasks.redis_pool import get_redis
+from chatq.tasks.errors import InvalidRequest, SessionBusy
+from chatq.tasks.redis_pool import get_redis
 
 from .config import OPEN_TENANT
 from .errors import QuotaExceeded

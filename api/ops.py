@@ -16,7 +16,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", response_model=Health,
             responses={503: {"model": Health, "description": "Redis or every worker is down."}})
 def healthz(svc: Svc) -> JSONResponse:
-    """Redis answers and some worker is alive (see `api.health`)."""
+    """Redis answers and some worker is alive (see `chatq.api.health`)."""
     client = svc.tenants.client(None)
     try:
         redis_ok = bool(client.r.ping())

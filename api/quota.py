@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import redis
 
-from tasks.client import ChatClient
+from chatq.tasks.client import ChatClient
 
 from .errors import QuotaExceeded
 

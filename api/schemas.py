@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
-from tasks.client import IDEMPOTENCY_KEY, SESSION_ID
+from chatq.tasks.client import IDEMPOTENCY_KEY, SESSION_ID
 
 from .errors import NotFound
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from tasks.models import Session
+from chatq.tasks.models import Session
 
 from .auth import CurrentTenant
 from .errors import NotFound, responses

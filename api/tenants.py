@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from tasks.batch import BatchClient
-from tasks.client import ChatClient
-from tasks.settings import Settings
+from chatq.tasks.batch import BatchClient
+from chatq.tasks.client import ChatClient
+from chatq.tasks.settings import Settings
 
 
 class Tenants:

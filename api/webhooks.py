@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 import redis
 from pydantic import BaseModel
 
-from tasks.job_store import decode_job
-from tasks.keys import Keys
-from tasks.models import utcnow
+from chatq.tasks.job_store import decode_job
+from chatq.tasks.keys import Keys
+from chatq.tasks.models import utcnow
 
 from .config import ApiSettings, get_api_settings
 

@@ -20,11 +20,11 @@ import uuid
 from collections import defaultdict
 from contextlib import contextmanager
 
-import tasks.batch as batch_mod
-from tasks.batch import BatchClient, BatchStore
-from tasks.celery_app import RUN_SESSION
-from tasks.client import ChatClient
-from tasks.settings import Settings
+import chatq.tasks.batch as batch_mod
+from chatq.tasks.batch import BatchClient, BatchStore
+from chatq.tasks.celery_app import RUN_SESSION
+from chatq.tasks.client import ChatClient
+from chatq.tasks.settings import Settings
 
 timings: dict[str, float] = defaultdict(float)
 

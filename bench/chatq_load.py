@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from tasks.client import ChatClient
-from tasks.models import Job
-from tasks.settings import Settings
+from chatq.tasks.client import ChatClient
+from chatq.tasks.models import Job
+from chatq.tasks.settings import Settings
 
 from .stats import Run
 from .workload import Check, Workload, check, text

@@ -94,7 +94,7 @@ class Bench:
 
     # set-up
     def start(self) -> None:
-        from tasks.settings import Settings
+        from chatq.tasks.settings import Settings
 
         a = self.args
         self.base_url, root = start_testserver(self.procs, 0.0)
@@ -104,7 +104,7 @@ class Bench:
         chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
                      "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
         self.workers = [
-            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "tasks.cli", "worker", "-c", str(a.concurrency),
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-c", str(a.concurrency),
                                                    "-l", "WARNING"], chatq_env)
             for i in range(a.workers)
         ]

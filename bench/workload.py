@@ -14,7 +14,7 @@ import bisect
 import random
 from dataclasses import dataclass
 
-from worker.offline_model import echo_reply
+from chatq.worker.offline_model import echo_reply
 
 
 @dataclass

@@ -14,7 +14,7 @@ RUN_SESSION = "chatq.run_session"
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    app = Celery("chatq", broker=s.broker, include=["tasks.chat_tasks"])
+    app = Celery("chatq", broker=s.broker, include=["chatq.tasks.chat_tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

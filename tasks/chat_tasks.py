@@ -1,4 +1,4 @@
-"""Celery task wiring, kept thin: the work lives in ``worker.runner``."""
+"""Celery task wiring, kept thin: the work lives in ``chatq.worker.runner``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .celery_app import RUN_SESSION, app
 def run_session(self, session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
     """Wake-up for one session: drain its queue if nobody else holds it, then serve sessions handed
     to this thread directly. Returns jobs run."""
-    from worker.runner import get_runner
+    from chatq.worker.runner import get_runner
 
     queue = (self.request.delivery_info or {}).get("routing_key")
     return get_runner().serve(session_id, namespace, queue)
@@ -20,6 +20,6 @@ def run_session(self, session_id: str, job_id: str | None = None, namespace: str
 @worker_shutting_down.connect
 def _stop_draining(**_: object) -> None:
     """Warm shutdown: finish the running turns, hand every session's remaining queue to other workers."""
-    from worker.runner import get_runner
+    from chatq.worker.runner import get_runner
 
     get_runner().stop()

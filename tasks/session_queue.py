@@ -1,7 +1,7 @@
 """Per-session order in Redis: a FIFO of job IDs per session and a lease on its head.
 
 Celery only delivers wake-ups ("session S has work"), and only when no idle runner thread can be
-handed the session directly (``worker.handoff``); whoever holds a session's lease runs its queue
+handed the session directly (``chatq.worker.handoff``); whoever holds a session's lease runs its queue
 head, one job at a time. Every transition is one Lua script, so a job's history append,
 its result and its removal from the queue commit together, fenced by the lease token: a worker
 that lost its lease can never append a turn.

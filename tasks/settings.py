@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model: str = "gpt-4o-mini"
     system_prompt: str | None = None
     default_tools: list[str] = Field(
-        default_factory=lambda: [f"worker.builtin_tools:{t}" for t in ("add", "multiply", "now_utc")],
+        default_factory=lambda: [f"chatq.worker.builtin_tools:{t}" for t in ("add", "multiply", "now_utc")],
         description="Tools of the default agent when the agents file does not define one.",
     )
     agents_file: Path | None = None

@@ -18,9 +18,9 @@ import redis
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATQ_REDIS_URL", "CHATQ_NAMESPACE"):
     os.environ.pop(_var, None)
 
-from tasks.client import ChatClient
-from tasks.settings import Settings
-from worker.testserver import TestServer
+from chatq.tasks.client import ChatClient
+from chatq.tasks.settings import Settings
+from chatq.worker.testserver import TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CHATQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -77,7 +77,7 @@ class Fleet:
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
         flags = ["-c", str(concurrency)] if concurrency else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.cli", "worker", *flags, "-l", "INFO"],
+            [sys.executable, "-m", "chatq", "worker", *flags, "-l", "INFO"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tasks.errors import InvalidRequest
+from chatq.tasks.errors import InvalidRequest
 from worker import offline_model
 
 from .conftest import ROOT, Fleet, wait_all
@@ -16,7 +16,7 @@ from .conftest import ROOT, Fleet, wait_all
 AGENTS = """
 [agents.default]
 model = "gpt-4o-mini"
-tools = ["worker.builtin_tools:add", "tests.tools_for_tests:explode", "tests.tools_for_tests:weather_lookup"]
+tools = ["chatq.worker.builtin_tools:add", "tests.tools_for_tests:explode", "tests.tools_for_tests:weather_lookup"]
 
 [agents.pirate]
 model = "gpt-4o-mini"
@@ -24,12 +24,12 @@ system_prompt = "[[persona:Arr]] You are a pirate."
 temperature = 0.2
 max_output_tokens = 64
 max_tool_iterations = 2
-tools = ["worker.builtin_tools:add"]
+tools = ["chatq.worker.builtin_tools:add"]
 
 [agents.forgetful]
 model = "gpt-4o-mini"
 history_tokens = 120
-tools = ["worker.builtin_tools:add"]
+tools = ["chatq.worker.builtin_tools:add"]
 """
 
 
@@ -177,7 +177,7 @@ def test_worker_refuses_to_start_when_a_tool_does_not_import(agent_fleet, tmp_pa
     bad = tmp_path / "bad.toml"
     bad.write_text('[agents.default]\ntools = ["no_such_module:fn"]\n')
     env = {**agent_fleet.env, "CHATQ_AGENTS_FILE": str(bad)}
-    out = subprocess.run([sys.executable, "-m", "tasks.cli", "worker"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "chatq", "worker"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "no_such_module:fn" in out.stderr and "does not import" in out.stderr

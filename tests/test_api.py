@@ -15,12 +15,12 @@ import httpx
 import pytest
 import uvicorn
 
-from api.app import create_app
-from api.config import ApiSettings
-from api.webhooks import SIGNATURE_HEADER, WebhookSender, verify
-from tasks.job_store import encode_job
-from tasks.keys import Keys
-from tasks.models import Job, JobStatus
+from chatq.api.app import create_app
+from chatq.api.config import ApiSettings
+from chatq.api.webhooks import SIGNATURE_HEADER, WebhookSender, verify
+from chatq.tasks.job_store import encode_job
+from chatq.tasks.keys import Keys
+from chatq.tasks.models import Job, JobStatus
 
 KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex, "key-b-" + uuid.uuid4().hex
 MASTER_SECRET = "test-master-secret"

@@ -11,8 +11,8 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from api.app import create_app
-from tasks.settings import Settings
+from chatq.api.app import create_app
+from chatq.tasks.settings import Settings
 
 from .test_api import KEY_A, api_settings
 

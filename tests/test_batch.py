@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
-from tasks.errors import WaitTimeout
-from worker.offline_model import echo_reply
+from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
+from chatq.tasks.errors import WaitTimeout
+from chatq.worker.offline_model import echo_reply
 
 from .conftest import ROOT
 
@@ -29,7 +29,7 @@ def tag() -> str:
 
 
 def run_cli(fleet, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.cli", *map(str, args)], cwd=ROOT, env=fleet.env,
+    return subprocess.run([sys.executable, "-m", "chatq", *map(str, args)], cwd=ROOT, env=fleet.env,
                           capture_output=True, text=True, timeout=timeout)
 
 

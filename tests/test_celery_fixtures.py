@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from tasks.client import ChatClient
-from tasks.settings import get_settings
+from chatq.tasks.client import ChatClient
+from chatq.tasks.settings import get_settings
 
 from .conftest import BROKER_URL
 from .test_core import expected_history, history_pairs
@@ -25,7 +25,7 @@ def celery_config():
 
 @pytest.fixture(scope="session")
 def celery_includes():
-    return ["tasks.chat_tasks"]
+    return ["chatq.tasks.chat_tasks"]
 
 
 @pytest.fixture(scope="session")

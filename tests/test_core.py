@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tasks.errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, WaitTimeout
+from chatq.tasks.errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, WaitTimeout
 from worker import offline_model
 
 from .conftest import ROOT, wait_all
@@ -249,7 +249,7 @@ def test_create_session_explicitly(client):
 
 
 def run_cli(fleet, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.cli", *args], cwd=ROOT, env=fleet.env,
+    return subprocess.run([sys.executable, "-m", "chatq", *args], cwd=ROOT, env=fleet.env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -9,11 +9,11 @@ import uuid
 import pytest
 import redis
 
-from tasks.job_store import encode_job
-from tasks.keys import Keys
-from tasks.models import Job
-from tasks.session_queue import SessionQueue
-from worker.handoff import Handoff
+from chatq.tasks.job_store import encode_job
+from chatq.tasks.keys import Keys
+from chatq.tasks.models import Job
+from chatq.tasks.session_queue import SessionQueue
+from chatq.worker.handoff import Handoff
 
 from .conftest import BROKER_URL, REDIS_URL
 

@@ -7,7 +7,7 @@ import math
 
 from openai.types.chat import ChatCompletion
 
-from worker.offline_model import OFFLINE_MODEL, complete, echo_reply, estimate_tokens, history_hash
+from chatq.worker.offline_model import OFFLINE_MODEL, complete, echo_reply, estimate_tokens, history_hash
 
 
 def ask(messages: list[dict], **extra) -> ChatCompletion:

@@ -31,7 +31,7 @@ def test_docker_compose_describes_redis_and_scalable_workers():
 
 def test_demo_runs_on_the_embedded_model(make_fleet):
     fleet = make_fleet(online=False)
-    out = subprocess.run([sys.executable, "-m", "tasks.cli", "demo"], cwd=ROOT, env=fleet.env,
+    out = subprocess.run([sys.executable, "-m", "chatq", "demo"], cwd=ROOT, env=fleet.env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "embedded offline model" in out.stdout and "demo ok" in out.stdout

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from worker.offline_model import echo_reply
-from worker.testserver import TestServer
+from chatq.worker.offline_model import echo_reply
+from chatq.worker.testserver import TestServer
 
 
 @pytest.fixture(scope="module")

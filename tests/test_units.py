@@ -9,15 +9,15 @@ import pytest
 import redis
 from pydantic import BaseModel
 
-from tasks.agent_profiles import load_profiles
-from tasks.errors import InvalidRequest
-from tasks.job_store import decode_job, encode_job
-from tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
-from tasks.settings import Settings
-from worker.history_window import units, window
-from worker.provider import Provider, ProviderError, _retry_after, classify
-from worker.rate_limit import RateLimiter
-from worker.tools import ToolImportError, ToolRegistry, import_tool, make_tool, tool
+from chatq.tasks.agent_profiles import load_profiles
+from chatq.tasks.errors import InvalidRequest
+from chatq.tasks.job_store import decode_job, encode_job
+from chatq.tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
+from chatq.tasks.settings import Settings
+from chatq.worker.history_window import units, window
+from chatq.worker.provider import Provider, ProviderError, _retry_after, classify
+from chatq.worker.rate_limit import RateLimiter
+from chatq.worker.tools import ToolImportError, ToolRegistry, import_tool, make_tool, tool
 
 from .conftest import REDIS_URL
 
@@ -78,8 +78,8 @@ def test_tool_imports_fail_clearly():
     with pytest.raises(ToolImportError, match="expected 'module:function'"):
         import_tool("nocolon")
     with pytest.raises(ToolImportError, match="does not import"):
-        import_tool("worker.builtin_tools:nope")
-    reg = ToolRegistry.from_specs(["worker.builtin_tools:add", "worker.builtin_tools:now_utc"])
+        import_tool("chatq.worker.builtin_tools:nope")
+    reg = ToolRegistry.from_specs(["chatq.worker.builtin_tools:add", "chatq.worker.builtin_tools:now_utc"])
     assert reg.names() == ["add", "current_time"]
 
 

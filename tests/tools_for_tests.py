@@ -8,7 +8,7 @@ import signal
 import redis
 from pydantic import BaseModel
 
-from worker.tools import tool
+from chatq.worker.tools import tool
 
 
 def _redis() -> redis.Redis:

@@ -14,8 +14,8 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion
 
-from tasks.agent_profiles import AgentProfile
-from tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
+from chatq.tasks.agent_profiles import AgentProfile
+from chatq.tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
 
 from .history_window import window
 from .offline_model import estimate_tokens

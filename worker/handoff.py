@@ -17,7 +17,7 @@ import threading
 
 import redis
 
-from tasks.keys import Keys
+from chatq.tasks.keys import Keys
 
 STOP = "-"  # pushed into waiting inboxes on warm shutdown; never a valid "namespace session" entry
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.models import Message
+from chatq.tasks.models import Message
 
 from .offline_model import estimate_tokens
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from tasks.session_queue import SessionQueue
+from chatq.tasks.session_queue import SessionQueue
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
-from tasks.models import JobError
-from tasks.settings import Settings
+from chatq.tasks.models import JobError
+from chatq.tasks.settings import Settings
 
 from . import offline_model
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 import redis
 
-from api.webhooks import deliver_if_requested
-from tasks.agent_profiles import AgentProfile, load_profiles
-from tasks.job_store import decode_job
-from tasks.keys import Keys
-from tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
-from tasks.redis_pool import get_redis
-from tasks.session_queue import SessionQueue
-from tasks.session_store import SessionStore
-from tasks.settings import Settings, get_settings
+from chatq.api.webhooks import deliver_if_requested
+from chatq.tasks.agent_profiles import AgentProfile, load_profiles
+from chatq.tasks.job_store import decode_job
+from chatq.tasks.keys import Keys
+from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
+from chatq.tasks.redis_pool import get_redis
+from chatq.tasks.session_queue import SessionQueue
+from chatq.tasks.session_store import SessionStore
+from chatq.tasks.settings import Settings, get_settings
 
 from .agent import Agent, AgentError, Turn
 from .handoff import Handoff
@@ -96,7 +96,7 @@ class SessionRunner:
 
     def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None) -> int:
         """Drain a woken session, then keep this thread serving sessions producers hand it directly
-        (``worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run."""
+        (``chatq.worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run."""
         ran = self.drain(session_id, namespace)
         if self.handoff is None:
             return ran
@@ -214,7 +214,7 @@ class SessionRunner:
 
 
 def _publish_wake(session_id: str, namespace: str) -> None:
-    from tasks.celery_app import RUN_SESSION, app
+    from chatq.tasks.celery_app import RUN_SESSION, app
 
     app.send_task(RUN_SESSION, args=[session_id], kwargs={"namespace": namespace},
                   queue=get_settings().queue)

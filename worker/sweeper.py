@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import redis
 
-from tasks.keys import Keys
-from tasks.session_queue import SessionQueue
+from chatq.tasks.keys import Keys
+from chatq.tasks.session_queue import SessionQueue
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``chatq batch``: submit a JSONL file of conversations, watch it, collect one result line each.
 
-JSON on stdout, progress and notes on stderr. Attached to ``tasks.cli``'s group, which turns
+JSON on stdout, progress and notes on stderr. Attached to ``chatq.cli``'s group, which turns
 chatq's errors into ``error: ...`` and exit 1; importing that module here would be circular.
 """
 
@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 
 def _batches():
-    from .batch import BatchClient
-    from .client import ChatClient
+    from chatq.tasks.batch import BatchClient
+    from chatq.tasks.client import ChatClient
 
     return BatchClient(ChatClient())
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from .errors import ChatQError
+from chatq.tasks.errors import ChatQError
 
 
 def _client():
-    from .client import ChatClient
+    from chatq.tasks.client import ChatClient
 
     return ChatClient()
 
@@ -49,13 +49,13 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
     """Start a worker (threads pool, sized for I/O-bound LLM calls)."""
     if concurrency:
         os.environ["CHATQ_CONCURRENCY"] = str(concurrency)
-    from .settings import get_settings
+    from chatq.tasks.settings import get_settings
 
     settings = get_settings()
-    from worker.tools import ToolImportError
+    from chatq.worker.tools import ToolImportError
 
     try:
-        from worker.runner import get_runner
+        from chatq.worker.runner import get_runner
 
         runner = get_runner()
     except (ToolImportError, ChatQError) as exc:
@@ -63,7 +63,7 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
         sys.exit(2)
     runner.register_agents()
     runner.start_sweeper()
-    from .celery_app import app
+    from chatq.tasks.celery_app import app
 
     click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
                f"model {'embedded offline' if settings.offline else settings.model}", err=True)
@@ -93,7 +93,7 @@ def _metadata(raw: str | None) -> dict | None:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        from .errors import InvalidRequest
+        from chatq.tasks.errors import InvalidRequest
 
         raise InvalidRequest(f"--metadata is not valid JSON: {exc}") from exc
 
@@ -104,7 +104,7 @@ def get(job_id: str) -> None:
     """Print a job."""
     job = _client().get(job_id)
     if job is None:
-        from .errors import JobNotFound
+        from chatq.tasks.errors import JobNotFound
 
         raise JobNotFound(f"unknown or expired job: {job_id}")
     _print(job)
@@ -195,14 +195,14 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
     from pydantic import ValidationError
 
-    from api.config import get_api_settings
+    from chatq.api.config import get_api_settings
 
     try:
         get_api_settings()
     except ValidationError as exc:  # without the inputs: they hold API keys and secrets
         click.echo("error: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors(include_input=False)), err=True)
         sys.exit(2)
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("chatq.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import sys
 import time
 import uuid
 
-from .client import ChatClient
-from .models import Job
+from chatq.tasks.client import ChatClient
+from chatq.tasks.models import Job
 
 WORKER_LOG = os.path.join(tempfile.gettempdir(), "chatq-demo-worker.log")
 SCRIPT = [
@@ -34,7 +34,7 @@ def run_demo(start_worker: bool = True, timeout: float = 60) -> int:
     worker = None
     if start_worker:
         log = open(WORKER_LOG, "w")
-        worker = subprocess.Popen([sys.executable, "-m", "tasks.cli", "worker", "-c", "16", "-l", "WARNING"],
+        worker = subprocess.Popen([sys.executable, "-m", "chatq", "worker", "-c", "16", "-l", "WARNING"],
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         run = uuid.uuid4().hex[:6]
