@@ -99,7 +99,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def start_testserver(procs: Processes, latency: float) -> tuple[str, str]:
     """The project's OpenAI-compatible server in its own process; returns (base_url, control_url)."""
     port = free_port()
-    proc = procs.start("testserver", [sys.executable, "-m", "chatq.worker.testserver", "--port", str(port),
+    proc = procs.start("testserver", [sys.executable, "-m", "chatq.testing.server", "--port", str(port),
                                       "--latency", str(latency)],
                        dict(os.environ, PYTHONUNBUFFERED="1"))
     root = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATQ_REDIS_URL", "CHATQ_NAME
 
 from chatq.tasks.client import ChatClient
 from chatq.tasks.settings import Settings
-from chatq.worker.testserver import TestServer
+from chatq.testing.server import TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CHATQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")

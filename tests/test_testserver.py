@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from chatq.worker.offline_model import echo_reply
-from chatq.worker.testserver import TestServer
+from chatq.testing.server import TestServer
 
 
 @pytest.fixture(scope="module")

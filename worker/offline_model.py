@@ -3,7 +3,7 @@
 Every reply is a pure function of the request: echoes carry a hash of the whole prior history
 (so a lost, duplicated or reordered turn shows up in later replies), and directives embedded in
 user text (``[[tool:NAME {args}]]``, ``[[tool-loop:...]]``, ``my name is X``) exercise tool calls
-and memory. ``chatq.worker.testserver`` serves the same logic over HTTP.
+and memory. ``chatq.testing.server`` serves the same logic over HTTP.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import offline_model
+from chatq.worker import offline_model
 
 DIRECTIVE = re.compile(r"\[\[(fault|stall|drop)(?::([\w.]+))?((?:\s+\w+=[\w.]+)*)\s*\]\]")
 PARAM = re.compile(r"(\w+)=([\w.]+)")
@@ -302,7 +302,7 @@ class TestServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.testserver", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m chatq.testing.server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8399)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to sleep before each reply")
