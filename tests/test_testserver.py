@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +151,44 @@ def test_latency_with_hundreds_in_flight():
         root = server.base_url.removesuffix("/v1")
         assert httpx.post(f"{root}/control", json={"latency": 0, "reset": True}).json()["requests"] == 0
         assert server.latency == 0 and chat(sdk, "quick").choices
+
+
+def _post(server: TestServer, text: str) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/chat/completions", timeout=30,
+                      json={"model": "m", "messages": [{"role": "user", "content": text}]})
+
+
+@pytest.mark.parametrize("directive,content_type,fragment", [
+    ("[[fault:html]]", "text/html", b"<title>502 Bad Gateway</title>"),
+    ("[[fault:text]]", "application/json", b"upstream connect error"),
+    ("[[fault:notchat]]", "application/json", b'"object":"list"'),
+    ("[[fault:nochoices]]", "application/json", b'"choices":[]'),
+])
+def test_bad_200_replies_always_unless_n(server, directive, content_type, fragment):
+    text = tag(directive)
+    for _ in range(2):
+        r = _post(server, text)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(content_type)
+        assert fragment in r.content
+    once = tag(directive.replace("]]", " n=1]]"))
+    assert fragment in _post(server, once).content
+    assert _post(server, once).json()["choices"][0]["message"]["content"].startswith("echo #1")
+
+
+def test_huge_reply_is_a_chunked_valid_completion(server):
+    r = _post(server, tag("[[fault:huge bytes=300000]]"))
+    assert r.status_code == 200 and "content-length" not in r.headers
+    assert r.headers["transfer-encoding"] == "chunked" and len(r.content) > 300_000
+    assert r.json()["choices"][0]["message"]["content"] == "x" * 300_000
+
+
+def test_drip_feeds_a_valid_completion(server):
+    text = tag("[[fault:drip bps=100]]")
+    started = time.monotonic()
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", timeout=30,
+                      json={"model": "m", "messages": [{"role": "user", "content": text}]}) as r:
+        chunks = list(r.iter_bytes())
+    body = b"".join(chunks)
+    assert int(r.headers["content-length"]) == len(body) and len(chunks) > 10
+    assert time.monotonic() - started >= (len(body) - 10) / 100  # the server kept to its rate
+    assert json.loads(body)["choices"][0]["message"]["content"].startswith("echo #1")

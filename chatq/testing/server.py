@@ -8,7 +8,12 @@ recorded so tests can assert what the provider actually received.
 Directives (in the last user message; counters are keyed by that message's text + directive;
 they are checked in order and the first that fires decides, except ``stall`` which only delays):
 ``[[fault:429 n=2 retry_after=1]]``, ``[[fault:quota]]``, ``[[fault:500 n=1]]``, ``[[fault:400]]``
-(any status; 429/5xx default to ``n=1``, others to always), ``[[stall:S n=1]]``, ``[[drop n=1]]``.
+(any status; 429/5xx default to ``n=1``, others to always; ``html=1`` answers with a gateway's HTML error
+page instead of the JSON error), ``[[stall:S n=1]]``, ``[[drop n=1]]``.
+Bad 200 replies (always, unless ``n=``): ``[[fault:html]]``, ``[[fault:text]]`` (not JSON, though it
+says so), ``[[fault:notchat]]`` (JSON, not a completion), ``[[fault:nochoices]]``,
+``[[fault:huge bytes=N]]`` (a valid completion of N bytes, chunked), ``[[fault:drip bps=N]]`` (a valid
+completion, N bytes a second).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from typing import Any
@@ -30,7 +36,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -52,6 +58,42 @@ ERRORS: dict[int | str, tuple[str, str, str | None]] = {
     500: ("The server had an error while processing your request (test server)", "server_error", None),
     503: ("The server is overloaded, please try again later (test server)", "server_error", None),
 }
+
+
+async def _chunks(data: bytes, size: int, pause: float = 0.0) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        if pause and i:
+            await asyncio.sleep(pause)
+        yield data[i:i + size]
+
+
+def bad_reply(kind: str, body: dict[str, Any], params: dict[str, str]) -> Response:
+    """The 200 replies a broken gateway or provider sends instead of a chat completion."""
+    if kind == "html":
+        return Response("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1>"
+                        "</body></html>", media_type="text/html")
+    if kind == "text":
+        return Response("upstream connect error or disconnect/reset before headers",
+                        media_type="application/json")
+    if kind == "notchat":
+        return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
+    if kind == "nochoices":
+        return JSONResponse({**offline_model.complete(body), "choices": []})
+    if kind == "huge":
+        completion = offline_model.complete(body)
+        completion["choices"][0]["message"]["content"] = "x" * int(params.get("bytes", 8 << 20))
+        return StreamingResponse(_chunks(json.dumps(completion).encode(), 1 << 16), media_type="application/json")
+    bps = float(params.get("bps", 1))  # drip
+    data = json.dumps(offline_model.complete(body)).encode()
+    size = max(1, round(bps / 10))  # ten writes a second, or one byte at a time when slower
+    return StreamingResponse(_chunks(data, size, size / bps), media_type="application/json",
+                             headers={"content-length": str(len(data))})
+
+
+BAD_REPLIES = {"html", "text", "notchat", "nochoices", "huge", "drip"}
+
+ERROR_PAGE = ("<html><head><title>{status} Error</title></head><body><center><h1>{status} Error</h1></center>"
+              + "<!-- a padding comment, as some gateways send -->" * 100 + "</body></html>")
 
 
 class _DropFilter(logging.Filter):
@@ -179,8 +221,12 @@ class ChatCompletions:
             st.faults += 1
             if kind == "drop":
                 return None
+            if arg in BAD_REPLIES:
+                return bad_reply(arg, body, params)
             status = 429 if arg == "quota" else int(arg)
             headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
+            if params.get("html"):  # a gateway's error page, not the provider's JSON error
+                return Response(ERROR_PAGE.format(status=status), status_code=status, media_type="text/html")
             return error(status, kind=arg if arg == "quota" else status, headers=headers)
         if st.latency > 0:
             await asyncio.sleep(st.latency)
