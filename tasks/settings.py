@@ -49,8 +49,13 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(32_000, ge=1)
     max_metadata_bytes: int = Field(16_384, ge=2)
 
-    provider_timeout: float = Field(120.0, gt=0)
-    provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts.")
+    provider_timeout: float = Field(
+        120.0, gt=0, description="Seconds per provider call: connect, the wait and the whole reply, "
+        "however slowly it trickles in. Each retry gets its own.")
+    provider_max_reply_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="A larger reply fails the job (not retried): no "
+        "answer a model can give is this large, and asking again pays for it again.")
+    provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts/bad replies.")
     provider_backoff_max: float = Field(60.0, gt=0)
 
     @property

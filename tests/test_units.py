@@ -15,7 +15,7 @@ from chatq.tasks.job_store import decode_job, encode_job
 from chatq.tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
 from chatq.tasks.settings import Settings
 from chatq.worker.history_window import units, window
-from chatq.worker.provider import Provider, ProviderError, _retry_after, classify
+from chatq.worker.provider import Provider, ProviderError, _clip, _retry_after, classify
 from chatq.worker.rate_limit import RateLimiter
 from chatq.worker.tools import ToolImportError, ToolRegistry, import_tool, make_tool, tool
 
@@ -102,6 +102,11 @@ def test_classify_real_sdk_errors(fake_openai):
     assert not bad.error.retryable and "Invalid request" in bad.error.message
     dropped = classify(_sdk_error(fake_openai.base_url, f"[[drop]] {tag}"))
     assert dropped.error.type == "ProviderConnectionError" and dropped.error.retryable
+    # A gateway's HTML page: openai 1.x puts the whole page in the message, 2.x none of it.
+    page = classify(_sdk_error(fake_openai.base_url, f"[[fault:502 html=1]] {tag}"))
+    assert page.error.type == "ProviderHTTP502" and page.error.retryable
+    assert page.error.message.startswith("provider returned 502") and len(page.error.message) <= 501
+    assert _clip("x" * 500) == "x" * 500 and _clip("x" * 501) == "x" * 500 + "…"
 
 
 def test_retry_after_header_forms():

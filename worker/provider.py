@@ -16,16 +16,20 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
+from openai._constants import RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion
 
 from chatq.tasks.models import JobError
 from chatq.tasks.settings import Settings
 
 from . import offline_model
+from .reply import ReplyError, parse_completion, read_body
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in every failed job
 
 
 class ProviderError(Exception):
@@ -55,8 +59,14 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
             return None
 
 
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[:MAX_ERROR_MESSAGE] + "…"
+
+
 def classify(exc: Exception) -> ProviderError:
-    """Map an SDK exception to a job error: what to retry, and the provider's own message."""
+    """Map an SDK exception or a refused reply to a job error: what to retry, and why it failed."""
+    if isinstance(exc, ReplyError):
+        return ProviderError(exc.type, str(exc), exc.retryable)
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError("ProviderTimeout", "the provider did not answer in time", True)
     if isinstance(exc, openai.APIConnectionError):
@@ -70,7 +80,7 @@ def classify(exc: Exception) -> ProviderError:
         if status == 429 and code == "insufficient_quota":
             return ProviderError("InsufficientQuota", message, False)
         return ProviderError(
-            f"ProviderHTTP{status}", f"provider returned {status}: {message}",
+            f"ProviderHTTP{status}", _clip(f"provider returned {status}: {message}"),
             status in RETRYABLE_STATUS, _retry_after(exc.response.headers),
         )
     return ProviderError(type(exc).__name__, str(exc), False)
@@ -90,6 +100,7 @@ class Provider:
         self.offline = settings.offline
         self._local = threading.local()
         self._tls: ssl.SSLContext | None = None
+        self.watchdog = Watchdog(tick=min(1.0, max(0.02, settings.provider_timeout / 20)))
         if not self.offline:
             self._tls = ssl.create_default_context()
             self.client()  # fail at start-up, not on the first job, if the SDK rejects the settings
@@ -110,11 +121,32 @@ class Provider:
         """POST the request as built: it is already plain JSON, and ``chat.completions.create``
         would re-walk every message and tool schema through the SDK's TypedDict transform (a quarter
         of a worker's CPU at zero latency). ``client.post`` is the SDK's documented way to send a
-        body as is; auth, timeouts, error types and response parsing are the SDK's own."""
+        body as is; auth, timeouts and error types are the SDK's own.
+
+        The reply comes back unread (the SDK's streamed raw response, as ``with_streaming_response``
+        asks for it), so its body is read under the call's one deadline and the size cap, then
+        judged by ``parse_completion``. The SDK's own timeouts, the same value, bound the connect
+        and the wait for the headers (per read there: headers drip-fed byte by byte are the one
+        case an asyncio runtime's ``asyncio.timeout`` will close)."""
         if self.offline:
             return ChatCompletion.model_validate(offline_model.complete(request))
-        return self.client().post("/chat/completions", body=request, cast_to=ChatCompletion,
-                                  options={"security": {"bearer_auth": True}})
+        s = self.settings
+        deadline = time.monotonic() + s.provider_timeout
+        raw = self.client().post(
+            "/chat/completions", body=request, cast_to=ChatCompletion,
+            options={"security": {"bearer_auth": True}, "headers": {RAW_RESPONSE_HEADER: "stream"}})
+        response = raw.http_response
+        try:
+            stream = response.extensions.get("network_stream")
+            with self.watchdog.watch(stream.get_extra_info("socket") if stream else None, deadline):
+                length = response.headers.get("content-length")
+                body = read_body(
+                    response.iter_bytes(), declared=int(length) if length and length.isdigit() else None,
+                    deadline=deadline, timeout=s.provider_timeout, max_bytes=s.provider_max_reply_bytes,
+                    clock=time.monotonic)
+        finally:
+            response.close()
+        return parse_completion(body, response.headers.get("content-type", ""))
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max
@@ -128,12 +160,12 @@ class Provider:
         on_retry: Callable[[JobError, float], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> ChatCompletion:
-        """One completion, retried in place on 429/5xx/timeouts with jittered backoff."""
+        """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff."""
         attempt = 0
         while True:
             try:
                 return self._call(request)
-            except openai.APIError as exc:
+            except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:
                 raise err
