@@ -98,3 +98,17 @@ def test_warm_shutdown_hands_the_rest_of_a_session_to_another_worker(make_fleet)
     ran_on = [j.worker.rsplit(":", 1)[1] for j in done]
     assert ran_on[0] == str(first.pid) and ran_on[-1] == str(second.pid)
     assert ran_on.count(str(first.pid)) < len(texts) // 2, "the first worker should stop after its current turn"
+
+
+def test_duplicate_wake_ups_leave_a_long_job_its_lease(client, fake_openai):
+    """A wake-up for a session someone else holds must not stop the holder's lease renewals: the job
+    outlives the 2 s lease, and losing it would run the job (and its provider call) twice."""
+    s = f"dup-{uuid.uuid4().hex[:8]}"
+    job = client.submit(f"long one [[stall:4]] {s}", s)
+    _wait_for_running(client, [job.job_id])
+    for _ in range(3):
+        client.wake(s)
+        time.sleep(0.3)
+    done = client.wait(job.job_id, timeout=30)
+    assert done.status == "succeeded" and done.attempts == 1, done
+    assert len(fake_openai.recorded(s)) == 1

@@ -29,9 +29,12 @@ class LeaseKeeper:
                 self._thread = threading.Thread(target=self._run, name="chatq-leases", daemon=True)
                 self._thread.start()
 
-    def drop(self, key: str) -> None:
+    def drop(self, key: str, token: str) -> None:
+        """Stop renewing ``key`` if ``token`` holds it: a drain that found the session held by
+        another thread (a duplicate wake-up) must not stop that thread's renewals."""
         with self._lock:
-            self._held.pop(key, None)
+            if self._held.get(key) == token:
+                del self._held[key]
 
     def renew_now(self) -> None:
         with self._lock:

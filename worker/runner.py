@@ -149,7 +149,7 @@ class SessionRunner:
                     return ran + (outcome == "released")
                 ran += 1
         finally:
-            self.leases.drop(lease_key)
+            self.leases.drop(lease_key, token)
 
     def hand_off(self, sp: Space, session_id: str, token: str) -> None:
         """On warm shutdown: give the rest of the session's queue to another worker right away."""
