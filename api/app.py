@@ -34,7 +34,8 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     metrics = Metrics(tenants, names, api.max_active_jobs)
     services = Services(
         settings=api, tenants=tenants, keyring=keyring, metrics=metrics,
-        webhooks=WebhookSender(api, core.namespace), workers=WorkerProbe(tenants.client(None)),
+        webhooks=WebhookSender(api, core.namespace, core.webhook_allow_private),
+        workers=WorkerProbe(tenants.client(None)),
         long_polls=anyio.CapacityLimiter(api.max_long_polls),
     )
 

@@ -57,8 +57,6 @@ class ApiSettings(BaseSettings):
     webhook_backoff: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
     webhook_backoff_max: float = Field(60.0, gt=0)
     webhook_threads: int = Field(8, ge=1)
-    webhook_allow_private: bool = Field(
-        False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

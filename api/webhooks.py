@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import logging
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -27,7 +25,6 @@ import urllib.request
 from datetime import datetime
 from queue import SimpleQueue
 from typing import Literal
-from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel
@@ -35,6 +32,8 @@ from pydantic import BaseModel
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import utcnow
+from chatq.tasks.settings import get_settings
+from chatq.tasks.urls import WebhookRefused, check_destination
 
 from .config import ApiSettings, get_api_settings
 
@@ -72,10 +71,6 @@ class WebhookDelivery(BaseModel):
     delivered_at: datetime | None = None
 
 
-class WebhookRefused(ValueError):
-    """The callback URL is not one chatq will call."""
-
-
 def sign(body: bytes, secret: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
@@ -90,44 +85,16 @@ def tenant_of(namespace: str, base: str) -> str | None:
     return namespace[len(prefix):] if namespace.startswith(prefix) else None
 
 
-def check_destination(url: str, allow_private: bool, resolve: bool = True) -> None:
-    """Refuse non-HTTP URLs and, unless allowed, hosts that are or resolve to non-public addresses.
-
-    Without ``resolve`` only literal addresses and ``localhost`` are checked (cheap, for submission);
-    the delivery checks again with DNS, at each attempt.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookRefused("callback_url must be an http or https URL with a host")
-    if allow_private:
-        return
-    host = parts.hostname
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        if host == "localhost" or host.endswith(".localhost"):
-            raise WebhookRefused("callback_url points at localhost") from None
-        if not resolve:
-            return
-        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    for address in addresses:
-        if not address.is_global or address.is_multicast:
-            raise WebhookRefused(
-                f"callback_url host {host} is a non-public address ({address}); "
-                "CHATQ_WEBHOOK_ALLOW_PRIVATE=true allows it"
-            )
-
-
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):  # a 3xx is the receiver's answer, not a hop to take
         return None
 
 
 class WebhookSender:
-    def __init__(self, settings: ApiSettings, base_namespace: str):
+    def __init__(self, settings: ApiSettings, base_namespace: str, allow_private: bool = False):
         self.settings = settings
         self.base = base_namespace
+        self.allow_private = allow_private
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         self._queue: SimpleQueue[tuple[redis.Redis, Keys, str]] = SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -186,7 +153,7 @@ class WebhookSender:
     def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None, bool]:
         """One POST: (status code, error or None, whether to retry)."""
         try:
-            check_destination(url, self.settings.webhook_allow_private)
+            check_destination(url, self.allow_private)
         except WebhookRefused as exc:
             return None, str(exc), False
         except OSError as exc:
@@ -237,7 +204,8 @@ def sender(base_namespace: str, settings: ApiSettings | None = None) -> WebhookS
     with _senders_lock:
         found = _senders.get(base_namespace)
         if found is None:
-            found = _senders[base_namespace] = WebhookSender(settings or get_api_settings(), base_namespace)
+            found = _senders[base_namespace] = WebhookSender(
+                settings or get_api_settings(), base_namespace, get_settings().webhook_allow_private)
         return found
 
 

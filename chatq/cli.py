@@ -1,4 +1,9 @@
-"""``chatq``: the command line. JSON on stdout for machines, errors on stderr with exit 1."""
+"""``chatq``: the command line. JSON on stdout for machines, one ``error: ...`` line on stderr.
+
+Exit codes: 0 done; 1 the request was fine but did not succeed (unknown or expired ID, timeout,
+job failed, session busy, not cancellable); 2 refused input (a usage error or an invalid request:
+nothing was written); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ from typing import Any
 
 import click
 
-from chatq.tasks.errors import ChatQError
+from chatq.tasks.errors import ChatQError, InvalidRequest
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+"""Click's own usage errors exit 2 as well: both mean the input was refused and nothing was written."""
 
 
 def _client():
@@ -26,19 +35,27 @@ def _print(obj: Any) -> None:
 
 
 class _Group(click.Group):
-    """Turns chatq's own errors into one readable line instead of a traceback."""
+    """Turns chatq's own errors into one readable line instead of a traceback: refused input exits
+    2 (as click's usage errors do), any other failure 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ChatQError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_REFUSED if isinstance(exc, InvalidRequest) else EXIT_FAILED)
 
 
 @click.group(cls=_Group)
 def cli() -> None:
-    """chatq: session-ordered chat jobs for LLM agents on Celery + Redis."""
+    """chatq: session-ordered chat jobs for LLM agents on Celery + Redis.
+
+    \b
+    Exit codes:
+      0  done
+      1  not done: unknown or expired ID, timeout, job failed, session busy, not cancellable
+      2  refused input (usage error, invalid request); nothing was written
+    """
 
 
 @cli.command()
@@ -81,20 +98,21 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
 @click.option("--idempotency-key")
 @click.option("--metadata", help="A JSON object stored with the turn.")
 @click.option("--on-busy", type=click.Choice(["enqueue", "reject"]), default="enqueue")
+@click.option("--callback-url", help="POSTed the finished job, signed with the workers' webhook secret.")
 def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
-           metadata: str | None, on_busy: str) -> None:
+           metadata: str | None, on_busy: str, callback_url: str | None) -> None:
     """Queue a message; prints the job without waiting."""
-    _print(_client().submit(message, session_id, agent, idempotency_key, _metadata(metadata), on_busy))
+    _print(_client().submit(message, session_id, agent, idempotency_key, _metadata(metadata), on_busy,
+                            callback_url=callback_url))
 
 
-def _metadata(raw: str | None) -> dict | None:
+def _metadata(raw: str | None) -> Any:
+    """Parsed as given; the client refuses anything but a JSON object."""
     if raw is None:
         return None
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        from chatq.tasks.errors import InvalidRequest
-
         raise InvalidRequest(f"--metadata is not valid JSON: {exc}") from exc
 
 
@@ -104,9 +122,10 @@ def get(job_id: str) -> None:
     """Print a job."""
     job = _client().get(job_id)
     if job is None:
+        from chatq.tasks.client import id_text
         from chatq.tasks.errors import JobNotFound
 
-        raise JobNotFound(f"unknown or expired job: {job_id}")
+        raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
     _print(job)
 
 

@@ -1,7 +1,8 @@
 """``chatq batch``: submit a JSONL file of conversations, watch it, collect one result line each.
 
 JSON on stdout, progress and notes on stderr. Attached to ``chatq.cli``'s group, which turns
-chatq's errors into ``error: ...`` and exit 1; importing that module here would be circular.
+chatq's errors into ``error: ...`` and its exit codes (2 for a refused file, 1 for an unknown
+batch or a timeout); importing that module here would be circular.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ def _print(model: BaseModel) -> None:
     click.echo(model.model_dump_json(indent=2))
 
 
-def _submit(batches, file: str, skip_invalid: bool, agent: str | None):
+def _submit(batches, file: str, skip_invalid: bool, agent: str | None, callback_url: str | None):
     source = sys.stdin if file == "-" else file
-    info = batches.submit(source, skip_invalid=skip_invalid, agent=agent)
+    info = batches.submit(source, skip_invalid=skip_invalid, agent=agent, callback_url=callback_url)
     if info.skipped:
         click.echo(f"skipped {len(info.skipped)} invalid line(s): "
                    + ", ".join(str(e.line) for e in info.skipped[:50]), err=True)
@@ -77,19 +78,21 @@ _file = click.argument("file", type=click.Path(exists=True, dir_okay=False, allo
 _output = click.Path(dir_okay=False, writable=True, allow_dash=True)
 _skip = click.option("--skip-invalid", is_flag=True, help="Leave invalid lines out (listed) instead of refusing the file.")
 _agent = click.option("--agent", help="Agent for lines that name none; default 'default'.")
+_callback = click.option("--callback-url", help="Every turn's job is POSTed here, signed, when it finishes.")
 
 
 @batch.command()
 @_file
 @_skip
 @_agent
-def submit(file: str, skip_invalid: bool, agent: str | None) -> None:
+@_callback
+def submit(file: str, skip_invalid: bool, agent: str | None, callback_url: str | None) -> None:
     """Validate and queue a JSONL file.
 
     Every conversation of FILE ('-' for stdin) is validated before anything is queued; prints the
     batch as JSON.
     """
-    _print(_submit(_batches(), file, skip_invalid, agent))
+    _print(_submit(_batches(), file, skip_invalid, agent, callback_url))
 
 
 @batch.command()
@@ -126,15 +129,17 @@ def wait(batch_id: str, timeout: float | None) -> None:
 @click.option("-o", "--output", type=_output, required=True, help="Results JSONL file.")
 @_skip
 @_agent
+@_callback
 @click.option("--timeout", type=float, help="Seconds; exit 1 if the batch is still unfinished.")
-def run(file: str, output: str, skip_invalid: bool, agent: str | None, timeout: float | None) -> None:
+def run(file: str, output: str, skip_invalid: bool, agent: str | None, callback_url: str | None,
+        timeout: float | None) -> None:
     """Submit, show progress, write the results.
 
     Submits FILE, shows a progress bar with an ETA until every turn has finished, writes the
     results to OUTPUT and prints the final status.
     """
     batches = _batches()
-    info = _submit(batches, file, skip_invalid, agent)
+    info = _submit(batches, file, skip_invalid, agent, callback_url)
     click.echo(f"batch {info.batch_id}: {info.total} conversation(s), {info.turns} turn(s)", err=True)
     status = _wait_with_progress(batches, info.batch_id, timeout)
     _write_results(batches, info.batch_id, output)

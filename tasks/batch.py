@@ -33,10 +33,11 @@ from pydantic import BaseModel, Field, computed_field
 
 from .batch_input import BatchInvalid, Conversation, LineError, Source, plan
 from .celery_app import RUN_SESSION
-from .client import ChatClient, new_id
+from .client import ChatClient, id_text, looks_like_id, new_id
 from .errors import ChatQError, InvalidRequest, WaitTimeout
 from .job_store import encode_job
 from .models import JobError, JobResult, Usage, utcnow
+from .urls import check_destination
 
 __all__ = ["BatchClient", "BatchInfo", "BatchInvalid", "BatchNotFound", "BatchStatus", "CancelReport",
            "ConversationResult", "Counts", "LineError", "TurnError"]
@@ -169,9 +170,9 @@ class BatchStore:
         })
 
     def meta(self, batch_id: str) -> dict[str, str]:
-        meta = self.r.hgetall(self.key(batch_id))
+        meta = self.r.hgetall(self.key(batch_id)) if looks_like_id(batch_id) else None
         if not meta:
-            raise BatchNotFound(f"unknown or expired batch: {batch_id}")
+            raise BatchNotFound(f"unknown or expired batch: {id_text(batch_id)}")
         return meta
 
     def entries(self, batch_id: str) -> list[Entry]:
@@ -218,6 +219,8 @@ class BatchClient:
         ``callback_url``, if given, receives every turn's job when it finishes.
         """
         batch_id = new_id()
+        if callback_url is not None:  # once for the batch, rather than as every line's error
+            check_destination(callback_url, self.client.settings.webhook_allow_private, resolve=False)
         p = plan(source, partial(self.client.build_job, batch_id=batch_id, callback_url=callback_url), agent)
         if p.errors and not skip_invalid:
             raise BatchInvalid(p.errors)

@@ -178,7 +178,7 @@ def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agen
     turns = line.turns()
     metadata = line.metadata if isinstance(line, NativeLine) else None
     # A probe turn checks session, agent and metadata once, so turn errors name only the turn.
-    probe = build("probe", line.session_id, line.agent or agent, metadata=metadata)
+    probe = build("probe", line.session_id, agent if line.agent is None else line.agent, metadata=metadata)
     jobs = []
     for i, text in enumerate(turns, 1):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -25,11 +26,14 @@ from .redis_pool import get_redis
 from .session_queue import SessionQueue
 from .session_store import SessionStore
 from .settings import Settings, get_settings
+from .urls import check_destination
 
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+LOOKUP_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
+"""What a job or batch ID can look like at all; anything else (odd bytes, spaces) names nothing."""
 _apps: dict[tuple[str, str], Celery] = {}
 
 
@@ -38,13 +42,77 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """An input as an error message may quote it: ASCII-escaped (odd bytes print safely), and short."""
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 def validate_session_id(session_id: str) -> str:
     if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
         raise InvalidRequest(
-            f"malformed session ID {session_id!r}: use 1-128 characters of letters, digits and ._:@- "
+            f"malformed session ID {shown(session_id)}: use 1-128 characters of letters, digits and ._:@- "
             "starting with a letter or digit"
         )
     return session_id
+
+
+def looks_like_id(value: object) -> bool:
+    """Whether a job or batch ID could name a record; one that cannot is unknown, never sent to Redis."""
+    return isinstance(value, str) and LOOKUP_ID.fullmatch(value) is not None
+
+
+def id_text(value: object) -> str:
+    """An ID for an error message: as it is when it could be one, else escaped and quoted."""
+    return str(value) if looks_like_id(value) else shown(value)
+
+
+def validate_text(value: object, what: str) -> str:
+    """A string that can be stored: not bytes or another type, no lone surrogates (which are what
+    undecodable command-line bytes become in Python, and which UTF-8 cannot encode)."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{what} is not valid text: character {exc.start} is a lone surrogate "
+                             "(undecodable bytes?); send UTF-8") from None
+    return value
+
+
+def validate_metadata(metadata: object, limit: int) -> dict[str, Any]:
+    """A JSON object exactly as given: string keys, finite numbers, no value JSON would change."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidRequest(f"metadata must be a JSON object, not {type(metadata).__name__}")
+    _check_json(metadata, "metadata")
+    size = len(json.dumps(metadata, separators=(",", ":")))  # as the job record stores it
+    if size > limit:
+        raise InvalidRequest(f"metadata is {size} bytes; the limit is {limit}")
+    return metadata
+
+
+def _check_json(value: object, path: str, depth: int = 0) -> None:
+    if depth > 32:
+        raise InvalidRequest(f"{path} is nested more than 32 levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(f"{path} has the key {shown(key)}: keys must be strings")
+            validate_text(key, f"a key of {path}")
+            _check_json(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, str):
+        validate_text(value, path)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{path} is {value}: JSON has no NaN or infinity")
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise InvalidRequest(f"{path} is a {type(value).__name__}: metadata holds only JSON values "
+                             "(objects, arrays, strings, numbers, true, false, null)")
 
 
 class ChatClient:
@@ -89,27 +157,29 @@ class ChatClient:
         batch_id: str | None = None,
         callback_url: str | None = None,
     ) -> Job:
-        """Validate a request into a queued Job, or raise InvalidRequest. Writes nothing."""
+        """Validate a request into a queued Job, or raise InvalidRequest. Writes nothing.
+
+        Every argument is checked as given: a wrong type, a lone surrogate or a value JSON would
+        change is refused, never coerced.
+        """
         s = self.settings
-        if not isinstance(message, str) or not message.strip():
-            raise InvalidRequest("message is empty")
-        if len(message) > s.max_message_chars:
+        if isinstance(message, str) and len(message) > s.max_message_chars:
             raise InvalidRequest(f"message is {len(message)} characters; the limit is {s.max_message_chars}")
+        if not validate_text(message, "message").strip():
+            raise InvalidRequest("message is empty")
         session_id = new_id() if session_id is None else validate_session_id(session_id)
-        agent = agent or "default"
+        if agent is None:
+            agent = "default"
+        elif not isinstance(agent, str):
+            raise InvalidRequest(f"agent must be a string, not {type(agent).__name__}")
         if agent not in self.known_agents():
-            raise InvalidRequest(f"unknown agent {agent!r}; known: {', '.join(sorted(self.known_agents()))}")
-        if idempotency_key is not None and not (isinstance(idempotency_key, str) and IDEMPOTENCY_KEY.fullmatch(idempotency_key)):
+            raise InvalidRequest(f"unknown agent {shown(agent)}; known: {', '.join(sorted(self.known_agents()))}")
+        if idempotency_key is not None and not (
+                isinstance(idempotency_key, str) and IDEMPOTENCY_KEY.fullmatch(idempotency_key)):
             raise InvalidRequest("idempotency key must be 1-200 printable ASCII characters without spaces")
-        metadata = metadata or {}
-        if not isinstance(metadata, dict):
-            raise InvalidRequest("metadata must be a JSON object")
-        try:
-            size = len(json.dumps(metadata))
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"metadata is not JSON-serializable: {exc}") from exc
-        if size > s.max_metadata_bytes:
-            raise InvalidRequest(f"metadata is {size} bytes; the limit is {s.max_metadata_bytes}")
+        metadata = validate_metadata(metadata, s.max_metadata_bytes)
+        if callback_url is not None:
+            check_destination(callback_url, s.webhook_allow_private, resolve=False)
         return Job(job_id=new_id(), session_id=session_id, agent=agent, message=message,
                    metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
                    callback_url=callback_url)
@@ -125,8 +195,8 @@ class ChatClient:
         callback_url: str | None = None,
     ) -> Job:
         """Queue a message behind its session's earlier ones and return the job without waiting."""
-        if on_busy not in ("enqueue", "reject"):
-            raise InvalidRequest("on_busy must be 'enqueue' or 'reject'")
+        if not (isinstance(on_busy, str) and on_busy in ("enqueue", "reject")):
+            raise InvalidRequest(f"on_busy must be 'enqueue' or 'reject', not {shown(on_busy)}")
         job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
         outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key,
                                             hand_to=self._fleet_keys, queue=self.settings.queue)
@@ -151,9 +221,12 @@ class ChatClient:
             log.exception("could not publish the wake-up for session %s; the sweeper will", session_id)
 
     def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
+        """The job, or None if unknown or expired (an ID no job could have is unknown too)."""
+        return self.jobs.get(job_id) if looks_like_id(job_id) else None
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        if not looks_like_id(job_id):
+            raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
         return self.jobs.wait(job_id, timeout)
 
     def chat(self, message: str, session_id: str | None = None, agent: str | None = None,
@@ -163,7 +236,7 @@ class ChatClient:
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job is None:
-            raise JobNotFound(f"unknown or expired job: {job_id}")
+            raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
         outcome = self.queue.cancel(job_id, job.session_id)
         if outcome == "unknown":
             raise JobNotFound(f"unknown or expired job: {job_id}")

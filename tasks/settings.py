@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     max_message_chars: int = Field(32_000, ge=1)
     max_metadata_bytes: int = Field(16_384, ge=2)
+    webhook_allow_private: bool = Field(
+        False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
 
     provider_timeout: float = Field(
         120.0, gt=0, description="Seconds per provider call: connect, the wait and the whole reply, "

@@ -64,10 +64,11 @@ class Fleet:
         self.env.update({f"CHATQ_{k.upper()}": str(v) for k, v in settings.items()})
         self.tmp = tmp
         self.workers: list[subprocess.Popen] = []
-        self.settings = Settings(
-            redis_url=REDIS_URL, broker_url=BROKER_URL, namespace=self.env["CHATQ_NAMESPACE"],
-            queue=self.env["CHATQ_QUEUE"], agents_file=self.env.get("CHATQ_AGENTS_FILE"),
-        )
+        # The test's own client sees what the workers see: the fleet's settings that are core settings.
+        self.settings = Settings(**{
+            "redis_url": REDIS_URL, "broker_url": BROKER_URL, "namespace": self.env["CHATQ_NAMESPACE"],
+            "queue": self.env["CHATQ_QUEUE"], **{k: v for k, v in settings.items() if k in Settings.model_fields},
+        })
 
     def client(self) -> ChatClient:
         return ChatClient(settings=self.settings)

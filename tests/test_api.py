@@ -21,6 +21,7 @@ from chatq.api.webhooks import SIGNATURE_HEADER, WebhookSender, verify
 from chatq.tasks.job_store import encode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Job, JobStatus
+from chatq.tasks.settings import Settings
 
 KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex, "key-b-" + uuid.uuid4().hex
 MASTER_SECRET = "test-master-secret"
@@ -32,8 +33,13 @@ def sid(prefix: str = "api") -> str:
 
 def api_settings(**overrides) -> ApiSettings:
     base = dict(api_keys={KEY_A: "acme", KEY_B: "globex"}, max_body_bytes=64 * 1024,
-                webhook_secret=MASTER_SECRET, webhook_allow_private=True)
+                webhook_secret=MASTER_SECRET)
     return ApiSettings(**{**base, **overrides})
+
+
+def private_ok(settings: Settings) -> Settings:
+    """Core settings whose client accepts callbacks to this machine (the tests' receivers)."""
+    return settings.model_copy(update={"webhook_allow_private": True})
 
 
 @contextmanager
@@ -63,7 +69,7 @@ def http(base_url: str, key: str | None = None) -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def base_url(fleet) -> Iterator[str]:
-    with serve(create_app(api_settings(), fleet.settings)) as url:
+    with serve(create_app(api_settings(), private_ok(fleet.settings))) as url:
         yield url
 
 
@@ -402,7 +408,7 @@ def stored_job(r, keys: Keys, **fields) -> Job:
 def test_webhook_is_signed_retried_and_recorded(client):
     settings = api_settings(webhook_backoff=0.05)
     keys = Keys(f"{client.settings.namespace}.t.hooks{uuid.uuid4().hex[:6]}")
-    sender = WebhookSender(settings, client.settings.namespace)
+    sender = WebhookSender(settings, client.settings.namespace, allow_private=True)
     with Receiver([500, 200]) as receiver:
         job = stored_job(client.r, keys, callback_url=receiver.url)
         status = sender.deliver(client.r, keys, job.job_id)
@@ -421,19 +427,19 @@ def test_webhook_gives_up_on_4xx_and_refuses_private_hosts(client):
     keys = Keys(f"{client.settings.namespace}.t.hooks{uuid.uuid4().hex[:6]}")
     with Receiver([410]) as receiver:
         job = stored_job(client.r, keys, callback_url=receiver.url)
-        gone = WebhookSender(api_settings(), client.settings.namespace).deliver(client.r, keys, job.job_id)
+        gone = WebhookSender(api_settings(), client.settings.namespace, allow_private=True).deliver(
+            client.r, keys, job.job_id)
         assert (gone.status, gone.attempts, gone.last_status_code) == ("failed", 1, 410)
-        strict = WebhookSender(api_settings(webhook_allow_private=False), client.settings.namespace)
+        strict = WebhookSender(api_settings(), client.settings.namespace)
         refused = strict.deliver(client.r, keys, job.job_id)
     assert refused.status == "failed" and "non-public" in refused.last_error and len(receiver.received) == 1
 
 
 def test_callback_url_needs_a_secret_and_a_public_host(fleet):
-    settings = api_settings(webhook_secret=None, webhook_allow_private=False)
-    with serve(create_app(settings, fleet.settings)) as url, http(url, KEY_A) as c:
+    with serve(create_app(api_settings(webhook_secret=None), fleet.settings)) as url, http(url, KEY_A) as c:
         error = assert_error(c.post("/v1/chat", json={"message": "hi", "callback_url": "https://example.com/h"}), 422)
         assert "CHATQ_WEBHOOK_SECRET" in error["message"]
-    with serve(create_app(api_settings(webhook_allow_private=False), fleet.settings)) as url, http(url, KEY_A) as c:
+    with serve(create_app(api_settings(), fleet.settings)) as url, http(url, KEY_A) as c:
         for target in ("http://127.0.0.1:9/h", "http://localhost/h", "http://[::1]/h", "http://169.254.169.254/"):
             assert_error(c.post("/v1/chat", json={"message": "hi", "callback_url": target}), 422)
 

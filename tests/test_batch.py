@@ -159,7 +159,7 @@ def test_invalid_lines_are_listed_by_number_and_nothing_is_written(fleet, client
     ])
     before = namespace_keys(client)
     out = run_cli(fleet, "batch", "submit", path)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: 4 invalid line(s); nothing was submitted")
     assert "line 2: not valid JSON" in out.stderr
     assert "line 4: duplicate custom_id" in out.stderr and "(first on line 1)" in out.stderr

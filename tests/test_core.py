@@ -274,7 +274,7 @@ def test_cli_errors_are_one_clear_line(fleet):
     unknown = run_cli(fleet, "get", "0" * 32)
     assert unknown.returncode == 1 and unknown.stderr.startswith("error: unknown or expired job")
     bad = run_cli(fleet, "submit", "", "--session", "x")
-    assert bad.returncode == 1 and "message is empty" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "message is empty" in bad.stderr and "Traceback" not in bad.stderr
     timeout = run_cli(fleet, "wait", json.loads(run_cli(fleet, "submit", "[[stall:8]] zz").stdout)["job_id"],
                       "--timeout", "0.2")
     assert timeout.returncode == 1 and "still" in timeout.stderr

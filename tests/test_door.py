@@ -1,0 +1,270 @@
+"""Every door refuses bad input cleanly: the Python client, the CLI (real argv bytes) and the HTTP API
+(a real uvicorn socket) get one table of bad inputs, each expecting the project's own error and
+nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from chatq.api.app import create_app
+from chatq.api.config import ApiSettings
+from chatq.tasks.batch import BatchClient, BatchNotFound
+from chatq.tasks.client import ChatClient, validate_metadata
+from chatq.tasks.errors import InvalidRequest, JobNotFound
+from chatq.tasks.urls import WebhookRefused, check_destination
+
+from .conftest import ROOT
+from .test_api import http, serve
+
+T = uuid.uuid4().hex[:8]
+SID = f"door-{T}"
+KEY = "door-key-" + uuid.uuid4().hex
+TENANT = "door"
+BATCH_FILE = object()
+"""Stands for a one-line batch file in CLI arguments (written by the test)."""
+BATCH_LINE = {"custom_id": "one", "message": "hi"}
+
+
+def post(path: str, body: Any = None, raw: bytes | None = None, **kwargs) -> tuple[str, str, dict]:
+    """Bodies as bytes: ``json.dumps`` escapes a lone surrogate (and writes NaN) where httpx would refuse."""
+    content = json.dumps(body).encode() if raw is None else raw
+    return "POST", path, {"content": content, "headers": {"content-type": "application/json"}, **kwargs}
+
+
+def message(**body) -> tuple[str, str, dict]:
+    return post(f"/v1/sessions/{SID}/messages", {"message": "hi", **body})
+
+
+def chat(**body) -> tuple[str, str, dict]:
+    return post("/v1/chat", {"message": "hi", **body})
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad input as each door takes it; None where a door cannot express it."""
+
+    case: str
+    python: tuple[str, dict] | None
+    cli: list | None
+    http: tuple[str, str, dict] | None
+    fragment: str = ""
+    """In the Python and CLI error (the client's own message); HTTP may word it through its schema."""
+    unknown: bool = False
+    """An ID that can name nothing: not found (exit 1, 404, None or *NotFound), not refused."""
+
+
+def sub(**kwargs) -> tuple[str, dict]:
+    return "submit", {"message": "hi", "session_id": SID, **kwargs}
+
+
+PRIVATE = ["http://127.0.0.1:9/h", "http://[::1]/h", "http://10.1.2.3/h", "http://169.254.169.254/latest",
+           "http://localhost/h", "http://[::ffff:127.0.0.1]/h"]
+
+TABLE = [
+    Bad("undecodable bytes in the message", sub(message="\udcff\udcfeabc"),
+        ["submit", b"\xff\xfeabc", "--session", SID],
+        post(f"/v1/sessions/{SID}/messages", raw=b'{"message": "\xff\xfeabc"}'), "message is not valid text"),
+    Bad("a lone surrogate in the message", sub(message="a\ud800b"), ["submit", b"a\xed\xa0\x80b", "--session", SID],
+        post(f"/v1/sessions/{SID}/messages", raw=b'{"message": "a\\ud800b"}'), "lone surrogate"),
+    Bad("a message that is not a string", sub(message=5), None, message(message=5), "message must be a string"),
+    Bad("a message as bytes", sub(message=b"hi"), None, None, "message must be a string, not bytes"),
+    Bad("a huge message", sub(message="x" * 40_000), ["submit", "x" * 40_000, "--session", SID],
+        message(message="x" * 40_000), "the limit is 32000"),
+    Bad("a blank message", sub(message=" \n "), ["submit", " \n ", "--session", SID], message(message=" \n "),
+        "message is empty"),
+    Bad("undecodable bytes in the session ID", sub(session_id="\udcff"), ["submit", "hi", "--session", b"\xff"],
+        post("/v1/sessions/%FF/messages", {"message": "hi"}), "malformed session ID"),
+    Bad("a lone surrogate in the session ID", sub(session_id="s\ud800"), None, chat(session_id="s\ud800"),
+        "malformed session ID"),
+    Bad("a session ID with a space", sub(session_id="bad id!"), ["submit", "hi", "--session", "bad id!"],
+        chat(session_id="bad id!"), "malformed session ID"),
+    Bad("a session ID of 200 characters", sub(session_id="s" * 200), ["submit", "hi", "--session", "s" * 200],
+        chat(session_id="s" * 200), "malformed session ID"),
+    Bad("a session ID ending in a newline", sub(session_id="abc\n"), None, chat(session_id="abc\n"),
+        "malformed session ID"),
+    Bad("an empty session ID", sub(session_id=""), ["submit", "hi", "--session", ""], chat(session_id=""),
+        "malformed session ID"),
+    Bad("a session ID that is not a string", sub(session_id=7), None, chat(session_id=7), "malformed session ID"),
+    Bad("an idempotency key with a space", sub(idempotency_key="has space"),
+        ["submit", "hi", "--session", SID, "--idempotency-key", "has space"], message(idempotency_key="has space"),
+        "idempotency key"),
+    Bad("undecodable bytes in the idempotency key", sub(idempotency_key="\udcff"),
+        ["submit", "hi", "--session", SID, "--idempotency-key", b"\xff"], message(idempotency_key="\ud800"),
+        "idempotency key"),
+    Bad("an idempotency key of 201 characters", sub(idempotency_key="k" * 201), None,
+        message(idempotency_key="k" * 201), "idempotency key"),
+    Bad("an idempotency key that is not a string", sub(idempotency_key=12), None, message(idempotency_key=12),
+        "idempotency key"),
+    Bad("an agent given as a list", sub(agent=["default"]), None, message(agent=["default"]),
+        "agent must be a string"),
+    Bad("undecodable bytes in the agent", sub(agent="\udcff"), ["submit", "hi", "--session", SID, "--agent", b"\xff"],
+        message(agent="\ud800"), "unknown agent"),
+    Bad("an empty agent", sub(agent=""), ["submit", "hi", "--session", SID, "--agent", ""], message(agent=""),
+        "unknown agent"),
+    Bad("metadata with a non-string key", sub(metadata={1: "x"}), None, None, "keys must be strings"),
+    Bad("metadata given as a list", sub(metadata=[]), ["submit", "hi", "--session", SID, "--metadata", "[]"],
+        message(metadata=[]), "metadata must be a JSON object"),
+    Bad("metadata given as a string", sub(metadata="x"), ["submit", "hi", "--session", SID, "--metadata", '"x"'],
+        message(metadata="x"), "metadata must be a JSON object"),
+    Bad("metadata holding NaN", sub(metadata={"x": float("nan")}),
+        ["submit", "hi", "--session", SID, "--metadata", '{"x": NaN}'],
+        post(f"/v1/sessions/{SID}/messages", raw=b'{"message": "hi", "metadata": {"x": NaN}}'), "NaN"),
+    Bad("metadata holding a lone surrogate", sub(metadata={"k": ["\ud800"]}),
+        ["submit", "hi", "--session", SID, "--metadata", b'{"k": ["\xff"]}'],
+        post(f"/v1/sessions/{SID}/messages", raw=b'{"message": "hi", "metadata": {"k": ["\\ud800"]}}'),
+        "metadata.k[0] is not valid text"),
+    Bad("metadata holding a tuple", sub(metadata={"k": (1, 2)}), None, None, "metadata.k is a tuple"),
+    Bad("metadata that is not JSON", None, ["submit", "hi", "--session", SID, "--metadata", "{"], None,
+        "--metadata is not valid JSON"),
+    Bad("an unknown on_busy", sub(on_busy="x"), ["submit", "hi", "--session", SID, "--on-busy", "x"],
+        message(on_busy="x"), "on_busy"),
+    Bad("on_busy given as a list", sub(on_busy=["reject"]), None, message(on_busy=["reject"]), "on_busy"),
+    Bad("a file:// callback", sub(callback_url="file:///etc/passwd"),
+        ["submit", "hi", "--session", SID, "--callback-url", "file:///etc/passwd"],
+        message(callback_url="file:///etc/passwd"), "callback_url must be an http or https URL"),
+    Bad("a callback that is not a string", sub(callback_url=5), None, message(callback_url=5), "callback_url"),
+    Bad("a callback with undecodable bytes", sub(callback_url="http://example.com/\udcff"),
+        ["submit", "hi", "--session", SID, "--callback-url", b"http://example.com/\xff"], None, "printable ASCII"),
+    *[Bad(f"a callback to {url}", sub(callback_url=url),
+          ["submit", "hi", "--session", SID, "--callback-url", url] if i == 0 else None,
+          message(callback_url=url), "callback_url") for i, url in enumerate(PRIVATE)],
+    Bad("get: undecodable job ID", ("get", {"job_id": "\udcff"}), ["get", b"\xff"], ("GET", "/v1/jobs/%FF", {}),
+        unknown=True),
+    Bad("get: a job ID that is not a string", ("get", {"job_id": None}), None, None, unknown=True),
+    Bad("cancel: undecodable job ID", ("cancel", {"job_id": "\udcff"}), ["cancel", b"\xff"],
+        ("POST", "/v1/jobs/%FF/cancel", {}), "unknown or expired job", unknown=True),
+    Bad("wait: undecodable job ID", ("wait", {"job_id": "\udcff", "timeout": 1}), ["wait", b"\xff", "--timeout", "1"],
+        ("GET", "/v1/jobs/%FF", {"params": {"wait": 1}}), "unknown or expired job", unknown=True),
+    Bad("wait: a job ID with a space", ("wait", {"job_id": "a b", "timeout": 1}), ["wait", "a b", "--timeout", "1"],
+        ("GET", "/v1/jobs/a%20b", {"params": {"wait": 1}}), "unknown or expired job", unknown=True),
+    Bad("sessions show: undecodable ID", ("get_session", {"session_id": "\udcff"}), ["sessions", "show", b"\xff"],
+        ("GET", "/v1/sessions/%FF", {}), "malformed session ID"),
+    Bad("sessions delete: undecodable ID", ("delete_session", {"session_id": "\udcff"}),
+        ["sessions", "delete", b"\xff"], ("DELETE", "/v1/sessions/%FF", {}), "malformed session ID"),
+    Bad("batch status: undecodable ID", ("batch.status", {"batch_id": "\udcff"}), ["batch", "status", b"\xff"],
+        ("GET", "/v1/batches/%FF", {}), "unknown or expired batch", unknown=True),
+    Bad("a batch with a file:// callback", ("batch.submit", {"source": [BATCH_LINE], "callback_url": "file:///x"}),
+        ["batch", "submit", BATCH_FILE, "--callback-url", "file:///x"],
+        post("/v1/batches", raw=json.dumps(BATCH_LINE).encode(), params={"callback_url": "file:///x"}),
+        "callback_url must be an http or https URL"),
+    Bad("a batch with a private callback", ("batch.submit", {"source": [BATCH_LINE], "callback_url": PRIVATE[2]}),
+        ["batch", "submit", BATCH_FILE, "--callback-url", PRIVATE[2]],
+        post("/v1/batches", raw=json.dumps(BATCH_LINE).encode(), params={"callback_url": PRIVATE[2]}),
+        "non-public address"),
+]
+
+
+def data_keys(r: redis.Redis, ns: str) -> set[str]:
+    """The namespace's (and its tenants') data keys: not the workers' bookkeeping, which comes and goes."""
+    keys = set(r.scan_iter(f"{ns}:*", count=1000)) | set(r.scan_iter(f"{ns}.t.*", count=1000))
+    return {k for k in keys if not (k.endswith((":sweep-lock", ":namespaces", ":agents"))
+                                    or any(f":{part}:" in k for part in ("idle", "inbox")))}
+
+
+@pytest.fixture(scope="module")
+def door(fleet, tmp_path_factory):
+    """The three doors on the shared fleet: a client, the CLI's argv, the API with one tenant."""
+    batch_file = tmp_path_factory.mktemp("door") / "one.jsonl"
+    batch_file.write_text(json.dumps(BATCH_LINE) + "\n")
+    api = ApiSettings(api_keys={KEY: TENANT}, webhook_secret="door-secret")
+    with serve(create_app(api, fleet.settings)) as url, http(url, KEY) as c:
+        assert c.get("/v1/sessions").status_code == 200  # the tenant's client exists before any snapshot
+        yield fleet, c, batch_file
+
+
+def run_cli(fleet, args: list, batch_file: Path) -> subprocess.CompletedProcess:
+    argv = [batch_file if a is BATCH_FILE else a for a in args]
+    return subprocess.run([sys.executable, "-m", "chatq", *argv], cwd=ROOT, env=fleet.env,
+                          capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("bad", TABLE, ids=[b.case for b in TABLE])
+def test_every_door_refuses_bad_input_cleanly_and_writes_nothing(door, bad: Bad):
+    fleet, c, batch_file = door
+    client = fleet.client()
+    r, ns = client.r, fleet.settings.namespace
+    before = data_keys(r, ns)
+
+    if bad.python is not None:
+        method, kwargs = bad.python
+        target = BatchClient(client) if method.startswith("batch.") else client
+        call = getattr(target, method.removeprefix("batch."))
+        if bad.unknown and method == "get":
+            assert call(**kwargs) is None
+        else:
+            with pytest.raises(JobNotFound if bad.unknown and "batch" not in method else
+                               BatchNotFound if bad.unknown else InvalidRequest, match=re.escape(bad.fragment)):
+                call(**kwargs)
+        assert data_keys(r, ns) <= before, "the Python client wrote something"
+
+    if bad.cli is not None:
+        out = run_cli(fleet, bad.cli, batch_file)
+        stderr = out.stderr.decode("utf-8")  # strictly: whatever it quotes must print
+        assert "Traceback" not in stderr and out.stdout == b"", stderr
+        if bad.unknown:
+            assert out.returncode == 1 and stderr.startswith("error: unknown or expired"), stderr
+        elif stderr.startswith("Usage:"):  # click's own usage error
+            assert out.returncode == 2 and "Error: Invalid value" in stderr, stderr
+        else:
+            assert out.returncode == 2 and stderr.startswith("error: ") and len(stderr.splitlines()) == 1, stderr
+            assert bad.fragment in stderr, stderr
+        assert data_keys(r, ns) <= before, "the CLI wrote something"
+
+    if bad.http is not None:
+        method, path, kwargs = bad.http
+        resp = c.request(method, path, **kwargs)
+        status, type_ = (404, "not_found") if bad.unknown else (422, "invalid_request")
+        assert resp.status_code == status, resp.text
+        error = resp.json()["error"]
+        assert error["type"] == type_ and error["message"], error
+        assert data_keys(r, ns) <= before, "the HTTP API wrote something"
+
+
+# Pure rules
+@pytest.mark.parametrize("url,allowed", [
+    ("https://example.com/hook", True), ("http://example.com:8080/h?x=1", True), ("https://93.184.216.34/", True),
+    ("file:///etc/passwd", False), ("ftp://example.com/", False), ("http:///nohost", False),
+    ("http://example.com:99999/", False), ("http://exa mple.com/", False), ("https://exämple.com/", False),
+    ("http://example.com/\udcff", False), ("http://" + "a" * 2100 + ".com/", False),
+    *[(url, False) for url in PRIVATE], ("http://0.0.0.0/", False), ("http://[fe80::1]/", False),
+])
+def test_callback_destinations(url, allowed):
+    if allowed:
+        assert check_destination(url, allow_private=False, resolve=False) == url
+    else:
+        with pytest.raises(WebhookRefused):
+            check_destination(url, allow_private=False, resolve=False)
+        assert issubclass(WebhookRefused, InvalidRequest)
+
+
+def test_private_callbacks_pass_only_when_allowed():
+    assert check_destination("http://127.0.0.1:9/h", allow_private=True) == "http://127.0.0.1:9/h"
+    with pytest.raises(WebhookRefused, match="http or https"):
+        check_destination("file:///etc/passwd", allow_private=True)
+
+
+def test_metadata_is_taken_exactly_as_given():
+    nested = {"a": [1, 2.5, True, None, {"b": "c"}], "é": "ü"}
+    assert validate_metadata(nested, 1000) is nested and validate_metadata(None, 10) == {}
+    for bad, fragment in [({1: "x"}, "keys must be strings"), ({"x": float("inf")}, "infinity"),
+                          ({"x": {1, 2}}, "is a set"), ({"x": b"y"}, "is a bytes"), ({"\ud800": 1}, "a key of"),
+                          ({"x": "y" * 100}, "the limit is 50"), ([], "JSON object")]:
+        with pytest.raises(InvalidRequest, match=fragment):
+            validate_metadata(bad, 50)
+
+
+def test_client_ids_that_cannot_name_anything_are_unknown(client: ChatClient):
+    for odd in ("\udcff", "", "a b", "x" * 300, None, 7):
+        assert client.get(odd) is None
+        with pytest.raises(JobNotFound):
+            client.cancel(odd)
