@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from chatq.tasks.batch import BatchInfo, BatchStatus, CancelReport, ConversationResult
-from chatq.tasks.errors import InvalidRequest
+from chatq.tasks.batch_input import count_lines
 
 from .auth import CurrentTenant
 from .deps import Svc
@@ -45,17 +45,14 @@ async def submit_batch(
         "Every turn's job is POSTed here, signed, when it finishes (its record carries the batch_id)."))] = None,
 ) -> BatchInfo:
     """Validate every line, then queue every turn; invalid lines refuse the whole batch (422) unless skipped."""
-    try:
-        lines = (await request.body()).decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"the batch is not UTF-8: {exc}") from None
+    body = await request.body()  # bytes: split and decoded by the same JSONL parser as the CLI's files
     batches = svc.tenants.batches(tenant.name)
     callback = checked_callback(svc, tenant, callback_url)
     with svc.metrics.submission(tenant.label) as tally:
         # Lines are a lower bound on turns: the quota is checked before parsing, and soft anyway.
-        tally.jobs = sum(1 for line in lines if line.strip())
+        tally.jobs = count_lines(body)
         await run_in_threadpool(check_quota, tenant.client, svc.settings.max_active_jobs, tally.jobs)
-        info = await run_in_threadpool(batches.submit, lines, skip_invalid, agent, callback)
+        info = await run_in_threadpool(batches.submit, body, skip_invalid, agent, callback)
         tally.jobs = info.turns
     response.headers["Location"] = str(request.url_for("get_batch", batch_id=info.batch_id))
     return info

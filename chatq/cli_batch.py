@@ -25,7 +25,7 @@ def _print(model: BaseModel) -> None:
 
 
 def _submit(batches, file: str, skip_invalid: bool, agent: str | None, callback_url: str | None):
-    source = sys.stdin if file == "-" else file
+    source = sys.stdin.buffer if file == "-" else file  # bytes: the one JSONL parser decodes and splits
     info = batches.submit(source, skip_invalid=skip_invalid, agent=agent, callback_url=callback_url)
     if info.skipped:
         click.echo(f"skipped {len(info.skipped)} invalid line(s): "

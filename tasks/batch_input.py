@@ -1,8 +1,10 @@
 """Batch input: JSONL lines, in chatq's own shape or the OpenAI Batch API's, into validated jobs.
 
-Every line is checked (JSON, shape, duplicates, and each turn through ``ChatClient.build_job``)
-before anything is written, so a bad file is refused whole with its line numbers, or, with
-``skip_invalid``, its bad lines are listed and left out; it is never half-submitted.
+The file is split by one JSON Lines parser (``jsonl_lines``) whichever way it arrives (a path, the
+CLI's stdin, an HTTP body). Every line is checked (UTF-8, JSON, shape, duplicates, and each turn
+through ``ChatClient.build_job``) before anything is written, so a bad file is refused whole with
+its line numbers, or, with ``skip_invalid``, its bad lines are listed and left out; it is never
+half-submitted.
 
 OpenAI lines: the ``user`` messages of ``body.messages`` become the turns. ``system``/``developer``
 messages are ignored (the agent's own prompt applies) and so are other body fields such as
@@ -13,19 +15,24 @@ be replayed faithfully.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidRequest
 from .models import Job
 
-Source = str | os.PathLike | Iterable[str | dict]
-"""A JSONL file path, or lines (JSON text or already-parsed objects)."""
+Source = str | os.PathLike | bytes | BinaryIO | Iterable[str | bytes | dict]
+"""JSONL: a file path, the bytes of a file, a binary file; or lines, taken as given (JSON text or
+already-parsed objects)."""
+
+BOM = b"\xef\xbb\xbf"
+_JSON_SPACE = " \t\r\n"
 
 CustomId = Annotated[str, Field(min_length=1, max_length=256)]
 _SHOWN_ERRORS = 50
@@ -143,18 +150,50 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _lines(source: Source) -> Iterator[tuple[int, str | dict]]:
+def jsonl_lines(data: bytes | BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """JSON Lines as the format defines them: numbered lines split on ``\\n`` only.
+
+    U+2028, NEL or a lone ``\\r`` inside a line stay in it (``str.splitlines`` would cut there, and
+    they are valid inside JSON strings); a UTF-8 BOM before the first line is dropped. Lines stay
+    bytes: each is decoded on its own, so one line that is not UTF-8 is that line's error.
+    """
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    for number, line in enumerate(stream, 1):  # a binary stream iterates on b"\n" only
+        yield number, line.removeprefix(BOM) if number == 1 else line
+
+
+def blank(line: str | bytes | dict) -> bool:
+    """Nothing but JSON whitespace: skipped, as JSON Lines readers do."""
+    if isinstance(line, bytes):
+        return not line.strip(_JSON_SPACE.encode())
+    return isinstance(line, str) and not line.strip(_JSON_SPACE)
+
+
+def count_lines(data: bytes) -> int:
+    """Non-blank lines: what a batch of these bytes holds at most as conversations."""
+    return sum(1 for _, line in jsonl_lines(data) if not blank(line))
+
+
+def _lines(source: Source) -> Iterator[tuple[int, str | bytes | dict]]:
     if isinstance(source, (str, os.PathLike)):
         try:
-            with open(source, encoding="utf-8-sig") as f:  # tolerate a BOM
-                yield from enumerate(f, 1)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"cannot read {os.fspath(source)}: {exc}") from exc
+            with open(source, "rb") as f:
+                yield from jsonl_lines(f)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {os.fspath(source)!a}: {exc.strerror or exc}") from exc
+    elif isinstance(source, (bytes, bytearray)) or hasattr(source, "read"):
+        yield from jsonl_lines(source)  # type: ignore[arg-type]
     else:
-        yield from enumerate(source, 1)
+        for number, line in enumerate(source, 1):
+            yield number, line.removeprefix("\ufeff") if number == 1 and isinstance(line, str) else line
 
 
-def _load(raw: str | dict) -> dict:
+def _load(raw: str | bytes | dict) -> dict:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}") from None
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -200,7 +239,7 @@ def plan(source: Source, build: Callable[..., Job], agent: str | None = None) ->
     dropped_system = 0
     ignored_fields: set[str] = set()
     for number, raw in _lines(source):
-        if isinstance(raw, str) and not raw.strip():
+        if blank(raw):
             continue
         custom_id = None
         try:

@@ -18,7 +18,8 @@ import redis
 
 from chatq.api.app import create_app
 from chatq.api.config import ApiSettings
-from chatq.tasks.batch import BatchClient, BatchNotFound
+from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound
+from chatq.tasks.batch_input import jsonl_lines
 from chatq.tasks.client import ChatClient, validate_metadata
 from chatq.tasks.errors import InvalidRequest, JobNotFound
 from chatq.tasks.urls import WebhookRefused, check_destination
@@ -268,3 +269,55 @@ def test_client_ids_that_cannot_name_anything_are_unknown(client: ChatClient):
         assert client.get(odd) is None
         with pytest.raises(JobNotFound):
             client.cancel(odd)
+
+
+# One JSONL parser for the CLI and HTTP
+TRICKY = (
+    b"\xef\xbb\xbf" + json.dumps({"custom_id": "ls", "message": "a\u2028b"}, ensure_ascii=False).encode() + b"\n"
+    + json.dumps({"custom_id": "nel", "messages": ["c\u0085d", "e\u2029f"]}, ensure_ascii=False).encode() + b"\r\n"
+    + b"  \r\n"
+    + b'{"custom_id": "bad", "message": "\xff"}\n'
+    + b'{"custom_id": "cr", "message": "g"}\r{"custom_id": "cr2", "message": "h"}\n'
+    + b'{"custom_id": "last", "message": "no newline at the end"}'
+)
+TRICKY_MESSAGES = {"ls": ["a\u2028b"], "nel": ["c\u0085d", "e\u2029f"], "last": ["no newline at the end"]}
+
+
+def test_jsonl_lines_split_on_newline_only():
+    lines = [line for _, line in jsonl_lines(TRICKY)]
+    assert len(lines) == 6 and lines[0].startswith(b'{"custom_id": "ls"') and lines[2] == b"  \r\n"
+    assert [n for n, _ in jsonl_lines(b"a\nb")] == [1, 2]
+
+
+def test_cli_http_and_python_read_the_same_tricky_file_the_same_way(fleet, tmp_path):
+    path = tmp_path / "tricky.jsonl"
+    path.write_bytes(TRICKY)
+    client = fleet.client()
+    batches = BatchClient(client)
+    with serve(create_app(ApiSettings(), fleet.settings)) as url, http(url) as c:
+        # Refused whole, with the same lines named by each door.
+        with pytest.raises(BatchInvalid) as refused:
+            batches.submit(path)
+        expected = [(e.line, e.error) for e in refused.value.errors]
+        assert [line for line, _ in expected] == [4, 5]
+        assert "not UTF-8: byte 0xff" in expected[0][1] and "not valid JSON: Extra data" in expected[1][1]
+        out = subprocess.run([sys.executable, "-m", "chatq", "batch", "submit", str(path)], cwd=ROOT,
+                             env=fleet.env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and all(f"line {n}: {e}" in out.stderr for n, e in expected), out.stderr
+        resp = c.post("/v1/batches", content=TRICKY)
+        assert resp.status_code == 422
+        assert [(d["line"], d["error"]) for d in resp.json()["error"]["details"]] == expected
+
+        # Skipping the bad lines: the same conversations, with U+2028, NEL and U+2029 kept in their turns.
+        infos = {
+            "python": batches.submit(path, skip_invalid=True).model_dump(mode="json"),
+            "cli": json.loads(subprocess.run(
+                [sys.executable, "-m", "chatq", "batch", "submit", "-", "--skip-invalid"], input=TRICKY,
+                cwd=ROOT, env=fleet.env, capture_output=True, timeout=60, check=True).stdout),
+            "http": c.post("/v1/batches", params={"skip_invalid": True}, content=TRICKY).json(),
+        }
+    for door, info in infos.items():
+        assert (info["total"], info["turns"], [e["line"] for e in info["skipped"]]) == (3, 4, [4, 5]), door
+        for entry in batches.store.entries(info["batch_id"]):
+            assert [j.message for j in client.jobs.get_many(entry.job_ids)] == TRICKY_MESSAGES[entry.custom_id]
+        batches.wait(info["batch_id"], timeout=60)
