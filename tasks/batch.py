@@ -9,8 +9,8 @@ broker producer.
 Redis holds ``{ns}:batch:{id}`` (a small hash, written last, so an existing batch ID always names
 a completely written batch) and ``{ns}:batch:{id}:conversations`` (a list with one compact JSON
 array ``[custom_id, session_id, job_id...]`` per conversation, in input order). Counts are
-computed from the job records on each read, so nothing can drift; both keys expire with the
-result TTL once a read sees the batch finished.
+computed from the job records on each read, so nothing can drift. Both keys expire after the
+batch's jobs' records, whether or not anyone reads the batch (``chatq.tasks.batch_expiry``).
 
 A failed turn fails its conversation but not the rest of it: later turns still run, as they do in
 an interactive session (the failed turn leaves no history), and the result line carries every
@@ -31,6 +31,7 @@ from typing import Literal, NamedTuple
 import redis
 from pydantic import BaseModel, Field, computed_field
 
+from . import batch_expiry
 from .batch_input import BatchInvalid, Conversation, LineError, Source, plan
 from .celery_app import RUN_SESSION
 from .client import ChatClient, id_text, looks_like_id, new_id
@@ -142,15 +143,27 @@ class BatchStore:
     def __init__(self, client: ChatClient):
         self.r: redis.Redis = client.r
         self.queue = client.queue
-        self.ttl = client.settings.result_ttl
+        self.keys = client.keys
+        self.settings = client.settings
         self.key = client.keys.batch
         self.conversations_key = client.keys.batch_conversations
 
     def write(self, info: BatchInfo, conversations: list[Conversation]) -> None:
-        """Jobs and conversation entries in chunked pipelines; the batch hash last."""
+        """Jobs and conversation entries in chunked pipelines; the batch hash last.
+
+        Every key expires from its first write (a submitter that dies midway leaves nothing
+        forever); the hash counts the turns still unfinished.
+        """
         entries_key = self.conversations_key(info.batch_id)
+        ttl = batch_expiry.unfinished_ttl(self.settings)
         pipe = self.r.pipeline(transaction=False)
         pending_jobs, entries = 0, []
+
+        def flush() -> None:
+            pipe.rpush(entries_key, *entries)
+            pipe.expire(entries_key, ttl)
+            pipe.execute()
+
         for conv in conversations:
             for job in conv.jobs:
                 self.queue.submit(job.job_id, job.session_id, encode_job(job), client=pipe)
@@ -158,16 +171,18 @@ class BatchStore:
                                       separators=(",", ":")))
             pending_jobs += len(conv.jobs)
             if pending_jobs >= CHUNK:
-                pipe.rpush(entries_key, *entries)
-                pipe.execute()
+                flush()
                 pending_jobs, entries = 0, []
         if entries:
-            pipe.rpush(entries_key, *entries)
-            pipe.execute()
-        self.r.hset(self.key(info.batch_id), mapping={
+            flush()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key(info.batch_id), mapping={
             "batch_id": info.batch_id, "created_at": info.created_at.isoformat(),
-            "total": info.total, "turns": info.turns,
+            "total": info.total, "turns": info.turns, "unfinished": info.turns,
         })
+        pipe.expire(self.key(info.batch_id), ttl)
+        pipe.expire(entries_key, ttl)
+        pipe.execute()
 
     def meta(self, batch_id: str) -> dict[str, str]:
         meta = self.r.hgetall(self.key(batch_id)) if looks_like_id(batch_id) else None
@@ -193,12 +208,13 @@ class BatchStore:
         return out
 
     def mark_finished(self, batch_id: str) -> datetime:
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hsetnx(self.key(batch_id), "finished_at", utcnow().isoformat())
-        pipe.hget(self.key(batch_id), "finished_at")
-        pipe.expire(self.key(batch_id), self.ttl, nx=True)
-        pipe.expire(self.conversations_key(batch_id), self.ttl, nx=True)
-        return datetime.fromisoformat(pipe.execute()[1])
+        finished_at = batch_expiry.mark_finished(self.r, self.keys, self.settings, batch_id)
+        if finished_at is None:
+            raise BatchNotFound(f"unknown or expired batch: {batch_id}")
+        return datetime.fromisoformat(finished_at)
+
+    def turns_finished(self, batch_id: str, turns: int) -> None:
+        batch_expiry.turns_finished(self.r, self.keys, self.settings, batch_id, turns)
 
 
 class BatchClient:
@@ -312,6 +328,8 @@ class BatchClient:
             for job_id, s in reversed(list(zip(e.job_ids, turns))):
                 if s == "queued" and self.client.queue.cancel(job_id, e.session_id) == "cancelled":
                     cancelled += 1
+        if cancelled:
+            self.store.turns_finished(batch_id, cancelled)
         return CancelReport(batch_id=batch_id, cancelled=cancelled, status=self.status(batch_id))
 
 

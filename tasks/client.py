@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from celery import Celery
 
+from . import batch_expiry
 from .agent_profiles import load_profiles
 from .celery_app import RUN_SESSION, make_app
 from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
@@ -242,6 +243,8 @@ class ChatClient:
             raise JobNotFound(f"unknown or expired job: {job_id}")
         if outcome != "cancelled":
             raise NotCancellable(f"job {job_id} is {outcome}; only queued jobs can be cancelled")
+        if job.batch_id:
+            batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
         return self.get(job_id) or job
 
     def create_session(self, session_id: str | None = None) -> Session:

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
 
     max_message_chars: int = Field(32_000, ge=1)
     max_metadata_bytes: int = Field(16_384, ge=2)
+    batch_max_idle: int = Field(
+        7 * 86400, ge=1, description="Seconds an unfinished batch's record is kept while none of its turns "
+        "finishes (no worker, a stalled backlog); any finished turn restarts the count. A finished batch's "
+        "record expires with the result TTL.")
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
 

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from chatq.tasks.client import ChatClient, validate_metadata
 from chatq.tasks.errors import InvalidRequest, JobNotFound
 from chatq.tasks.urls import WebhookRefused, check_destination
 
-from .conftest import ROOT
+from .conftest import BROKER_URL, ROOT
 from .test_api import http, serve
 
 T = uuid.uuid4().hex[:8]
@@ -321,3 +322,50 @@ def test_cli_http_and_python_read_the_same_tricky_file_the_same_way(fleet, tmp_p
         for entry in batches.store.entries(info["batch_id"]):
             assert [j.message for j in client.jobs.get_many(entry.job_ids)] == TRICKY_MESSAGES[entry.custom_id]
         batches.wait(info["batch_id"], timeout=60)
+
+
+# Batch records expire, read or not
+def test_batch_records_outlive_their_jobs_and_expire_unread(make_fleet):
+    f = make_fleet(result_ttl="2", batch_max_idle="30")
+    f.start_worker(4)
+    client = f.client()
+    batches = BatchClient(client)
+    info = batches.submit([{"custom_id": f"c{i}", "messages": [f"hi {i}", f"again {i}"]} for i in range(3)])
+    keys = [batches.store.key(info.batch_id), batches.store.conversations_key(info.batch_id)]
+    assert all(2 < client.r.ttl(k) <= 32 for k in keys)  # unfinished: result TTL + the idle bound
+    job_ids = [j for e in batches.store.entries(info.batch_id) for j in e.job_ids]  # a raw read, no status
+    for job_id in job_ids:
+        assert client.wait(job_id, 60).status == "succeeded"
+    deadline = time.monotonic() + 10
+    while not client.r.hexists(keys[0], "finished_at"):  # marked by the worker's last commit
+        assert time.monotonic() < deadline, "nobody marked the batch finished"
+        time.sleep(0.05)
+    now_ms = time.time() * 1000
+    job_expiry = [client.r.pexpiretime(client.keys.job(j)) for j in job_ids]  # absolute: reads need no snapshot
+    batch_expiry = [client.r.pexpiretime(k) for k in keys]
+    assert now_ms < max(job_expiry) <= min(batch_expiry) <= now_ms + 2000, (job_expiry, batch_expiry)
+    deadline = time.monotonic() + 10
+    while any(client.r.exists(k) for k in keys):
+        assert time.monotonic() < deadline, [client.r.ttl(k) for k in keys]
+        time.sleep(0.1)
+    assert not any(client.r.exists(client.keys.job(j)) for j in job_ids)
+
+
+def test_a_batch_no_worker_ever_runs_expires_after_the_idle_bound(make_fleet):
+    f = make_fleet(result_ttl="1", batch_max_idle="1")
+    client = f.client()
+    try:
+        batches = BatchClient(client)
+        info = batches.submit([{"custom_id": "c", "message": "nobody runs me"}])
+        assert batches.status(info.batch_id).turns.queued == 1
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                batches.store.meta(info.batch_id)
+            except BatchNotFound:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert not client.r.exists(batches.store.conversations_key(info.batch_id))
+    finally:
+        redis.Redis.from_url(BROKER_URL).delete(f.settings.queue)  # the wake-up no worker took

@@ -19,6 +19,7 @@ import redis
 
 from chatq.api.webhooks import deliver_if_requested
 from chatq.tasks.agent_profiles import AgentProfile, load_profiles
+from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
@@ -141,6 +142,7 @@ class SessionRunner:
                     acquire_ms = 0
                     self.leases.hold(lease_key, token)
                 if taken.outcome == "exhausted":
+                    self.count_batch_turn(sp, taken.fields.get("batch_id"))
                     self.notify(sp, taken.job_id)
                 if taken.outcome != "run":
                     continue
@@ -204,9 +206,21 @@ class SessionRunner:
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, outcome, job.session_id)
             return outcome
+        self.count_batch_turn(sp, job.batch_id)
         if job.callback_url:
             self.notify(sp, job.job_id)
         return outcome
+
+    def count_batch_turn(self, sp: Space, batch_id: str | None) -> None:
+        """A batch job is final: count it down on its batch, which keeps the batch's record alive
+        and expires it after the last one (``chatq.tasks.batch_expiry``). Never fails the session:
+        a lost count only delays the batch's expiry."""
+        if not batch_id:
+            return
+        try:
+            turns_finished(self.r, sp.keys, self.settings, batch_id)
+        except redis.RedisError:
+            log.warning("could not count a finished turn of batch %s", batch_id, exc_info=True)
 
     def notify(self, sp: Space, job_id: str) -> None:
         """Queue the job's webhook, if it asked for one; never blocks the session."""
