@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,3 +372,46 @@ def test_a_batch_no_worker_ever_runs_expires_after_the_idle_bound(make_fleet):
         assert not client.r.exists(batches.store.conversations_key(info.batch_id))
     finally:
         redis.Redis.from_url(BROKER_URL).delete(f.settings.queue)  # the wake-up no worker took
+
+
+# The 413 every client can read
+@pytest.fixture(scope="module")
+def small_limit_url(fleet):
+    with serve(create_app(ApiSettings(max_body_bytes=64 * 1024), fleet.settings)) as url:
+        yield url
+
+
+def test_urllib_sending_8_mb_reads_the_413(small_limit_url):
+    """urllib sends the whole body before reading: the server must read (and drop) it, not reset."""
+    body = b'{"message": "' + b"x" * (8 << 20) + b'"}'
+
+    def chunked():  # no Content-Length: counted as it streams
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    for data in (body, chunked()):
+        request = urllib.request.Request(f"{small_limit_url}/v1/chat", data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=60)
+        assert caught.value.code == 413
+        error = json.loads(caught.value.read())["error"]
+        assert error["type"] == "payload_too_large" and "65536" in error["message"]
+        caught.value.close()
+
+
+@pytest.mark.parametrize("extra", [b"Expect: 100-continue\r\n", b""], ids=["expect-100-continue", "over-the-cap"])
+def test_a_413_comes_at_once_when_no_body_should_be_read(small_limit_url, extra):
+    """A client waiting for 100-continue has sent nothing, and a body over the drain cap is not read:
+    either way the 413 comes without the server waiting for a body."""
+    host, port = small_limit_url.removeprefix("http://").split(":")
+    length = 8 << 20 if extra else 1 << 40
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {length}\r\n".encode() + extra + b"\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(4096)  # times out (fails) if the server waits for the body
+            assert chunk, reply
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
