@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from chatq.tasks.settings import Settings, get_settings
 
 from . import batches, errors, jobs, ops, sessions
-from .auth import KeyRing
+from .auth import KeyRing, MetricsGate
 from .body_limit import BodyLimit
 from .config import ApiSettings, get_api_settings
 from .deps import Services
@@ -32,8 +32,9 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     keyring = KeyRing(api.api_keys)
     names: list[str | None] = list(api.tenants) if api.tenants else [None]
     metrics = Metrics(tenants, names, api.max_active_jobs)
+    gate = MetricsGate(api, keyring)
     services = Services(
-        settings=api, tenants=tenants, keyring=keyring, metrics=metrics,
+        settings=api, tenants=tenants, keyring=keyring, metrics=metrics, metrics_gate=gate,
         webhooks=WebhookSender(api, core.namespace, core.webhook_allow_private),
         workers=WorkerProbe(tenants.client(None)),
         long_polls=anyio.CapacityLimiter(api.max_long_polls),
@@ -46,6 +47,8 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
                         "(fine for local use; set keys before exposing it)")
         else:
             log.info("API keys configured for %d tenant(s)", len(names))
+        if not gate.open and api.metrics_key is None:
+            log.warning("/metrics answers 401: set CHATQ_METRICS_KEY (its own bearer key) or CHATQ_METRICS_OPEN=true")
         yield
 
     app = FastAPI(

@@ -12,10 +12,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chatq.tasks.client import ChatClient
 
-from .config import OPEN_TENANT
+from .config import OPEN_TENANT, ApiSettings
 from .errors import Unauthorized
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `CHATQ_API_KEYS` (`Authorization: Bearer KEY`).")
+metrics_bearer = HTTPBearer(auto_error=False, scheme_name="MetricsKey",
+                            description="`CHATQ_METRICS_KEY` (`Authorization: Bearer KEY`).")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 class KeyRing:
@@ -26,14 +32,14 @@ class KeyRing:
     """
 
     def __init__(self, keys: dict[str, str]):
-        self._entries = [(hashlib.sha256(k.encode()).digest(), tenant) for k, tenant in keys.items()]
+        self._entries = [(_digest(k), tenant) for k, tenant in keys.items()]
 
     @property
     def open(self) -> bool:
         return not self._entries
 
     def tenant(self, presented: str) -> str | None:
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = _digest(presented)
         found = None
         for known, tenant in self._entries:
             if hmac.compare_digest(known, digest):
@@ -70,3 +76,31 @@ def current_tenant(
 
 
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
+
+
+class MetricsGate:
+    """Who may scrape ``/metrics``: it names every tenant and their job counts, so a tenant's key
+    is not enough. Its own key (``CHATQ_METRICS_KEY``) opens it; ``CHATQ_METRICS_OPEN`` opens it to
+    all; without API keys the whole API is open to one tenant, and so is ``/metrics``."""
+
+    def __init__(self, settings: ApiSettings, keyring: KeyRing):
+        key = settings.metrics_key
+        self._digest = None if key is None else _digest(key.get_secret_value())
+        self.open = settings.metrics_open or (self._digest is None and keyring.open)
+
+    def check(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        if self.open:
+            return
+        if self._digest is None:
+            raise Unauthorized("/metrics is closed: the operator sets CHATQ_METRICS_KEY (a key of its own) "
+                               "or CHATQ_METRICS_OPEN=true")
+        if credentials is None:
+            raise Unauthorized("missing metrics key: send `Authorization: Bearer KEY`")
+        if not hmac.compare_digest(self._digest, _digest(credentials.credentials)):
+            raise Unauthorized("unknown metrics key")
+
+
+def metrics_access(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)]
+) -> None:
+    request.app.state.services.metrics_gate.check(credentials)

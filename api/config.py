@@ -47,6 +47,11 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: float = Field(60.0, gt=0, description="Cap on `GET /v1/jobs/{id}?wait=`.")
     max_long_polls: int = Field(
         64, ge=1, description="Long polls waiting at once; each holds one of CHATQ_REDIS_MAX_CONNECTIONS.")
+    metrics_key: SecretStr | None = Field(
+        None, repr=False, description="Bearer key for `/metrics`, which lists every tenant; tenants' API keys "
+        "do not open it.")
+    metrics_open: bool = Field(
+        False, description="Serve `/metrics` without a key. Without API keys (one open tenant) it is open anyway.")
 
     webhook_secret: SecretStr | None = Field(
         None, description="Master secret; each tenant's signing secret is derived from it (see `secret_for`).")
@@ -58,7 +63,7 @@ class ApiSettings(BaseSettings):
     webhook_backoff_max: float = Field(60.0, gt=0)
     webhook_threads: int = Field(8, ge=1)
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "metrics_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, raw: Any) -> Any:
         return None if isinstance(raw, str) and not raw.strip() else raw

@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
-from .auth import KeyRing
+from .auth import KeyRing, MetricsGate
 from .config import ApiSettings
 from .health import WorkerProbe
 from .metrics import Metrics
@@ -22,6 +22,7 @@ class Services:
     tenants: Tenants
     keyring: KeyRing
     metrics: Metrics
+    metrics_gate: MetricsGate
     webhooks: WebhookSender
     workers: WorkerProbe
     long_polls: anyio.CapacityLimiter

@@ -1,12 +1,15 @@
-"""Operations endpoints, unauthenticated for probes and scrapers: health and Prometheus metrics."""
+"""Operations endpoints: health for probes, unauthenticated (it names nothing); Prometheus metrics
+behind a key of their own (see ``chatq.api.auth.MetricsGate``)."""
 
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
+from .auth import metrics_access
 from .deps import Svc
+from .errors import responses
 from .metrics import CONTENT_TYPE
 from .schemas import Health
 
@@ -30,7 +33,9 @@ def healthz(svc: Svc) -> JSONResponse:
     return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {}}}})
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
+            responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {}}},
+                       **responses(401)})
 def metrics(svc: Svc) -> Response:
+    """Every tenant's queue depths and submissions: `CHATQ_METRICS_KEY` as the bearer key."""
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)

@@ -24,6 +24,7 @@ from chatq.tasks.models import Job, JobStatus
 from chatq.tasks.settings import Settings
 
 KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex, "key-b-" + uuid.uuid4().hex
+METRICS_KEY = "metrics-" + uuid.uuid4().hex
 MASTER_SECRET = "test-master-secret"
 
 
@@ -33,7 +34,7 @@ def sid(prefix: str = "api") -> str:
 
 def api_settings(**overrides) -> ApiSettings:
     base = dict(api_keys={KEY_A: "acme", KEY_B: "globex"}, max_body_bytes=64 * 1024,
-                webhook_secret=MASTER_SECRET)
+                webhook_secret=MASTER_SECRET, metrics_key=METRICS_KEY)
     return ApiSettings(**{**base, **overrides})
 
 
@@ -317,7 +318,7 @@ def test_healthz(base_url):
 def test_metrics(a, base_url):
     finished(a, submit(a, "count me", sid())["job_id"])
     a.post("/v1/chat", json={"message": ""})
-    with http(base_url) as c:
+    with http(base_url, METRICS_KEY) as c:
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text

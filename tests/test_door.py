@@ -1,6 +1,7 @@
 """Every door refuses bad input cleanly: the Python client, the CLI (real argv bytes) and the HTTP API
 (a real uvicorn socket) get one table of bad inputs, each expecting the project's own error and
-nothing written."""
+nothing written. Also: the 413 every client can read, one JSONL parser for CLI and HTTP, batch
+records that expire unread, and the key in front of /metrics."""
 
 from __future__ import annotations
 
@@ -415,3 +416,26 @@ def test_a_413_comes_at_once_when_no_body_should_be_read(small_limit_url, extra)
             assert chunk, reply
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+
+
+# /metrics behind a key
+@pytest.mark.parametrize("settings,allowed,refused", [
+    (dict(api_keys={KEY: TENANT}, metrics_key="mk"), ["mk"], [None, KEY, "nope"]),
+    (dict(api_keys={KEY: TENANT}), [], [None, KEY, "mk"]),
+    (dict(api_keys={KEY: TENANT}, metrics_open=True), [None, "anything"], []),
+    (dict(), [None], []),
+    (dict(metrics_key="mk"), ["mk"], [None, "nope"]),
+], ids=["own-key", "keys-but-no-metrics-key", "opened", "open-api", "open-api-with-a-metrics-key"])
+def test_metrics_needs_its_own_key(fleet, settings, allowed, refused):
+    with serve(create_app(ApiSettings(**settings), fleet.settings)) as url:
+        for key in allowed:
+            with http(url, key) as c:
+                r = c.get("/metrics")
+                assert r.status_code == 200 and "chatq_redis_up 1.0" in r.text, key
+        for key in refused:
+            with http(url, key) as c:
+                r = c.get("/metrics")
+                assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", key
+                assert r.headers["WWW-Authenticate"] == "Bearer" and "chatq_" not in r.text
+        with http(url) as c:
+            assert c.get("/healthz").status_code in (200, 503)  # probes need no key either way
