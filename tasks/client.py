@@ -122,7 +122,7 @@ class ChatClient:
         base = settings or get_settings()
         self.settings = base.model_copy(update={"redis_url": redis_url}) if redis_url else base
         s = self.settings
-        self.r = get_redis(s.redis_url, s.redis_max_connections)
+        self.r = get_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
         self.namespace = s.namespace if tenant is None else f"{s.namespace}.t.{tenant}"
         self.keys = Keys(self.namespace)
         if tenant is not None:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         256, ge=4, description="Per process; workers add their concurrency. Waiters each hold one."
     )
+    redis_socket_timeout: float = Field(
+        5.0, gt=0, description="Seconds a Redis command may take before it counts as Redis being "
+        "unreachable (a stall); blocking waits add their own time.")
     result_ttl: int = Field(86400, ge=1, description="Seconds a finished job stays pollable.")
     lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
     sweep_interval: float = Field(5.0, gt=0)
