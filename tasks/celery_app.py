@@ -1,15 +1,31 @@
 """The Celery app: JSON only, late acks, a threads pool sized for I/O-bound LLM calls.
 
-Celery delivers wake-ups only; order and exactly-once history come from ``session_queue``.
+Celery delivers wake-ups only; order and exactly-once history come from ``session_queue``. A broker
+outage of any length is waited out: the consumer reconnects forever, and a Redis broker uses
+``broker_transport``'s fixed channel so the reconnect itself cannot kill the worker.
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
+from .broker_transport import transport_for
 from .settings import Settings, get_settings
 
 RUN_SESSION = "chatq.run_session"
+
+
+
+class _SetOnPurpose(logging.Filter):
+    """Celery warns on every reconnect that this setting's default will change; chatq sets it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "worker_cancel_long_running_tasks_on_connection_loss" not in record.getMessage()
+
+
+logging.getLogger("py.warnings").addFilter(_SetOnPurpose())  # Celery's worker logs warnings there
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -29,10 +45,15 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # retry forever: an outage costs time, never the worker
+        # A running job keeps running through a broker outage: its commit is fenced by the session lease.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_pool_limit=max(10, s.concurrency // 4),
         broker_transport_options={"visibility_timeout": s.visibility_timeout},
         redis_max_connections=s.concurrency + 32,
     )
+    if transport := transport_for(s.broker):
+        app.conf.broker_transport = transport
     return app
 
 
