@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from chatq.tasks.errors import ChatQError, InvalidRequest
+from chatq.tasks.redis_pool import UNREACHABLE
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -44,6 +45,9 @@ class _Group(click.Group):
         except ChatQError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_REFUSED if isinstance(exc, InvalidRequest) else EXIT_FAILED)
+        except UNREACHABLE as exc:
+            click.echo(f"error: Redis unreachable: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
 
 
 @click.group(cls=_Group)
@@ -78,17 +82,42 @@ def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
     except (ToolImportError, ChatQError) as exc:
         click.echo(f"error: worker cannot start: {exc}", err=True)
         sys.exit(2)
+    from chatq.tasks.redis_pool import RedisUnusable, is_redis_url, wait_for_redis
+
+    try:  # a worker started before its Redis waits for it instead of dying
+        wait_for_redis(settings.redis_url)
+        if settings.broker != settings.redis_url and is_redis_url(settings.broker):
+            wait_for_redis(settings.broker, what="the broker's Redis")
+    except RedisUnusable as exc:
+        click.echo(f"error: worker cannot start: {exc}", err=True)
+        sys.exit(2)
     runner.register_agents()
     runner.start_sweeper()
     from chatq.tasks.celery_app import app
 
     click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
                f"model {'embedded offline' if settings.offline else settings.model}", err=True)
-    app.worker_main([
+    sys.exit(_celery_worker(app, [
         "worker", "--pool", "threads", "--concurrency", str(settings.concurrency),
         "-Q", queues or settings.queue, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         "-n", f"chatq-{os.getpid()}@%h",
-    ])
+    ]))
+
+
+def _celery_worker(app: Any, argv: list[str]) -> int:
+    """Run ``celery worker`` and return its exit code.
+
+    ``app.worker_main`` and ``app.start`` drop it (click returns the code in non-standalone mode,
+    and they only look for a raised ``Exit``), so a worker Celery stops on an unrecoverable error
+    would exit 0 and no supervisor would restart it. This is ``app.start`` keeping the code.
+    """
+    from celery.bin.celery import celery
+
+    celery.params[0].default = app
+    try:
+        return celery.main(args=argv, prog_name="chatq worker", standalone_mode=False) or 0
+    finally:
+        celery.params[0].default = None
 
 
 @cli.command()
