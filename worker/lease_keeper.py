@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_queue import SessionQueue
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_ms / 3000):
             try:
                 self.renew_now()
+            except UNREACHABLE as exc:  # leases that run out meanwhile are simply lost (fenced commit)
+                log.warning("lease renewal failed, Redis unreachable (%s); retrying", exc)
             except Exception:
                 log.exception("lease renewal failed; retrying")
 

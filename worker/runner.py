@@ -23,7 +23,7 @@ from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
-from chatq.tasks.redis_pool import get_redis
+from chatq.tasks.redis_pool import UNREACHABLE, get_redis
 from chatq.tasks.session_queue import SessionQueue
 from chatq.tasks.session_store import SessionStore
 from chatq.tasks.settings import Settings, get_settings
@@ -49,7 +49,9 @@ class Space:
 class SessionRunner:
     def __init__(self, settings: Settings, r: redis.Redis | None = None):
         self.settings = settings
-        self.r = r or get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections)
+        # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
+        self.r = r or get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections,
+                                settings.redis_socket_timeout + settings.idle_wait)
         self._spaces: dict[str, Space] = {}
         home = self.space(settings.namespace)
         self.keys = home.keys
@@ -150,6 +152,13 @@ class SessionRunner:
                 if outcome != "ok":
                     return ran + (outcome == "released")
                 ran += 1
+        except UNREACHABLE as exc:
+            # Nothing half-done survives an outage: the commit is one script, so the job either
+            # committed or is still queued. The lease runs out and whoever takes the session next
+            # (the sweeper wakes it) runs what is left, from the job's last checkpoint.
+            log.warning("Redis unreachable while running session %s (%s); it resumes once Redis answers "
+                        "and its lease expires", session_id, exc)
+            return ran
         finally:
             self.leases.drop(lease_key, token)
 
@@ -175,7 +184,10 @@ class SessionRunner:
             pipe = self.r.pipeline(transaction=False)
             pipe.hincrby(sp.keys.job(job.job_id), "provider_retries", 1)
             pipe.hset(sp.keys.job(job.job_id), "last_error", err.model_dump_json())
-            pipe.execute()
+            try:
+                pipe.execute()
+            except UNREACHABLE as exc:  # bookkeeping only: the provider retry goes on without it
+                log.warning("could not record provider retry of job %s (%s)", job.job_id, exc)
 
         agent = self.agents.get(job.agent)
         try:
@@ -184,6 +196,8 @@ class SessionRunner:
             turn = agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
         except AgentError as exc:
             return self._commit_failure(sp, job, token, exc.error, turn.usage)
+        except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
+            raise
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))

@@ -11,8 +11,10 @@ import threading
 from collections.abc import Callable
 
 import redis
+from kombu.exceptions import OperationalError
 
 from chatq.tasks.keys import Keys
+from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_queue import SessionQueue
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class Sweeper:
         while not self._stop.wait(self.interval):
             try:
                 self.sweep_once()
+            except (*UNREACHABLE, OperationalError) as exc:  # Redis or the broker is down: next interval
+                log.warning("sweep failed, Redis or the broker unreachable (%s); retrying", exc)
             except Exception:
                 log.exception("sweep failed; retrying next interval")
 
