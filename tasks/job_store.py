@@ -17,12 +17,15 @@ import redis
 from .errors import JobNotFound, WaitTimeout
 from .keys import Keys
 from .models import Job, JobStatus
+from .redis_pool import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
 _listeners: dict[tuple[int, str], DoneListener] = {}
 _listeners_lock = threading.Lock()
 _JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
+_CHECK_EVERY = 5.0  # seconds between a waiter's re-reads while notifications flow
+_RETRY_EVERY = 1.0  # seconds between retries while Redis is unreachable
 
 
 def encode_job(job: Job) -> dict[str, str]:
@@ -66,12 +69,29 @@ class JobStore:
             return _listeners[key]
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        """Block until the job finishes: woken by the commit's PUBLISH, not by polling."""
+        """Block until the job finishes: woken by the commit's PUBLISH, not by polling.
+
+        A Redis outage is waited out until ``timeout``: reads are retried and the shared listener
+        resubscribes. A timeout during an outage says for how long Redis was unreachable. A read on
+        a stalled Redis takes up to ``CHATQ_REDIS_SOCKET_TIMEOUT``, so the timeout can overrun by that.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         done = self._done.register(job_id)
+        down_since: float | None = None
         try:
             while True:
-                fields = self.r.hgetall(self.keys.job(job_id))
+                try:
+                    fields = self.r.hgetall(self.keys.job(job_id))
+                except UNREACHABLE as exc:
+                    now = time.monotonic()
+                    down_since = now if down_since is None else down_since
+                    if deadline is not None and now >= deadline:
+                        raise WaitTimeout(f"gave up waiting for job {job_id} after {timeout:g} s: "
+                                          f"Redis unreachable for {now - down_since:.0f} s ({exc})") from exc
+                    done.wait(_RETRY_EVERY if deadline is None else min(deadline - now, _RETRY_EVERY))
+                    done.clear()
+                    continue
+                down_since = None
                 if "status" not in fields:
                     raise JobNotFound(f"unknown or expired job: {job_id}")
                 status = JobStatus(fields["status"])
@@ -81,7 +101,7 @@ class JobStore:
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeout(f"job {job_id} still {status.value} after {timeout}s")
                 # A bounded wait also notices a record that expired, or a notification lost to a reconnect.
-                done.wait(5.0 if remaining is None else min(remaining, 5.0))
+                done.wait(_CHECK_EVERY if remaining is None else min(remaining, _CHECK_EVERY))
                 done.clear()
         finally:
             self._done.unregister(job_id, done)
@@ -91,17 +111,19 @@ class DoneListener:
     """One pub/sub connection per process and namespace, shared by every waiting thread.
 
     A connection per wait cost a TCP connect, a pooled connection held for the whole wait, and a
-    socket per thread to poll; here one redis-py listener thread sets the waiters' events.
+    socket per thread to poll; here one listener thread sets the waiters' events. It outlives Redis
+    outages: it keeps (re)subscribing, and wakes every waiter when notifications may have been
+    missed (an error, a resubscribe), so each re-reads its job instead of waiting for its next check.
     """
 
     def __init__(self, r: redis.Redis, pattern: str):
         self._waiters: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
+        self._pattern = pattern
         self._prefix = pattern.removesuffix("*")
         self._pubsub = r.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(**{pattern: self._on_message})
-        self._thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
-                                                  exception_handler=self._on_error)
+        self._thread = threading.Thread(target=self._run, name="chatq-job-notifications", daemon=True)
+        self._thread.start()
 
     def register(self, job_id: str) -> threading.Event:
         event = threading.Event()
@@ -117,12 +139,37 @@ class DoneListener:
                 if not events:
                     del self._waiters[job_id]
 
+    def _run(self) -> None:
+        missed = True  # anything published before the first subscribe went unseen
+        down = False
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    self._pubsub.psubscribe(**{self._pattern: self._on_message})
+                # redis-py reconnects and resubscribes inside this call once Redis answers again.
+                self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:  # the thread must live on, or every waiter falls back to slow checks
+                if not down:  # waiters see the outage themselves; this only explains slower wake-ups
+                    log.log(logging.INFO if isinstance(exc, UNREACHABLE) else logging.ERROR,
+                            "job notifications interrupted (%s); resubscribing until Redis answers", exc,
+                            exc_info=not isinstance(exc, UNREACHABLE))
+                down = missed = True
+                time.sleep(_RETRY_EVERY)
+                continue
+            if missed:
+                if down:
+                    log.info("job notifications resumed")
+                down = missed = False
+                self._wake_all()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
     def _on_message(self, message: dict[str, Any]) -> None:
         job_id = message["channel"].removeprefix(self._prefix)
         with self._lock:
             for event in self._waiters.get(job_id, ()):
                 event.set()
-
-    def _on_error(self, exc: BaseException, pubsub: Any, thread: Any) -> None:
-        log.warning("job notifications interrupted (%s); waiters fall back to 5 s checks until it reconnects", exc)
-        time.sleep(1.0)
