@@ -44,12 +44,14 @@ def fake_openai() -> Iterator[TestServer]:
 class Fleet:
     """A namespace, a queue and the worker processes serving them."""
 
-    def __init__(self, tmp: Path, base_url: str | None, **settings: str):
+    def __init__(self, tmp: Path, base_url: str | None, redis_url: str = REDIS_URL, broker_url: str = BROKER_URL,
+                 **settings: str):
         tag = uuid.uuid4().hex[:8]
+        self.redis_url = redis_url
         self.env = {
             **os.environ,
-            "CHATQ_REDIS_URL": REDIS_URL,
-            "CHATQ_BROKER_URL": BROKER_URL,
+            "CHATQ_REDIS_URL": redis_url,
+            "CHATQ_BROKER_URL": broker_url,
             "CHATQ_NAMESPACE": f"t{tag}",
             "CHATQ_QUEUE": f"t{tag}",
             "CHATQ_LEASE_SECONDS": "2",
@@ -66,7 +68,7 @@ class Fleet:
         self.workers: list[subprocess.Popen] = []
         # The test's own client sees what the workers see: the fleet's settings that are core settings.
         self.settings = Settings(**{
-            "redis_url": REDIS_URL, "broker_url": BROKER_URL, "namespace": self.env["CHATQ_NAMESPACE"],
+            "redis_url": redis_url, "broker_url": broker_url, "namespace": self.env["CHATQ_NAMESPACE"],
             "queue": self.env["CHATQ_QUEUE"], **{k: v for k, v in settings.items() if k in Settings.model_fields},
         })
 
@@ -97,7 +99,7 @@ class Fleet:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis.from_url(self.redis_url)
         keys = list(r.scan_iter(f"{self.settings.namespace}:*", count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i:i + 500])
