@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
-from chatq.tasks.client import IDEMPOTENCY_KEY, SESSION_ID
+from chatq.tasks.client import IDEMPOTENCY_KEY, MAX_SESSION_TTL, SESSION_ID
 
 from .errors import NotFound
 
@@ -43,6 +43,10 @@ class MessageIn(BaseModel):
         None, description="POSTed the job record, signed (`X-Chatq-Signature`), when the job finishes.")
     on_busy: Literal["enqueue", "reject"] = Field(
         "enqueue", description="`reject`: 409 instead of queueing behind the session's earlier messages.")
+    session_ttl: int | None = Field(
+        None, ge=0, le=MAX_SESSION_TTL, strict=True,
+        description="The session's own retention: seconds it is kept once idle (0: forever). Omit to keep "
+                    "the session's, or the server's default.")
 
 
 class ChatIn(MessageIn):

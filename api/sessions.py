@@ -20,11 +20,7 @@ def list_sessions(tenant: CurrentTenant,
                   offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> SessionList:
     """The tenant's session IDs, oldest first."""
-    client = tenant.client
-    pipe = client.r.pipeline(transaction=False)
-    pipe.zrange(client.keys.sessions, offset, offset + limit - 1)
-    pipe.zcard(client.keys.sessions)
-    page, total = pipe.execute()
+    page, total = tenant.client.sessions.page(offset, limit)
     return SessionList(sessions=page, total=total)
 
 

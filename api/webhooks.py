@@ -34,6 +34,7 @@ from chatq.tasks.keys import Keys
 from chatq.tasks.models import utcnow
 from chatq.tasks.settings import get_settings
 from chatq.tasks.urls import WebhookRefused, check_destination
+from chatq.tasks.scripts import cached
 
 from .config import ApiSettings, get_api_settings
 
@@ -41,23 +42,6 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Chatq-Signature"
 FIELD = "webhook"
-
-_CLAIM = """
--- KEYS: job ; ARGV: field, pending status (JSON, url filled in here). The first caller wins.
-local url = redis.call('HGET', KEYS[1], 'callback_url')
-if (not url) or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return false end
-local status = cjson.decode(ARGV[2])
-status['url'] = url
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(status))
-return url
-"""
-
-_RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 class WebhookDelivery(BaseModel):
     """The delivery status shown on the job record."""
@@ -107,7 +91,7 @@ class WebhookSender:
         hook called again) never sends twice.
         """
         pending = WebhookDelivery(url="", updated_at=utcnow()).model_dump_json()
-        if not r.eval(_CLAIM, 1, keys.job(job_id), FIELD, pending):
+        if not cached(r, "webhook_claim")(keys=[keys.job(job_id)], args=[FIELD, pending]):
             return False
         self._ensure_threads()
         self._queue.put((r, keys, job_id))
@@ -175,7 +159,7 @@ class WebhookSender:
 
     def _record(self, r: redis.Redis, keys: Keys, job_id: str, status: WebhookDelivery) -> None:
         """Write the status only while the job exists: never resurrect an expired record without a TTL."""
-        r.eval(_RECORD, 1, keys.job(job_id), FIELD, status.model_dump_json())
+        cached(r, "webhook_record")(keys=[keys.job(job_id)], args=[FIELD, status.model_dump_json()])
 
     def _ensure_threads(self) -> None:
         if len(self._threads) >= self.settings.webhook_threads:

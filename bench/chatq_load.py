@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from chatq.tasks.client import ChatClient
+from chatq.tasks.keys import Keys
 from chatq.tasks.models import Job
 from chatq.tasks.settings import Settings
 
@@ -137,7 +138,7 @@ def delete_namespace(r: redis.Redis, namespace: str) -> int:
 
 def delete_job_records(r: redis.Redis, namespace: str) -> int:
     """Delete the namespace's job records, keeping sessions, so their memory shows as a delta."""
-    keys = list(r.scan_iter(f"{namespace}:job:*", count=1000))
+    keys = list(r.scan_iter(Keys(namespace).job_pattern, count=1000))
     for i in range(0, len(keys), 500):
         r.delete(*keys[i:i + 500])
     return len(keys)

@@ -212,7 +212,7 @@ class Bench:
         _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
         k = self.client.keys
         self._memory(run, self.r, before, [key for sid in wl.sessions for key in (k.session(sid), k.messages(sid))],
-                     list(self.r.scan_iter(f"{self.tag}:job:*", count=1000)))
+                     list(self.r.scan_iter(k.job_pattern, count=1000)))
         self._finish(run, mon, wl.jobs)
         return run
 

@@ -128,11 +128,12 @@ def _celery_worker(app: Any, argv: list[str]) -> int:
 @click.option("--metadata", help="A JSON object stored with the turn.")
 @click.option("--on-busy", type=click.Choice(["enqueue", "reject"]), default="enqueue")
 @click.option("--callback-url", help="POSTed the finished job, signed with the workers' webhook secret.")
+@click.option("--session-ttl", type=int, help="The session's own retention: seconds kept once idle (0: forever).")
 def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
-           metadata: str | None, on_busy: str, callback_url: str | None) -> None:
+           metadata: str | None, on_busy: str, callback_url: str | None, session_ttl: int | None) -> None:
     """Queue a message; prints the job without waiting."""
     _print(_client().submit(message, session_id, agent, idempotency_key, _metadata(metadata), on_busy,
-                            callback_url=callback_url))
+                            callback_url=callback_url, session_ttl=session_ttl))
 
 
 def _metadata(raw: str | None) -> Any:

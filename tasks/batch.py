@@ -39,6 +39,7 @@ from .errors import ChatQError, InvalidRequest, WaitTimeout
 from .job_store import encode_job
 from .models import JobError, JobResult, Usage, utcnow
 from .urls import check_destination
+from .session_machine import CancelOutcome
 
 __all__ = ["BatchClient", "BatchInfo", "BatchInvalid", "BatchNotFound", "BatchStatus", "CancelReport",
            "ConversationResult", "Counts", "LineError", "TurnError"]
@@ -142,7 +143,7 @@ class BatchStore:
 
     def __init__(self, client: ChatClient):
         self.r: redis.Redis = client.r
-        self.queue = client.queue
+        self.machine = client.machine
         self.keys = client.keys
         self.settings = client.settings
         self.key = client.keys.batch
@@ -165,8 +166,10 @@ class BatchStore:
             pipe.execute()
 
         for conv in conversations:
+            now = utcnow()
+            self.machine.announce(conv.session_id, now, pipe)
             for job in conv.jobs:
-                self.queue.submit(job.job_id, job.session_id, encode_job(job), client=pipe)
+                self.machine.submit(job.job_id, job.session_id, encode_job(job), client=pipe, announce=False, now=now)
             entries.append(json.dumps([conv.custom_id, conv.session_id, *(j.job_id for j in conv.jobs)],
                                       separators=(",", ":")))
             pending_jobs += len(conv.jobs)
@@ -203,7 +206,7 @@ class BatchStore:
         for chunk in _chunks(job_ids):
             pipe = self.r.pipeline(transaction=False)
             for job_id in chunk:
-                pipe.hmget(self.queue.keys.job(job_id), fields)
+                pipe.hmget(self.keys.job(job_id), fields)
             out += pipe.execute()
         return out
 
@@ -326,7 +329,7 @@ class BatchClient:
         cancelled = 0
         for e, turns in zip(entries, self._turn_statuses(entries)):
             for job_id, s in reversed(list(zip(e.job_ids, turns))):
-                if s == "queued" and self.client.queue.cancel(job_id, e.session_id) == "cancelled":
+                if s == "queued" and self.client.machine.cancel(job_id, e.session_id).outcome is CancelOutcome.cancelled:
                     cancelled += 1
         if cancelled:
             self.store.turns_finished(batch_id, cancelled)

@@ -1,6 +1,6 @@
 """The Celery app: JSON only, late acks, a threads pool sized for I/O-bound LLM calls.
 
-Celery delivers wake-ups only; order and exactly-once history come from ``session_queue``. A broker
+Celery delivers wake-ups only; order and exactly-once history come from ``session_machine``. A broker
 outage of any length is waited out: the consumer reconnects forever, and a Redis broker uses
 ``broker_transport``'s fixed channel so the reconnect itself cannot kill the worker.
 """

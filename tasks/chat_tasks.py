@@ -9,12 +9,13 @@ from .celery_app import RUN_SESSION, app
 
 @app.task(name=RUN_SESSION, bind=True)
 def run_session(self, session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
-    """Wake-up for one session: drain its queue if nobody else holds it, then serve sessions handed
-    to this thread directly. Returns jobs run."""
+    """Wake-up for one session: drain its FIFO if nobody else holds it, then serve sessions handed
+    to this thread directly. ``job_id``: the job it was sent for (the head the first take expects).
+    Returns jobs run."""
     from chatq.worker.runner import get_runner
 
     queue = (self.request.delivery_info or {}).get("routing_key")
-    return get_runner().serve(session_id, namespace, queue)
+    return get_runner().serve(session_id, namespace, queue, job_id)
 
 
 @worker_shutting_down.connect

@@ -21,10 +21,10 @@ from .agent_profiles import load_profiles
 from .celery_app import RUN_SESSION, make_app
 from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
 from .job_store import JobStore, encode_job
-from .keys import Keys
-from .models import Job, Session
+from .keys import Keys, new_job_id
+from .models import Job, JobStatus, Session
 from .redis_pool import get_redis
-from .session_queue import SessionQueue
+from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
 from .session_store import SessionStore
 from .settings import Settings, get_settings
 from .urls import check_destination
@@ -35,6 +35,7 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 LOOKUP_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 """What a job or batch ID can look like at all; anything else (odd bytes, spaces) names nothing."""
+MAX_SESSION_TTL = 10 * 365 * 86400
 _apps: dict[tuple[str, str], Celery] = {}
 
 
@@ -116,6 +117,15 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
                              "(objects, arrays, strings, numbers, true, false, null)")
 
 
+def validate_ttl(ttl: object) -> int | None:
+    """A session's own retention: whole seconds, 0 to keep it forever, None to leave it as it is."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_SESSION_TTL:
+        raise InvalidRequest(f"session TTL must be whole seconds from 0 (keep forever) to {MAX_SESSION_TTL}")
+    return ttl
+
+
 class ChatClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None,
                  tenant: str | None = None):
@@ -128,8 +138,8 @@ class ChatClient:
         if tenant is not None:
             self.r.sadd(Keys(s.namespace).namespaces, self.namespace)
         self.jobs = JobStore(self.r, self.keys)
-        self.sessions = SessionStore(self.r, self.keys)
-        self.queue = SessionQueue(self.r, self.keys, s.result_ttl)
+        self.sessions = SessionStore(self.r, self.keys, s.session_ttl)
+        self.machine = SessionMachine(self.r, self.keys, s.result_ttl, s.session_ttl)
         self._local_agents = set(load_profiles(s))
         self._fleet_agents: tuple[float, set[str]] = (0.0, set())
         self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
@@ -181,7 +191,7 @@ class ChatClient:
         metadata = validate_metadata(metadata, s.max_metadata_bytes)
         if callback_url is not None:
             check_destination(callback_url, s.webhook_allow_private, resolve=False)
-        return Job(job_id=new_id(), session_id=session_id, agent=agent, message=message,
+        return Job(job_id=new_job_id(session_id), session_id=session_id, agent=agent, message=message,
                    metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
                    callback_url=callback_url)
 
@@ -194,23 +204,52 @@ class ChatClient:
         metadata: dict[str, Any] | None = None,
         on_busy: Literal["enqueue", "reject"] = "enqueue",
         callback_url: str | None = None,
+        session_ttl: int | None = None,
     ) -> Job:
-        """Queue a message behind its session's earlier ones and return the job without waiting."""
+        """Queue a message behind its session's earlier ones and return the job without waiting.
+
+        ``session_ttl`` sets the session's own retention (seconds it is kept once idle; 0 keeps it).
+        """
         if not (isinstance(on_busy, str) and on_busy in ("enqueue", "reject")):
             raise InvalidRequest(f"on_busy must be 'enqueue' or 'reject', not {shown(on_busy)}")
+        session_ttl = validate_ttl(session_ttl)
         job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
-        outcome, job_id = self.queue.submit(job.job_id, job.session_id, encode_job(job), on_busy, idempotency_key,
-                                            hand_to=self._fleet_keys, queue=self.settings.queue)
-        if outcome == "busy":
+        if idempotency_key is not None:
+            job, written = self._claim(idempotency_key, job)
+            if written:
+                return job
+        outcome = self.machine.submit(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
+                                      hand_to=self._fleet_keys, queue=self.settings.queue)
+        if outcome is SubmitOutcome.busy:
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
-        if outcome == "existing":
-            existing = self.get(job_id)
+        if outcome is SubmitOutcome.existing:
+            existing = self.get(job.job_id)
             if existing is None:
-                raise JobNotFound(f"idempotency key {idempotency_key!r} names job {job_id}, which has expired")
+                raise JobNotFound(f"idempotency key {idempotency_key!r} names job {job.job_id}, which has expired")
             return existing
-        if outcome == "created":
+        if outcome is SubmitOutcome.created:
             self.wake(job.session_id, job.job_id)
         return job
+
+    def _claim(self, idempotency_key: str, job: Job) -> tuple[Job, bool]:
+        """The job an idempotency key names, and whether it is written: this one if the key is new;
+        the existing one if written; else this request's job under the key's job and session IDs.
+
+        The key is claimed first (SET NX) and the job written after, in its own session's slot: the
+        two cannot be one script on a cluster. A claimer that died in between, or that is still
+        writing, left a claim without a job; the submit script refuses an existing job ID, so
+        writing it again under the claimed IDs is safe whoever gets there first.
+        """
+        key = self.keys.idempotency(idempotency_key)
+        value = f"{job.job_id} {job.session_id}"
+        claimed = self.r.set(key, value, nx=True, ex=self.settings.result_ttl, get=True)
+        if claimed is None:
+            return job, False
+        job_id, _, session_id = claimed.partition(" ")
+        existing = self.get(job_id)
+        if existing is not None:
+            return existing, True
+        return job.model_copy(update={"job_id": job_id, "session_id": session_id}), False
 
     def wake(self, session_id: str, job_id: str | None = None) -> None:
         try:
@@ -238,18 +277,19 @@ class ChatClient:
         job = self.get(job_id)
         if job is None:
             raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
-        outcome = self.queue.cancel(job_id, job.session_id)
-        if outcome == "unknown":
+        outcome, status = self.machine.cancel(job_id, job.session_id)
+        if outcome is CancelOutcome.unknown:
             raise JobNotFound(f"unknown or expired job: {job_id}")
-        if outcome != "cancelled":
-            raise NotCancellable(f"job {job_id} is {outcome}; only queued jobs can be cancelled")
-        if job.batch_id:
+        if outcome is not CancelOutcome.cancelled and status != JobStatus.cancelled:  # a repeat is fine
+            raise NotCancellable(f"job {job_id} is {status}; only queued jobs can be cancelled")
+        if outcome is CancelOutcome.cancelled and job.batch_id:
             batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
         return self.get(job_id) or job
 
-    def create_session(self, session_id: str | None = None) -> Session:
+    def create_session(self, session_id: str | None = None, ttl: int | None = None) -> Session:
+        """Get or create a session; ``ttl`` sets its own retention (seconds kept once idle; 0 keeps it)."""
         sid = new_id() if session_id is None else validate_session_id(session_id)
-        self.sessions.create(sid)
+        self.sessions.create(sid, validate_ttl(ttl))
         session = self.sessions.get(sid)
         assert session is not None
         return session

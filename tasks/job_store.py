@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from .errors import JobNotFound, WaitTimeout
-from .keys import Keys
+from .keys import Keys, is_id
 from .models import Job, JobStatus
 from .redis_pool import UNREACHABLE
 
@@ -51,14 +51,19 @@ class JobStore:
         self.keys = keys
 
     def get(self, job_id: str) -> Job | None:
+        """The job, or None if unknown, expired or not a job ID at all."""
+        if not is_id(job_id):
+            return None
         fields = self.r.hgetall(self.keys.job(job_id))
         return decode_job(fields) if fields else None
 
     def get_many(self, job_ids: list[str]) -> list[Job | None]:
         pipe = self.r.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hgetall(self.keys.job(job_id))
-        return [decode_job(f) if f else None for f in pipe.execute()]
+            if is_id(job_id):
+                pipe.hgetall(self.keys.job(job_id))
+        found = iter(pipe.execute())
+        return [(decode_job(f) if (f := next(found)) else None) if is_id(j) else None for j in job_ids]
 
     @property
     def _done(self) -> DoneListener:
@@ -75,6 +80,8 @@ class JobStore:
         resubscribes. A timeout during an outage says for how long Redis was unreachable. A read on
         a stalled Redis takes up to ``CHATQ_REDIS_SOCKET_TIMEOUT``, so the timeout can overrun by that.
         """
+        if not is_id(job_id):
+            raise JobNotFound(f"unknown or expired job: {job_id}")
         deadline = None if timeout is None else time.monotonic() + timeout
         done = self._done.register(job_id)
         down_since: float | None = None

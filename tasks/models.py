@@ -122,3 +122,6 @@ class Session(BaseModel):
     messages: list[Message] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     pending_jobs: list[str] = Field(default_factory=list)
+    ttl: int | None = Field(None, description=(
+        "Seconds the session is kept once idle (nothing queued or running): its own retention, else "
+        "CHATQ_SESSION_TTL. None: kept until deleted."))

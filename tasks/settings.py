@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds a Redis command may take before it counts as Redis being "
         "unreachable (a stall); blocking waits add their own time.")
     result_ttl: int = Field(86400, ge=1, description="Seconds a finished job stays pollable.")
+    session_ttl: int | None = Field(
+        None, ge=1, description="Seconds a session (its history and usage) is kept once idle, i.e. with "
+        "nothing queued or running; a session may set its own. Unset: kept until deleted. Set it alike "
+        "on workers and producers: each applies its own when a session goes idle.")
     lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
     sweep_interval: float = Field(5.0, gt=0)
     idle_wait: float = Field(

@@ -53,10 +53,11 @@ def expected_replies(turns: list[str]) -> list[str | None]:
 
 
 def namespace_keys(client) -> set[str]:
-    """The namespace's data keys; not the workers' own bookkeeping (sweep lock, idle runner threads)."""
-    ns = client.keys.ns
-    return {k for k in client.r.scan_iter(f"{ns}:*", count=1000)
-            if not (k.endswith(":sweep-lock") or k.startswith((f"{ns}:idle:", f"{ns}:inbox:")))}
+    """The namespace's data keys and its listing; not the fleet's bookkeeping (pending marks the
+    sweeper drops, the sweep lock, idle runner threads)."""
+    fleet = client.keys.sessions.removesuffix("sessions")
+    return {k for k in client.r.scan_iter(f"{client.keys.ns}:*", count=1000)
+            if not k.startswith(fleet) or k == client.keys.sessions}
 
 
 def openai_line(custom_id: str, *users: str, system: str | None = None) -> dict:

@@ -212,10 +212,10 @@ def test_finished_jobs_expire_after_ttl(client):
 ])
 def test_bad_input_is_refused_before_anything_is_written(client, kwargs, fragment):
     kwargs = {"session_id": sid("bad"), **kwargs}
-    jobs_before = set(client.r.scan_iter(client.keys.job("*")))
+    jobs_before = set(client.r.scan_iter(client.keys.job_pattern))
     with pytest.raises(InvalidRequest, match=fragment):
         client.submit(**kwargs)
-    assert set(client.r.scan_iter(client.keys.job("*"))) <= jobs_before
+    assert set(client.r.scan_iter(client.keys.job_pattern)) <= jobs_before
     assert not list(client.r.scan_iter(f"*{kwargs['session_id'][-10:]}*"))
 
 

@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from chatq.tasks.job_store import encode_job
-from chatq.tasks.keys import Keys
+from chatq.tasks.keys import Keys, new_job_id
 from chatq.tasks.models import Job
-from chatq.tasks.session_queue import SessionQueue
-from chatq.worker.handoff import Handoff
+from chatq.tasks.session_machine import SessionMachine
+from chatq.worker.handoff import Handed, Handoff
 
 from .conftest import BROKER_URL, REDIS_URL
 
@@ -22,20 +22,23 @@ from .conftest import BROKER_URL, REDIS_URL
 def space():
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     keys = Keys(f"h{uuid.uuid4().hex[:8]}")
-    yield r, keys, SessionQueue(r, keys)
+    yield r, keys, SessionMachine(r, keys)
     for k in r.scan_iter(f"{keys.ns}:*"):
         r.delete(k)
 
 
-def submit(queue: SessionQueue, keys: Keys, session_id: str, hand: bool = True) -> str:
-    job = Job(job_id=uuid.uuid4().hex, session_id=session_id, message="hi")
-    outcome, _ = queue.submit(job.job_id, session_id, encode_job(job), hand_to=keys if hand else None, queue="q")
-    return outcome
+def submit(machine: SessionMachine, keys: Keys, session_id: str, hand: bool = True) -> str:
+    job = Job(job_id=new_job_id(session_id), session_id=session_id, message="hi")
+    return machine.submit(job.job_id, session_id, encode_job(job), hand_to=keys if hand else None, queue="q")
+
+
+def sessions(got: list) -> list[tuple[str, str]]:
+    return [(h.namespace, h.session_id) for handed in got for h in handed]
 
 
 def wait_in_thread(handoff: Handoff) -> tuple[threading.Thread, list]:
     got: list = []
-    t = threading.Thread(target=lambda: got.append(handoff.next_session("q")))
+    t = threading.Thread(target=lambda: got.append(handoff.next_sessions("q")))
     t.start()
     return t, got
 
@@ -54,7 +57,9 @@ def test_an_idle_session_goes_to_a_waiting_thread_and_the_next_one_to_celery(spa
     registered(r, keys)
     assert submit(queue, keys, "s1") == "handed"
     t.join(5)
-    assert got == [(keys.ns, "s1")]
+    assert sessions(got) == [(keys.ns, "s1")]
+    assert got[0][0].job_id == r.lindex(keys.fifo("s1"), 0), "the handed item names the head to take"
+    assert r.zcard(keys.idle("q")) == 0 and r.llen(keys.handed("q")) == 0
     assert submit(queue, keys, "s2") == "created", "no one waits any more: publish a wake-up"
     assert submit(queue, keys, "s2") == "queued-behind"
     assert submit(queue, keys, "s3", hand=False) == "created"
@@ -65,7 +70,7 @@ def test_a_waiter_that_timed_out_is_never_handed_anything(space):
     handoff = Handoff(r, keys, "host:1", wait_seconds=0.2)
     t, got = wait_in_thread(handoff)
     t.join(5)
-    assert got == [None]
+    assert got == [[]]
     assert submit(queue, keys, "s1") == "created"
     # A registration whose deadline passed (its thread stalled or died) is not picked either.
     r.zadd(keys.idle("q"), {"host:2:9": 1})
@@ -79,22 +84,38 @@ def test_a_session_whose_lease_is_held_is_left_to_its_holder(space):
     assert submit(queue, keys, "s1") == "held"
 
 
-def test_several_waiters_each_get_one_session_newest_first(space):
+def test_several_waiters_each_get_one_session_longest_waiting_first(space):
     r, keys, queue = space
     handoff = Handoff(r, keys, "host:1", wait_seconds=5)
     waiters = []
     for n in range(3):
         waiters.append(wait_in_thread(handoff))
         registered(r, keys, n + 1)
-    newest = r.zrange(keys.idle("q"), -1, -1)[0]
+        time.sleep(0.05)  # registered is not yet blocked: let each BLPOP start before the next thread
     assert submit(queue, keys, "a") == "handed"
-    assert r.zcard(keys.idle("q")) == 2 and newest not in r.zrange(keys.idle("q"), 0, -1)
+    waiters[0][0].join(5)
+    assert sessions(waiters[0][1]) == [(keys.ns, "a")], "Redis serves the longest-blocked thread first"
     assert submit(queue, keys, "b") == "handed"
     assert submit(queue, keys, "c") == "handed"
     assert submit(queue, keys, "d") == "created"
     for t, _ in waiters:
         t.join(5)
-    assert sorted(got[0][1] for _, got in waiters) == ["a", "b", "c"]
+    assert sorted(sid for _, got in waiters for _, sid in sessions(got)) == ["a", "b", "c"]
+    assert r.llen(keys.handed("q")) == 0
+
+
+def test_an_item_handed_while_its_counted_waiter_was_leaving_is_taken_when_it_settles(space):
+    """The window between a thread's BLPOP and its deregistration: the producer counted it and
+    pushed, nobody was blocked; the thread's own settle step (same pipeline) takes the item."""
+    r, keys, queue = space
+    r.zadd(keys.idle("q"), {"host:1:7": int(time.time() * 1000) + 60_000})  # counted, not blocked
+    assert submit(queue, keys, "orphan") == "handed"
+    assert r.llen(keys.handed("q")) == 1
+    handoff = Handoff(r, keys, "host:1", wait_seconds=0.2)
+    got = handoff.next_sessions("q")
+    assert [h.session_id for h in got] == ["orphan"]
+    r.zrem(keys.idle("q"), "host:1:7")
+    assert r.llen(keys.handed("q")) == 0
 
 
 def test_warm_shutdown_wakes_waiters_at_once(space):
@@ -105,7 +126,7 @@ def test_warm_shutdown_wakes_waiters_at_once(space):
     started = time.monotonic()
     handoff.release_all()
     t.join(5)
-    assert got == [None] and time.monotonic() - started < 5
+    assert got == [[]] and time.monotonic() - started < 5
     assert r.zcard(keys.idle("q")) == 0
 
 
@@ -133,9 +154,9 @@ def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_flee
 def test_session_handed_to_a_killed_worker_is_recovered_by_the_sweeper(make_fleet):
     fleet, doomed, client = with_waiting_thread(make_fleet, "60")
     fleet.kill(doomed)  # its waiter stays registered until its deadline
-    fleet.start_worker(4)
     job = client.submit("handed to the dead")
+    handed = client.r.lrange(client.keys.handed(fleet.settings.queue), 0, -1)
+    assert handed == [f"{client.namespace} {job.session_id} {job.job_id}"], "nobody alive was waiting for it"
+    fleet.start_worker(4)
     done = client.wait(job.job_id, 30)
     assert done.status == "succeeded", fleet.logs()
-    inboxes = list(client.r.scan_iter(f"{fleet.settings.namespace}:inbox:*"))
-    assert any(f":{doomed.pid}:" in k for k in inboxes), "the job should have been handed to the dead worker"

@@ -1,37 +1,41 @@
-"""Idle runner threads wait here for a session handed to them directly, instead of a Celery message.
+"""Idle runner threads wait here to be handed a session directly, instead of a Celery message.
 
-A thread that has drained a session registers itself in ``{ns}:idle:{queue}`` (scored by its
-deadline, on Redis's clock) and blocks on its own inbox. A producer whose job is alone in an
-unheld queue pops the newest live waiter and pushes the session into its inbox in the same
-script that queues the job (``session_queue._SUBMIT``): no Celery publish, delivery or ack for
-that job. With no live waiter the producer publishes a wake-up as before.
+A thread that has drained a session registers in ``idle:{queue}`` (scored by its deadline, on
+Redis's clock) and blocks on the queue's ``handed`` list. A producer whose job is alone in an unheld
+FIFO pushes ``<namespace> <session_id> <job_id>`` there (``handoff_give``, right after the submit)
+if more threads wait than items are already there, and Redis gives it to the thread that has waited
+longest: no Celery publish, delivery or ack for that job. With nobody waiting the producer publishes
+a wake-up as before.
 
-Leaving is one script (deregister, then take whatever was pushed meanwhile), so a handed session
-is never dropped by a waiter that timed out. One handed to a waiter that dies before running it
-is found by the sweeper, like any queued session without a lease.
+Every script names its keys up front (a cluster needs that), so a producer cannot pick one
+thread's own inbox; hence one list per queue. The count it trusts can run ahead of the threads
+really blocked only for a thread between its BLPOP and its deregistration, which run back to back
+in one pipeline: ``handoff_settle`` then takes any item beyond the live waiters, so none stays
+unseen. An item handed while the only thread counted was a dead one waits for the next thread to
+wait, or for the sweeper, like any queued session without a lease. Warm shutdown wakes the
+process's own threads through its ``stop`` list, which they wait on too.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import redis
 
 from chatq.tasks.keys import Keys
+from chatq.tasks.scripts import load
 
-STOP = "-"  # pushed into waiting inboxes on warm shutdown; never a valid "namespace session" entry
 
-_REGISTER = """
--- KEYS: idle ; ARGV: waiter, wait_ms
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]), ARGV[1])
-"""
+class Handed(NamedTuple):
+    namespace: str
+    session_id: str
+    job_id: str | None
 
-_LEAVE = """
--- KEYS: idle, inbox ; ARGV: waiter
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('LPOP', KEYS[2])
-"""
+
+def parse(item: str) -> Handed:
+    namespace, session_id, job_id = (item.split(" ") + ["", ""])[:3]
+    return Handed(namespace, session_id, job_id or None)
 
 
 class Handoff:
@@ -40,40 +44,43 @@ class Handoff:
         self.keys = keys
         self.identity = identity
         self.wait_seconds = wait_seconds
-        self._register = r.register_script(_REGISTER)
-        self._leave = r.register_script(_LEAVE)
+        self._wait = load(r, "handoff_wait")
+        self._settle = load(r, "handoff_settle")
+        self._stop = load(r, "handoff_stop")
         self._waiting: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def next_session(self, queue: str) -> tuple[str, str] | None:
-        """Wait up to ``wait_seconds`` for a session handed to this thread: (namespace, session_id)."""
+    def next_sessions(self, queue: str) -> list[Handed]:
+        """Wait up to ``wait_seconds`` for sessions handed to this thread (usually one, rarely two;
+        none on timeout or warm shutdown). One round trip: register, wait, deregister."""
         waiter = f"{self.identity}:{threading.get_ident()}"
-        idle, inbox = self.keys.idle(queue), self.keys.inbox(waiter)
+        idle, handed, stop = self.keys.idle(queue), self.keys.handed(queue), self.keys.stop(self.identity)
         with self._lock:
             self._waiting[waiter] = queue
         try:
             pipe = self.r.pipeline(transaction=False)
-            self._register(keys=[idle], args=[waiter, int(self.wait_seconds * 1000)], client=pipe)
-            pipe.blpop([inbox], timeout=self.wait_seconds)
-            got = pipe.execute()[1]
-            item = got[1] if got else self._leave(keys=[idle, inbox], args=[waiter])
+            self._wait(keys=[idle], args=[waiter, int(self.wait_seconds * 1000)], client=pipe)
+            pipe.blpop([handed, stop], timeout=self.wait_seconds)
+            self._settle(keys=[idle, handed], args=[waiter], client=pipe)
+            _, popped, extra = pipe.execute()
         finally:
             with self._lock:
                 self._waiting.pop(waiter, None)
-        if not item or item == STOP:
-            return None
-        namespace, _, session_id = item.partition(" ")
-        return namespace, session_id
+        items = [popped[1]] if popped and popped[0] == handed else []
+        if extra:
+            items.append(extra)
+        return [parse(item) for item in items]
 
     def release_all(self) -> None:
-        """Warm shutdown: deregister this process's waiters and wake them; nothing new reaches them."""
+        """Warm shutdown: deregister this process's waiting threads and wake them; nothing new reaches them."""
         with self._lock:
             waiting = list(self._waiting.items())
-        if not waiting:
+        by_queue: dict[str, list[str]] = {}
+        for waiter, queue in waiting:
+            by_queue.setdefault(queue, []).append(waiter)
+        if not by_queue:
             return
         pipe = self.r.pipeline(transaction=False)
-        for waiter, queue in waiting:
-            pipe.zrem(self.keys.idle(queue), waiter)
-            pipe.rpush(self.keys.inbox(waiter), STOP)
-            pipe.pexpire(self.keys.inbox(waiter), 60000)
+        for queue, waiters in by_queue.items():
+            self._stop(keys=[self.keys.idle(queue), self.keys.stop(self.identity)], args=waiters, client=pipe)
         pipe.execute()

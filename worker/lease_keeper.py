@@ -1,4 +1,5 @@
-"""One heartbeat thread per process renews every session lease it holds, in one script call.
+"""One heartbeat thread per process renews every session lease it holds, in one round trip (a
+script call per lease, each in its own session's slot, pipelined).
 
 Leases expire on their own when a worker dies, which is how a dead worker's session is found.
 """
@@ -9,14 +10,14 @@ import logging
 import threading
 
 from chatq.tasks.redis_pool import UNREACHABLE
-from chatq.tasks.session_queue import SessionQueue
+from chatq.tasks.session_machine import SessionMachine
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, queue: SessionQueue, lease_ms: int):
-        self.queue = queue
+    def __init__(self, machine: SessionMachine, lease_ms: int):
+        self.machine = machine
         self.lease_ms = lease_ms
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -40,7 +41,7 @@ class LeaseKeeper:
     def renew_now(self) -> None:
         with self._lock:
             held = list(self._held.items())
-        for key in self.queue.renew(held, self.lease_ms):
+        for key in self.machine.renew(held, self.lease_ms):
             # The commit is fenced by the token, so a lost lease needs no flag: it just cannot commit.
             log.warning("lease %s was lost; its job will be taken up elsewhere", key)
 

@@ -24,7 +24,7 @@ from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
 from chatq.tasks.redis_pool import UNREACHABLE, get_redis
-from chatq.tasks.session_queue import SessionQueue
+from chatq.tasks.session_machine import CommitOutcome, Committed, SessionMachine, Taken, TakeOutcome
 from chatq.tasks.session_store import SessionStore
 from chatq.tasks.settings import Settings, get_settings
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Space:
     keys: Keys
-    queue: SessionQueue
+    machine: SessionMachine
     sessions: SessionStore
 
 
@@ -56,7 +56,7 @@ class SessionRunner:
         home = self.space(settings.namespace)
         self.keys = home.keys
         self.lease_ms = int(settings.lease_seconds * 1000)
-        self.leases = LeaseKeeper(home.queue, self.lease_ms)
+        self.leases = LeaseKeeper(home.machine, self.lease_ms)
         self.provider = Provider(settings)
         limiter = RateLimiter(self.r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
@@ -83,37 +83,41 @@ class SessionRunner:
         ns = namespace or self.settings.namespace
         found = self._spaces.get(ns)
         if found is None:
-            keys = Keys(ns)
-            found = self._spaces[ns] = Space(keys, SessionQueue(self.r, keys, self.settings.result_ttl),
-                                             SessionStore(self.r, keys))
+            keys, s = Keys(ns), self.settings
+            found = self._spaces[ns] = Space(keys, SessionMachine(self.r, keys, s.result_ttl, s.session_ttl),
+                                             SessionStore(self.r, keys, s.session_ttl))
         return found
 
     def namespaces(self) -> list[str]:
         return [self.settings.namespace, *sorted(self.r.smembers(self.keys.namespaces))]
 
     def start_sweeper(self) -> Sweeper:
-        def queues() -> list[SessionQueue]:
-            return [self.space(ns).queue for ns in self.namespaces()]
+        def spaces() -> list[tuple[SessionMachine, SessionStore]]:
+            return [(sp.machine, sp.sessions) for sp in map(self.space, self.namespaces())]
 
-        return Sweeper(self.r, self.keys, queues, self.wake, self.settings.sweep_interval).start()
+        return Sweeper(self.r, self.keys, spaces, self.wake, self.settings.sweep_interval).start()
 
-    def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None) -> int:
+    def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None,
+              job_id: str | None = None) -> int:
         """Drain a woken session, then keep this thread serving sessions producers hand it directly
-        (``chatq.worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run."""
-        ran = self.drain(session_id, namespace)
+        (``chatq.worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run.
+
+        ``job_id``: the job the wake-up was for, the head the first take expects."""
+        ran = self.drain(session_id, namespace, job_id)
         if self.handoff is None:
             return ran
         queue = queue or self.settings.queue
         until = time.monotonic() + self.chain_seconds
         while not self.stopping.is_set() and time.monotonic() < until:
             try:
-                handed = self.handoff.next_session(queue)
+                handed = self.handoff.next_sessions(queue)
             except redis.RedisError as exc:  # a session lost in transit is the sweeper's
                 log.warning("waiting for a hand-off failed (%s); back to Celery", exc)
                 break
-            if handed is None:
+            if not handed:
                 break
-            ran += self.drain(handed[1], handed[0])
+            for h in handed:
+                ran += self.drain(h.session_id, h.namespace, h.job_id)
         return ran
 
     def stop(self) -> None:
@@ -122,7 +126,9 @@ class SessionRunner:
         if self.handoff is not None:
             self.handoff.release_all()
 
-    def drain(self, session_id: str, namespace: str | None = None) -> int:
+    def drain(self, session_id: str, namespace: str | None = None, job_id: str | None = None) -> int:
+        """Run the session's jobs while this thread holds its lease. ``job_id``: the head expected
+        (a wrong or missing guess costs one more round trip: the take says which job is)."""
         sp = self.space(namespace)
         if self.stopping.is_set():  # e.g. handed over just before a warm shutdown
             self.wake(session_id, sp.keys.ns)
@@ -130,28 +136,31 @@ class SessionRunner:
         token = f"{self.identity}:{uuid.uuid4().hex}"
         lease_key = sp.keys.lease(session_id)
         acquire_ms = self.lease_ms  # the first take also takes the lease, if it is free
+        head = job_id
         ran = 0
         try:
             while True:
                 if self.stopping.is_set() and not acquire_ms:
-                    self.hand_off(sp, session_id, token)
+                    self.release(sp, session_id, token)
                     return ran
-                taken = sp.queue.take(session_id, token, self.settings.max_attempts, self.identity,
-                                      self.history_limit, acquire_ms)
-                if taken.outcome in ("released", "lost"):
+                taken = sp.machine.take(session_id, token, head, self.settings.max_attempts, self.identity,
+                                        self.history_limit, acquire_ms)
+                if taken.outcome in (TakeOutcome.released, TakeOutcome.lost):
                     return ran
                 if acquire_ms:
                     acquire_ms = 0
                     self.leases.hold(lease_key, token)
-                if taken.outcome == "exhausted":
+                if taken.outcome is TakeOutcome.exhausted:
                     self.count_batch_turn(sp, taken.fields.get("batch_id"))
                     self.notify(sp, taken.job_id)
-                if taken.outcome != "run":
+                if taken.outcome is not TakeOutcome.run:
+                    head = taken.next_job
                     continue
-                outcome = self.run_job(sp, decode_job(taken.fields), taken.checkpoint, taken.history, token)
-                if outcome != "ok":
-                    return ran + (outcome == "released")
+                committed = self.run_job(sp, decode_job(taken.fields), taken, token)
+                if committed.outcome is not CommitOutcome.ok:
+                    return ran + (committed.outcome is CommitOutcome.released)
                 ran += 1
+                head = committed.next_job
         except UNREACHABLE as exc:
             # Nothing half-done survives an outage: the commit is one script, so the job either
             # committed or is still queued. The lease runs out and whoever takes the session next
@@ -162,23 +171,23 @@ class SessionRunner:
         finally:
             self.leases.drop(lease_key, token)
 
-    def hand_off(self, sp: Space, session_id: str, token: str) -> None:
-        """On warm shutdown: give the rest of the session's queue to another worker right away."""
-        if sp.queue.hand_off(session_id, token) > 0:
+    def release(self, sp: Space, session_id: str, token: str) -> None:
+        """On warm shutdown: give the rest of the session's FIFO to another worker right away."""
+        if sp.machine.release(session_id, token):
             self.wake(session_id, sp.keys.ns)
 
-    def run_job(self, sp: Space, job: Job, checkpoint: Checkpoint | None, history: list[Message],
-                token: str) -> str:
-        """Run one job and commit it: ``ok``, ``released`` (it was the last queued: the lease is
-        given up with the commit) or why the commit was refused (the lease was lost)."""
+    def run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
+        """Run one job and commit it: ``ok`` (with the next head), ``released`` (it was the last
+        queued: the lease is given up with the commit) or why the commit was refused (the lease was lost)."""
         sid = job.session_id
+        checkpoint, history = taken.checkpoint, taken.history
         if checkpoint:
             turn = Turn(checkpoint.messages, checkpoint.usage)
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
 
         def save(t: Turn) -> None:
-            sp.queue.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
+            sp.machine.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
 
         def on_retry(err: JobError, delay: float) -> None:
             pipe = self.r.pipeline(transaction=False)
@@ -195,35 +204,36 @@ class SessionRunner:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
             turn = agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
         except AgentError as exc:
-            return self._commit_failure(sp, job, token, exc.error, turn.usage)
+            return self._commit_failure(sp, job, taken, token, exc.error, turn.usage)
         except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
             raise
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))
-            return self._commit_failure(sp, job, token, error, turn.usage)
+            return self._commit_failure(sp, job, taken, token, error, turn.usage)
         for m in turn.messages:
             m.metadata.setdefault("job_id", job.job_id)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
-        outcome = sp.queue.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
-                                  turn.usage, result_json=result.model_dump_json())
-        return self._committed(sp, job, outcome)
+        committed = sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
+                                      turn.usage, taken.created_at, result_json=result.model_dump_json())
+        return self._committed(sp, job, committed)
 
-    def _commit_failure(self, sp: Space, job: Job, token: str, error: JobError, usage: Usage) -> str:
-        outcome = sp.queue.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
-                                  error_json=error.model_dump_json())
-        return self._committed(sp, job, outcome)
+    def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
+                        usage: Usage) -> Committed:
+        committed = sp.machine.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
+                                      taken.created_at, error_json=error.model_dump_json())
+        return self._committed(sp, job, committed)
 
-    def _committed(self, sp: Space, job: Job, outcome: str) -> str:
-        if outcome not in ("ok", "released"):
+    def _committed(self, sp: Space, job: Job, committed: Committed) -> Committed:
+        if committed.outcome not in (CommitOutcome.ok, CommitOutcome.released):
             log.warning("job %s not committed (%s): another worker owns session %s now",
-                        job.job_id, outcome, job.session_id)
-            return outcome
+                        job.job_id, committed.outcome, job.session_id)
+            return committed
         self.count_batch_turn(sp, job.batch_id)
         if job.callback_url:
             self.notify(sp, job.job_id)
-        return outcome
+        return committed
 
     def count_batch_turn(self, sp: Space, batch_id: str | None) -> None:
         """A batch job is final: count it down on its batch, which keeps the batch's record alive

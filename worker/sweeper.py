@@ -2,6 +2,8 @@
 
 Runs in every worker; a short Redis lock makes one sweep per interval fleet-wide. It bounds how
 long a session can stall to about lease + 2 × interval, far below the broker's visibility timeout.
+Each sweep also drops, a chunk at a time, listing entries of sessions that expired, so the
+listing does not keep them forever.
 """
 
 from __future__ import annotations
@@ -15,19 +17,25 @@ from kombu.exceptions import OperationalError
 
 from chatq.tasks.keys import Keys
 from chatq.tasks.redis_pool import UNREACHABLE
-from chatq.tasks.session_queue import SessionQueue
+from chatq.tasks.session_machine import SessionMachine
+from chatq.tasks.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
+PRUNE_CHUNK = 500
+"""Listing entries checked per namespace and sweep: a million sessions take 2,000 sweeps."""
+
 
 class Sweeper:
-    def __init__(self, r: redis.Redis, keys: Keys, queues: Callable[[], list[SessionQueue]],
+    def __init__(self, r: redis.Redis, keys: Keys,
+                 spaces: Callable[[], list[tuple[SessionMachine, SessionStore]]],
                  wake: Callable[[str, str], None], interval: float):
         self.r = r
         self.keys = keys
-        self.queues = queues
+        self.spaces = spaces
         self.wake = wake
         self.interval = interval
+        self._pruned_to: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -35,11 +43,13 @@ class Sweeper:
         if not self.r.set(self.keys.sweep_lock, "1", nx=True, px=int(self.interval * 900)):
             return []
         woken = []
-        for queue in self.queues():
-            for sid in queue.sweep(older_than_s=2 * self.interval):
-                log.info("waking stalled session %s in %s", sid, queue.keys.ns)
-                self.wake(sid, queue.keys.ns)
+        for machine, sessions in self.spaces():
+            ns = machine.keys.ns
+            for sid in machine.sweep(older_than_s=2 * self.interval):
+                log.info("waking stalled session %s in %s", sid, ns)
+                self.wake(sid, ns)
                 woken.append(sid)
+            self._pruned_to[ns] = sessions.prune(self._pruned_to.get(ns, 0), PRUNE_CHUNK)
         return woken
 
     def _run(self) -> None:

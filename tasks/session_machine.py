@@ -1,0 +1,348 @@
+"""The session state machine: per-session order in Redis, one Lua script per transition.
+
+A session has a FIFO of job IDs and a lease on its head. Celery only delivers wake-ups ("session S
+has work"), and only when no idle runner thread can be handed the session directly
+(``handoff_give``; ``chatq.worker.handoff`` is the waiting side); whoever holds the lease runs the
+FIFO head to tail, one job at a time. Each transition is one script in ``lua/``, so a job's history
+append, its result and its removal from the FIFO commit together, fenced by the lease token: a
+worker that lost its lease can never append a turn.
+
+**One hash slot per call.** A script touches one session's keys and its jobs' keys, which share
+the session's bucket tag (``keys.py``). The namespace's fleet indexes -- ``pending`` (sessions
+given work, the sweeper's input) and ``sessions`` (the listing) -- live under the fleet tag, so
+they are kept by separate commands in the same pipelines, ordered so that no crash or race loses
+work or strands a session:
+
+* **submit** is one pipeline, ``[announce (fleet), submit (session)]``: the pending mark comes
+  first, so a producer dying between the two leaves a mark without work (the sweeper drops it),
+  never work without a mark. A ``created`` session then costs a second call, ``handoff_give``, or
+  a Celery wake-up; a producer dying before either leaves a marked session the sweeper wakes.
+* **Nothing on the hot path removes a pending mark**: a removal racing a concurrent submit could
+  drop that submit's fresh mark. The sweeper alone does: it reads marks older than two intervals
+  with their scores, looks at each session's FIFO and lease, and drops the idle ones by
+  compare-and-delete on the score it read (``unindex``). ``announce`` scores only grow (Redis's
+  clock, +1 ms on a tie), so a submit landing after the sweeper looked always keeps its mark.
+* **The listing** gains an entry in ``announce`` (if absent, before the session exists: a crash
+  leaves an entry without a session, which pruning drops), and every commit re-asserts it (its
+  pipeline is ``[ZADD sessions, commit]``). Pruning (``SessionStore``) drops entries whose session
+  is gone -- expired or deleted -- by the same compare-and-delete. The one race it cannot see, a
+  session re-created between the pruner's look and its delete while the old entry's score still
+  stands, leaves the new session unlisted until its next commit.
+
+**Retention.** While a session has work queued or running its hash and history never expire;
+when its FIFO empties (commit, take, cancel, release) they get its TTL: its own (set on create or
+submit), else ``CHATQ_SESSION_TTL``; none keeps them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import NamedTuple
+
+import redis
+
+from .keys import Keys, bucket, is_id
+from .models import Checkpoint, JobError, Message, Usage, utcnow
+from .scripts import load
+
+COUNT_CHUNK = 500
+"""Sessions per pipelined read when counting active jobs."""
+
+
+class SubmitOutcome(StrEnum):
+    created = "created"              # alone and unheld: the caller wakes it (Celery)
+    handed = "handed"                # alone and unheld, given to a waiting runner thread: no wake-up
+    held = "held"                    # alone, but a lease holder will reach it before it can release
+    queued_behind = "queued-behind"  # an earlier job's holder or wake-up will reach it
+    existing = "existing"            # a job with this ID exists (idempotent resubmission)
+    busy = "busy"                    # on_busy="reject" and the session has work: nothing written
+
+
+class TakeOutcome(StrEnum):
+    run = "run"              # the head job, started: run it, then commit
+    released = "released"    # nothing queued: the lease is given up
+    lost = "lost"            # another worker holds the lease (or the caller's expired)
+    head = "head"            # the head is another job than the caller named: take again naming it
+    skip = "skip"            # the head's record is gone or finished: popped
+    exhausted = "exhausted"  # the head failed after max_attempts runs: popped
+
+
+class CommitOutcome(StrEnum):
+    ok = "ok"                    # committed; the lease holder goes on with the next head
+    released = "released"        # committed, the FIFO is empty: the lease went with it
+    lost = "lost"                # refused: not the lease holder
+    moved = "moved"              # refused: not the FIFO's head
+    not_running = "not-running"  # refused: the job is not running
+
+
+class CancelOutcome(StrEnum):
+    cancelled = "cancelled"
+    unknown = "unknown"
+    not_queued = "not-queued"  # it started or finished: nothing changed
+
+
+class Cancelled(NamedTuple):
+    outcome: CancelOutcome
+    status: str | None = None  # the job's status when not queued
+
+
+class Committed(NamedTuple):
+    outcome: CommitOutcome
+    next_job: str | None = None  # with ``ok``: the new head, which the next take names
+
+
+@dataclass
+class Taken:
+    """The lease holder's next step. With ``run``: the job's fields, its checkpoint, the history's
+    tail and the session's ``created_at`` (which the commit re-lists it under); with ``head``,
+    ``skip`` and ``exhausted``: ``next_job``, the head the next take names."""
+
+    outcome: TakeOutcome
+    job_id: str | None = None
+    next_job: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    history: list[Message] = field(default_factory=list)
+    created_at: str | None = None
+
+
+def listing_score(created_at: str) -> float:
+    """A session's score in the listing: its creation time, in seconds."""
+    return datetime.fromisoformat(created_at).timestamp()
+
+
+def ttl_arg(ttl: int | None) -> str:
+    """A retention as scripts take it: '' leaves the session's as it is."""
+    return "" if ttl is None else str(int(ttl))
+
+
+class SessionMachine:
+    def __init__(self, r: redis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None):
+        self.r = r
+        self.keys = keys
+        self.result_ttl = result_ttl
+        self.default_ttl = str(session_ttl or 0)
+        self._announce = load(r, "announce")
+        self._submit = load(r, "submit")
+        self._give = load(r, "handoff_give")
+        self._cancel = load(r, "cancel")
+        self._take = load(r, "take")
+        self._checkpoint = load(r, "checkpoint")
+        self._commit = load(r, "commit")
+        self._release = load(r, "release")
+        self._renew = load(r, "renew")
+        self._unindex = load(r, "unindex")
+
+    # producer side
+    def announce(self, session_id: str, now: datetime, client: redis.client.Pipeline) -> None:
+        """Queue the fleet's side of a submit into ``client``, before the submits of the session."""
+        self._announce(keys=[self.keys.pending, self.keys.sessions], args=[session_id, now.timestamp()],
+                       client=client)
+
+    def submit(
+        self,
+        job_id: str,
+        session_id: str,
+        fields: dict[str, str],
+        on_busy: str = "enqueue",
+        session_ttl: int | None = None,
+        client: redis.client.Pipeline | None = None,
+        announce: bool = True,
+        hand_to: Keys | None = None,
+        queue: str = "",
+        now: datetime | None = None,
+    ) -> SubmitOutcome | None:
+        """Append a job to its session's FIFO, creating the session on first use.
+
+        With ``client`` (a pipeline) the commands are only queued into it (and ``announce=False``
+        leaves out the fleet's side, for a caller that queued ``announce`` once for the session,
+        with the same ``now``) and None is returned; the caller wakes the sessions. Otherwise one round trip, and for a
+        ``created`` session with ``hand_to`` (the fleet's keys) a second: hand it to a thread
+        waiting on Celery queue ``queue`` (``handed``), else the caller publishes a wake-up.
+        """
+        if not is_id(job_id) or job_id[:4] != bucket(session_id):
+            raise ValueError(f"job ID {job_id!r} does not carry session {session_id!r}'s bucket (keys.new_job_id)")
+        k = self.keys
+        now = now or utcnow()
+        pipe = client if client is not None else self.r.pipeline(transaction=False)
+        if announce:
+            self.announce(session_id, now, pipe)
+        self._submit(
+            keys=[k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
+                  k.messages(session_id)],
+            args=[job_id, on_busy, now.isoformat(), ttl_arg(session_ttl),
+                  *(x for pair in fields.items() for x in pair)],
+            client=pipe,
+        )
+        if client is not None:
+            return None
+        outcome = SubmitOutcome(pipe.execute()[-1])
+        if outcome is SubmitOutcome.created and hand_to is not None:
+            item = f"{k.ns} {session_id} {job_id}"
+            if self._give(keys=[hand_to.idle(queue), hand_to.handed(queue)], args=[item]):
+                return SubmitOutcome.handed
+        return outcome
+
+    def cancel(self, job_id: str, session_id: str) -> Cancelled:
+        k = self.keys
+        res = self._cancel(
+            keys=[k.job(job_id), k.fifo(session_id), k.session(session_id), k.messages(session_id)],
+            args=[job_id, utcnow().isoformat(), self.result_ttl, k.done_channel(job_id), self.default_ttl],
+        )
+        return Cancelled(CancelOutcome(res[0]), res[1] if len(res) > 1 else None)
+
+    # worker side
+    def take(self, session_id: str, token: str, job_id: str | None, max_attempts: int, worker: str = "",
+             history_limit: int = 0, acquire_ms: int = 0) -> Taken:
+        """Start the head job ``job_id`` (one round trip: the job, its checkpoint and the history's
+        tail come back with it); if the head is another job, or ``job_id`` is None, the answer is
+        ``head`` with ``next_job`` to name next time.
+
+        ``acquire_ms``: first take the session's lease for that long if nobody holds it; ``lost``
+        means another worker holds it (or, without ``acquire_ms``, that this one no longer does).
+        """
+        k = self.keys
+        now = utcnow()
+        if job_id is not None and (not is_id(job_id) or job_id[:4] != bucket(session_id)):
+            job_id = None  # not one of this session's: ask which is
+        keys = [k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
+        if job_id is not None:
+            keys += [k.job(job_id), k.checkpoint(job_id)]
+        error = JobError(
+            type="WorkerLost",
+            message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
+            retryable=False,
+        )
+        res = self._take(
+            keys=keys,
+            args=[token, acquire_ms, job_id or "", now.isoformat(), max_attempts, self.result_ttl,
+                  error.model_dump_json(), worker, history_limit,
+                  k.done_channel(job_id) if job_id else "", self.default_ttl],
+        )
+        outcome = TakeOutcome(res[0])
+        if outcome is TakeOutcome.head:
+            return Taken(outcome, next_job=res[1])
+        if outcome is not TakeOutcome.run:
+            return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None)
+        n = int(res[4])
+        fields = dict(zip(res[5:5 + n:2], res[6:5 + n:2]))
+        return Taken(outcome, res[1], None, fields,
+                     Checkpoint.model_validate_json(res[2]) if res[2] else None,
+                     [Message.model_validate_json(m) for m in res[5 + n:]], res[3])
+
+    def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
+        return bool(self._checkpoint(
+            keys=[self.keys.lease(session_id), self.keys.checkpoint(job_id)],
+            args=[token, checkpoint.model_dump_json()],
+        ))
+
+    def commit(
+        self,
+        session_id: str,
+        job_id: str,
+        token: str,
+        status: str,
+        messages: list[Message],
+        usage: Usage,
+        created_at: str | None = None,
+        result_json: str = "",
+        error_json: str = "",
+    ) -> Committed:
+        """Append the turn, store the result and pop the job, fenced by the lease token.
+
+        ``created_at`` (from the take) re-lists the session in the same round trip.
+        """
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        if created_at:
+            pipe.zadd(k.sessions, {session_id: listing_score(created_at)})
+        self._commit(
+            keys=[k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
+                  k.messages(session_id), k.checkpoint(job_id)],
+            args=[token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
+                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
+                  k.done_channel(job_id), self.default_ttl, *(m.model_dump_json() for m in messages)],
+            client=pipe,
+        )
+        res = pipe.execute()[-1]
+        return Committed(CommitOutcome(res[0]), res[1] if len(res) > 1 else None)
+
+    def release(self, session_id: str, token: str) -> int | None:
+        """Give up the lease with work still queued (warm shutdown): the jobs left, None if lost."""
+        k = self.keys
+        left = int(self._release(keys=[k.lease(session_id), k.fifo(session_id), k.session(session_id),
+                                       k.messages(session_id)], args=[token, self.default_ttl]))
+        return None if left < 0 else left
+
+    def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:
+        """Extend held leases (lease key, token), one call each in one pipeline; returns the keys lost."""
+        if not leases:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for key, token in leases:
+            self._renew(keys=[key], args=[token, lease_ms], client=pipe)
+        return [key for (key, _), kept in zip(leases, pipe.execute()) if not kept]
+
+    # the sweeper's side
+    def redis_ms(self) -> int:
+        seconds, micros = self.r.time()
+        return seconds * 1000 + micros // 1000
+
+    def sweep(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Sessions with queued work, no lease and no recent mark: they need a new wake-up.
+
+        Marks of sessions with work are renewed (looked at again in ``older_than_s``); marks of
+        idle sessions are dropped unless renewed since they were read (see the module's docstring).
+        """
+        k = self.keys
+        now = self.redis_ms()
+        marks = self.r.zrangebyscore(k.pending, "-inf", now - int(older_than_s * 1000), start=0, num=limit,
+                                     withscores=True)
+        if not marks:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for sid, _ in marks:
+            pipe.llen(k.fifo(sid))
+            pipe.exists(k.lease(sid))
+        seen = pipe.execute()
+        idle: list[str | float] = []
+        busy: dict[str, int] = {}
+        stalled = []
+        for i, (sid, score) in enumerate(marks):
+            queued, leased = seen[2 * i], seen[2 * i + 1]
+            if not queued:
+                idle += [sid, score]
+                continue
+            busy[sid] = now
+            if not leased:
+                stalled.append(sid)
+        pipe = self.r.pipeline(transaction=False)
+        if idle:
+            self._unindex(keys=[k.pending], args=idle, client=pipe)
+        if busy:
+            pipe.zadd(k.pending, busy, xx=True, gt=True)
+        pipe.execute()
+        return stalled
+
+    def count_active(self, limit: int = 0) -> tuple[int, int]:
+        """(jobs queued or running, sessions running one) over the sessions marked pending; with
+        ``limit``, stops once the jobs reach it. Exact per session, not a snapshot of them all."""
+        k = self.keys
+        jobs = running = start = 0
+        while True:
+            sids = self.r.zrange(k.pending, start, start + COUNT_CHUNK - 1)
+            if not sids:
+                return jobs, running
+            pipe = self.r.pipeline(transaction=False)
+            for sid in sids:
+                pipe.llen(k.fifo(sid))
+                pipe.exists(k.lease(sid))
+            seen = pipe.execute()
+            for queued, leased in zip(seen[0::2], seen[1::2]):
+                jobs += queued
+                running += bool(queued and leased)
+            if limit and jobs >= limit:
+                return jobs, running
+            start += COUNT_CHUNK

@@ -1,0 +1,417 @@
+"""Every Lua script called directly, for every outcome it can return, against real Redis.
+
+The core promise first: a worker that lost its lease can never append (``commit`` with a stale
+token changes nothing), and a lease that expired is taken over by the next worker's ``take``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+import redis
+
+from chatq.tasks import scripts
+from chatq.tasks.job_store import encode_job
+from chatq.tasks.keys import Keys, new_job_id
+from chatq.tasks.models import Checkpoint, Job, Message, Usage, utcnow
+from chatq.tasks.session_machine import (CancelOutcome, CommitOutcome, SessionMachine, SubmitOutcome,
+                                         TakeOutcome, listing_score)
+from chatq.tasks.session_store import SessionStore
+
+from .conftest import REDIS_URL
+
+TTL = 60
+
+
+@pytest.fixture
+def r():
+    return redis.Redis.from_url(REDIS_URL, decode_responses=True)
+
+
+@pytest.fixture
+def keys(r):
+    keys = Keys(f"sc{uuid.uuid4().hex[:8]}")
+    yield keys
+    for k in r.scan_iter(f"{keys.ns}:*"):
+        r.delete(k)
+
+
+@pytest.fixture
+def machine(r, keys):
+    return SessionMachine(r, keys, result_ttl=TTL)
+
+
+def queue_job(machine: SessionMachine, sid: str, **kwargs) -> str:
+    job = Job(job_id=new_job_id(sid), session_id=sid, message="hi")
+    outcome = machine.submit(job.job_id, sid, encode_job(job), **kwargs)
+    assert outcome in (SubmitOutcome.created, SubmitOutcome.queued_behind, SubmitOutcome.held)
+    return job.job_id
+
+
+def start(machine: SessionMachine, sid: str, token: str = "w1", lease_ms: int = 5000):
+    """A worker's first two takes: take the lease (learning the head), then start the head."""
+    first = machine.take(sid, token, None, 3, "w", 10, lease_ms)
+    assert first.outcome is TakeOutcome.head
+    taken = machine.take(sid, token, first.next_job, 3, "w", 10)
+    assert taken.outcome is TakeOutcome.run
+    return taken
+
+
+def turn(text: str) -> list[Message]:
+    return [Message(role="user", content=text), Message(role="assistant", content=f"re: {text}")]
+
+
+# --- the files themselves ---------------------------------------------------------------------
+
+HEADER = re.compile(r"^-- (KEYS|ARGV)\[(\d+)(\.\.)?\] ", re.MULTILINE)
+USED = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
+UNPACKED = re.compile(r"unpack\((ARGV), (\d+)\)")
+
+
+@pytest.mark.parametrize("name", scripts.names())
+def test_each_script_documents_every_key_and_argument_it_uses_on_its_own_line(name):
+    text = scripts.source(name)
+    assert not re.search(r"^--#include", text, re.MULTILINE), "includes are spliced in"
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    documented = {(kind, int(n), bool(rest)) for kind, n, rest in HEADER.findall(text)}
+    used = {(kind, int(n)) for kind, n in USED.findall(body)} | {(k, int(n)) for k, n in UNPACKED.findall(body)}
+    singles = {(kind, n) for kind, n, rest in documented if not rest}
+    ranges = {(kind, n) for kind, n, rest in documented if rest}
+    assert used <= singles | ranges, f"used but not documented: {sorted(used - singles - ranges)}"
+    loops = {kind for kind in ("KEYS", "ARGV") if re.search(rf"{kind}\[i", body) or f"ipairs({kind})" in body}
+    assert singles | ranges <= used | {(k, n) for k, n in ranges if k in loops}, "documented but never used"
+    for kind in ("KEYS", "ARGV"):
+        numbers = sorted(n for k, n, _ in documented if k == kind)
+        assert numbers == list(range(1, len(numbers) + 1)), f"{kind} documented in order, one per line"
+    assert re.search(r"^-- Returns ", text, re.MULTILINE) or name in ("handoff_wait",), "says what it returns"
+
+
+def test_scripts_are_package_data_of_the_base():
+    from importlib.resources import files
+
+    assert {f"{n}.lua" for n in scripts.names()} <= {p.name for p in files("chatq.tasks").joinpath("lua").iterdir()}
+
+
+# --- submit -----------------------------------------------------------------------------------
+
+def test_submit_outcomes(r, keys, machine):
+    first = queue_job(machine, "s")
+    assert r.lrange(keys.fifo("s"), 0, -1) == [first]
+    job = Job(job_id=new_job_id("s"), session_id="s", message="second")
+    assert machine.submit(job.job_id, "s", encode_job(job)) is SubmitOutcome.queued_behind
+    assert machine.submit(job.job_id, "s", encode_job(job)) is SubmitOutcome.existing
+    assert r.lrange(keys.fifo("s"), 0, -1) == [first, job.job_id], "an existing job is not queued twice"
+    busy = Job(job_id=new_job_id("s"), session_id="s", message="busy")
+    assert machine.submit(busy.job_id, "s", encode_job(busy), on_busy="reject") is SubmitOutcome.busy
+    assert not r.exists(keys.job(busy.job_id)) and r.llen(keys.fifo("s")) == 2, "busy writes nothing"
+
+    r.set(keys.lease("t"), "someone", px=5000)
+    held = Job(job_id=new_job_id("t"), session_id="t", message="hi")
+    assert machine.submit(held.job_id, "t", encode_job(held)) is SubmitOutcome.held
+    assert r.hget(keys.session("t"), "created_at"), "submit makes the session on first use"
+    assert set(r.zrange(keys.sessions, 0, -1)) == {"s", "t"} and set(r.zrange(keys.pending, 0, -1)) == {"s", "t"}
+
+
+def test_submit_refuses_a_job_id_without_its_sessions_bucket(machine):
+    job = Job(job_id=new_job_id("other"), session_id="s", message="hi")
+    with pytest.raises(ValueError, match="bucket"):
+        machine.submit(job.job_id, "s", encode_job(job))
+
+
+def test_submit_hands_a_created_session_only_to_a_live_waiter(r, keys, machine):
+    assert queue_job(machine, "alone", hand_to=keys, queue="q")  # nobody waits: created
+    r.zadd(keys.idle("q"), {"h:1:1": int(time.time() * 1000) + 60_000})
+    job = Job(job_id=new_job_id("s2"), session_id="s2", message="hi")
+    assert machine.submit(job.job_id, "s2", encode_job(job), hand_to=keys, queue="q") is SubmitOutcome.handed
+    assert r.lrange(keys.handed("q"), 0, -1) == [f"{keys.ns} s2 {job.job_id}"]
+    other = Job(job_id=new_job_id("s3"), session_id="s3", message="hi")
+    assert machine.submit(other.job_id, "s3", encode_job(other), hand_to=keys, queue="q") is SubmitOutcome.created, \
+        "one waiter, one item already handed: the next one is published"
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+def test_cancel_outcomes(r, keys, machine):
+    running = queue_job(machine, "s")
+    queued = queue_job(machine, "s")
+    start(machine, "s")
+    assert machine.cancel(running, "s") == (CancelOutcome.not_queued, "running")
+    assert machine.cancel(queued, "s") == (CancelOutcome.cancelled, None)
+    assert r.lrange(keys.fifo("s"), 0, -1) == [running]
+    assert r.hget(keys.job(queued), "status") == "cancelled" and 0 < r.ttl(keys.job(queued)) <= TTL
+    assert machine.cancel(queued, "s") == (CancelOutcome.not_queued, "cancelled")
+    assert machine.cancel(new_job_id("s"), "s").outcome is CancelOutcome.unknown
+
+
+# --- take -------------------------------------------------------------------------------------
+
+def test_take_run_returns_the_job_its_checkpoint_and_the_history_tail(r, keys, machine):
+    r.rpush(keys.messages("s"), *(Message(role="user", content=str(i)).model_dump_json() for i in range(5)))
+    job_id = queue_job(machine, "s")
+    r.set(keys.checkpoint(job_id), Checkpoint(messages=turn("half")).model_dump_json())
+    taken = start(machine, "s")
+    assert taken.job_id == job_id and taken.fields["status"] == "running" and taken.fields["attempts"] == "1"
+    assert [m.content for m in taken.checkpoint.messages] == ["half", "re: half"]
+    assert [m.content for m in taken.history] == ["0", "1", "2", "3", "4"]
+    assert taken.created_at == r.hget(keys.session("s"), "created_at")
+    assert r.get(keys.lease("s")) == "w1" and 0 < r.pttl(keys.lease("s")) <= 5000
+
+
+def test_take_lost_when_another_worker_holds_the_lease(keys, machine):
+    job_id = queue_job(machine, "s")
+    start(machine, "s", "w1")
+    assert machine.take("s", "w2", job_id, 3, acquire_ms=5000).outcome is TakeOutcome.lost
+    assert machine.take("s", "w2", job_id, 3).outcome is TakeOutcome.lost, "without acquiring: not the holder"
+
+
+def test_take_after_the_lease_expired_goes_to_the_next_worker(r, keys, machine):
+    job_id = queue_job(machine, "s")
+    start(machine, "s", "dead", lease_ms=200)
+    time.sleep(0.3)
+    assert machine.take("s", "dead", job_id, 3).outcome is TakeOutcome.lost, "its lease is gone"
+    taken = machine.take("s", "next", job_id, 3, acquire_ms=5000)
+    assert taken.outcome is TakeOutcome.run and taken.fields["attempts"] == "2"
+    assert r.get(keys.lease("s")) == "next"
+
+
+def test_take_releases_an_empty_fifo_and_the_session_starts_its_retention(r, keys):
+    machine = SessionMachine(r, keys, TTL, session_ttl=100)
+    job_id = queue_job(machine, "s")
+    assert r.ttl(keys.session("s")) == -1, "kept while work is queued"
+    start(machine, "s")
+    assert machine.commit("s", job_id, "w1", "succeeded", turn("a"), Usage()).outcome is CommitOutcome.released
+    r.persist(keys.session("s"))
+    r.set(keys.lease("s"), "w1", px=5000)  # a holder that finds nothing left
+    assert machine.take("s", "w1", None, 3).outcome is TakeOutcome.released
+    assert not r.exists(keys.lease("s"))
+    assert 0 < r.ttl(keys.session("s")) <= 100 and 0 < r.ttl(keys.messages("s")) <= 100
+
+
+def test_take_names_the_head_when_the_caller_guessed_wrong(keys, machine):
+    first, second = queue_job(machine, "s"), queue_job(machine, "s")
+    taken = machine.take("s", "w1", second, 3, acquire_ms=5000)
+    assert (taken.outcome, taken.next_job) == (TakeOutcome.head, first)
+    assert machine.take("s", "w1", "not-an-id", 3).next_job == first
+
+
+def test_take_skips_a_head_whose_record_is_gone(r, keys, machine):
+    gone, kept = queue_job(machine, "s"), queue_job(machine, "s")
+    r.delete(keys.job(gone))
+    taken = machine.take("s", "w1", gone, 3, acquire_ms=5000)
+    assert (taken.outcome, taken.job_id, taken.next_job) == (TakeOutcome.skip, gone, kept)
+    assert r.lrange(keys.fifo("s"), 0, -1) == [kept]
+
+
+def test_take_fails_a_job_whose_workers_keep_dying(r, keys, machine):
+    doomed, after = queue_job(machine, "s"), queue_job(machine, "s")
+    for attempt in range(3):
+        assert machine.take("s", f"w{attempt}", doomed, 3, acquire_ms=5000).outcome is TakeOutcome.run
+        r.delete(keys.lease("s"))  # its worker died
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.done_channel(doomed))
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    taken = machine.take("s", "w3", doomed, 3, acquire_ms=5000)
+    assert (taken.outcome, taken.job_id, taken.next_job) == (TakeOutcome.exhausted, doomed, after)
+    assert r.hget(keys.job(doomed), "status") == "failed" and "WorkerLost" in r.hget(keys.job(doomed), "error")
+    assert r.lrange(keys.fifo("s"), 0, -1) == [after]
+    message = pubsub.get_message(timeout=2)
+    assert message and message["data"] == "failed"
+
+
+# --- checkpoint, commit, release, renew -------------------------------------------------------
+
+def test_checkpoint_only_by_the_lease_holder(r, keys, machine):
+    job_id = queue_job(machine, "s")
+    start(machine, "s", "w1")
+    assert machine.save_checkpoint("s", job_id, "stale", Checkpoint(messages=turn("x"))) is False
+    assert not r.exists(keys.checkpoint(job_id))
+    assert machine.save_checkpoint("s", job_id, "w1", Checkpoint(messages=turn("x"))) is True
+    assert r.exists(keys.checkpoint(job_id))
+
+
+def test_commit_with_a_stale_token_appends_nothing_and_leaves_the_job_alone(r, keys, machine):
+    job_id = queue_job(machine, "s")
+    start(machine, "s", "old", lease_ms=200)
+    time.sleep(0.3)
+    start(machine, "s", "new")  # the session moved on to another worker
+    before = {k: r.dump(k) for k in (keys.job(job_id), keys.fifo("s"), keys.session("s"), keys.lease("s"))}
+    committed = machine.commit("s", job_id, "old", "succeeded", turn("late"), Usage(total_tokens=9))
+    assert committed.outcome is CommitOutcome.lost
+    assert not r.exists(keys.messages("s")), "nothing appended"
+    assert {k: r.dump(k) for k in before} == before, "job, FIFO, session and lease untouched"
+    assert r.hget(keys.job(job_id), "status") == "running" and r.ttl(keys.job(job_id)) == -1
+
+
+def test_commit_ok_names_the_next_head_and_released_gives_the_lease_up(r, keys, machine):
+    first, second = queue_job(machine, "s"), queue_job(machine, "s")
+    taken = start(machine, "s")
+    r.set(keys.checkpoint(first), "{}")
+    committed = machine.commit("s", first, "w1", "succeeded", turn("one"),
+                               Usage(prompt_tokens=2, completion_tokens=3, total_tokens=5, model="m"),
+                               taken.created_at, result_json='{"content": "re: one"}')
+    assert committed == (CommitOutcome.ok, second)
+    assert [Message.model_validate_json(m).content for m in r.lrange(keys.messages("s"), 0, -1)] == ["one", "re: one"]
+    assert r.hgetall(keys.job(first))["status"] == "succeeded" and 0 < r.ttl(keys.job(first)) <= TTL
+    assert not r.exists(keys.checkpoint(first)) and r.get(keys.lease("s")) == "w1"
+    meta = r.hgetall(keys.session("s"))
+    assert (meta["total_tokens"], meta["model"]) == ("5", "m")
+    assert r.zscore(keys.sessions, "s") == listing_score(taken.created_at), "the commit re-lists the session"
+    machine.take("s", "w1", second, 3)
+    assert machine.commit("s", second, "w1", "failed", [], Usage(), error_json='{"type": "X"}').outcome \
+        is CommitOutcome.released
+    assert not r.exists(keys.lease("s")) and not r.exists(keys.fifo("s"))
+
+
+def test_commit_refuses_a_job_that_is_not_the_running_head(r, keys, machine):
+    first, second = queue_job(machine, "s"), queue_job(machine, "s")
+    start(machine, "s")
+    assert machine.commit("s", second, "w1", "succeeded", turn("x"), Usage()).outcome is CommitOutcome.moved
+    r.hset(keys.job(first), "status", "queued")
+    assert machine.commit("s", first, "w1", "succeeded", turn("x"), Usage()).outcome is CommitOutcome.not_running
+    assert not r.exists(keys.messages("s"))
+
+
+def test_release_gives_the_lease_up_with_work_left(r, keys, machine):
+    queue_job(machine, "s")
+    queue_job(machine, "s")
+    start(machine, "s")
+    assert machine.release("s", "stale") is None
+    assert machine.release("s", "w1") == 2 and not r.exists(keys.lease("s"))
+    r.delete(keys.fifo("s"))
+    r.set(keys.lease("s"), "w1")
+    assert machine.release("s", "w1") == 0
+
+
+def test_renew_extends_held_leases_and_reports_lost_ones(r, keys, machine):
+    r.set(keys.lease("a"), "mine", px=1000)
+    r.set(keys.lease("b"), "theirs", px=1000)
+    lost = machine.renew([(keys.lease("a"), "mine"), (keys.lease("b"), "mine")], 60_000)
+    assert lost == [keys.lease("b")]
+    assert r.pttl(keys.lease("a")) > 30_000 and r.pttl(keys.lease("b")) <= 1000
+
+
+# --- the fleet's indexes: announce, unindex, sweep --------------------------------------------
+
+def test_announce_scores_only_grow_so_a_compare_and_delete_never_drops_a_newer_mark(r, keys, machine):
+    pipe = r.pipeline()
+    for _ in range(5):
+        machine.announce("s", utcnow(), pipe)
+    scores = pipe.execute()
+    assert scores == sorted(set(scores)), "strictly increasing, even within one millisecond"
+    unindex = scripts.load(r, "unindex")
+    assert unindex(keys=[keys.pending], args=["s", scores[0]]) == 0, "renewed since: kept"
+    assert unindex(keys=[keys.pending], args=["s", scores[-1], "nobody", 1]) == 1
+    assert r.zcard(keys.pending) == 0
+
+
+def test_sweep_wakes_stalled_sessions_renews_busy_ones_and_drops_idle_marks(r, keys, machine):
+    queue_job(machine, "stalled")
+    queue_job(machine, "held")
+    r.set(keys.lease("held"), "w", px=5000)
+    queue_job(machine, "idle")
+    start(machine, "idle")
+    r.delete(keys.fifo("idle"))
+    assert machine.sweep(older_than_s=60) == [], "marks younger than that are left alone"
+    assert machine.sweep(older_than_s=0) == ["stalled"]
+    assert set(r.zrange(keys.pending, 0, -1)) == {"stalled", "held"}, "the idle session's mark is dropped"
+
+
+def test_count_active_sums_the_fifos_of_pending_sessions(r, keys, machine):
+    for _ in range(3):
+        queue_job(machine, "a")
+    queue_job(machine, "b")
+    start(machine, "b")
+    assert machine.count_active() == (4, 1)
+    assert machine.count_active(limit=2)[0] >= 2
+
+
+# --- sessions: create, delete, listing --------------------------------------------------------
+
+def test_create_then_exists_and_sets_its_own_retention(r, keys):
+    store = SessionStore(r, keys, session_ttl=100)
+    assert store.create("s") is True
+    assert store.create("s", ttl=0) is False
+    assert r.hget(keys.session("s"), "ttl") == "0" and r.ttl(keys.session("s")) == -1, "0 keeps it"
+    store.create("s", ttl=5)
+    assert 0 < r.ttl(keys.session("s")) <= 5 and store.get("s").ttl == 5
+    assert store.list() == ["s"]
+
+
+def test_delete_outcomes(r, keys, machine):
+    store = SessionStore(r, keys)
+    assert store.delete("nobody") is False
+    queue_job(machine, "busy")
+    assert store.delete("busy") is None and r.exists(keys.session("busy"))
+    store.create("idle")
+    r.rpush(keys.messages("idle"), "{}")
+    assert store.delete("idle") is True
+    assert not r.exists(keys.session("idle"), keys.messages("idle")) and store.list() == ["busy"]
+
+
+def test_listing_drops_entries_of_sessions_that_expired(r, keys):
+    store = SessionStore(r, keys)
+    for sid in ("a", "b", "c"):
+        store.create(sid)
+    r.delete(keys.session("b"))  # as an expiry does
+    assert store.page(0, 10) == (["a", "c"], 2)
+    r.delete(keys.session("c"))
+    assert store.prune(0, 10) == 0 and r.zrange(keys.sessions, 0, -1) == ["a"]
+
+
+# --- the other scripts: hand-offs, webhooks, rate limit ---------------------------------------
+
+def test_handoff_scripts(r, keys):
+    wait, settle, give, stop = (scripts.load(r, f"handoff_{n}") for n in ("wait", "settle", "give", "stop"))
+    idle, handed = keys.idle("q"), keys.handed("q")
+    assert give(keys=[idle, handed], args=["ns s j"]) == 0, "nobody waits"
+    wait(keys=[idle], args=["w1", 60_000])
+    assert give(keys=[idle, handed], args=["ns s j"]) == 1
+    assert give(keys=[idle, handed], args=["ns t k"]) == 0, "as many handed as waiting"
+    assert settle(keys=[idle, handed], args=["w1"]) == "ns s j", "w1 was counted but is leaving: it takes it"
+    assert settle(keys=[idle, handed], args=["w1"]) is None
+    wait(keys=[idle], args=["w2", 1])
+    time.sleep(0.01)
+    assert give(keys=[idle, handed], args=["ns s j"]) == 0, "a registration past its deadline is not counted"
+    wait(keys=[idle], args=["w3", 60_000])
+    assert stop(keys=[idle, keys.stop("host:1")], args=["w3"]) == 1
+    assert r.zcard(idle) == 0 and r.lrange(keys.stop("host:1"), 0, -1) == ["-"]
+
+
+def test_webhook_claim_once_and_record_only_while_the_job_exists(r, keys):
+    claim, record = scripts.load(r, "webhook_claim"), scripts.load(r, "webhook_record")
+    job = keys.job(new_job_id("s"))
+    assert claim(keys=[job], args=["webhook", '{"status": "pending"}']) is None, "no callback URL"
+    r.hset(job, "callback_url", "http://x")
+    assert claim(keys=[job], args=["webhook", '{"status": "pending"}']) == "http://x"
+    assert claim(keys=[job], args=["webhook", '{"status": "pending"}']) is None, "claimed before"
+    assert record(keys=[job], args=["webhook", "{}"]) == 1
+    r.delete(job)
+    assert record(keys=[job], args=["webhook", "{}"]) == 0 and not r.exists(job)
+
+
+def test_rate_limit_admits_within_the_budget(r, keys):
+    acquire = scripts.load(r, "rate_limit")
+    window = list(keys.rate("m", 1))
+    assert [acquire(keys=window, args=[2, 0, 10, 60]) for _ in range(3)] == [0, 0, 1]
+    tokens = list(keys.rate("m", 2))
+    assert [acquire(keys=tokens, args=[0, 15, 10, 60]) for _ in range(2)] == [0, 1]
+
+
+# --- the client's steps that a cluster splits in two ------------------------------------------
+
+def test_an_idempotency_key_claimed_by_a_producer_that_died_is_written_by_the_next(client):
+    """The claim (SET NX) and the job (the submit script) are two calls; a producer that died
+    between them left a claim without a job. A retry writes the job under the claimed IDs, once."""
+    key, sid = f"died-{uuid.uuid4().hex}", f"s-{uuid.uuid4().hex[:8]}"
+    claimed = new_job_id(sid)
+    client.r.set(client.keys.idempotency(key), f"{claimed} {sid}", ex=60)
+    job = client.submit("once, after all", idempotency_key=key)
+    assert (job.job_id, job.session_id) == (claimed, sid)
+    again = client.submit("once, after all", idempotency_key=key)
+    assert again.job_id == claimed
+    assert client.wait(claimed, 30).status == "succeeded"
+    assert [m.content for m in client.get_session(sid).messages][0] == "once, after all"
+    assert len(client.get_session(sid).messages) == 2
