@@ -164,7 +164,7 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         Handoff(r, runner.keys, runner.identity, 0.1).release_all()
         runner.leases.hold(client.keys.lease("x"), "t")
         runner.leases.renew_now()
-        runner.leases.drop(client.keys.lease("x"))
+        runner.leases.drop(client.keys.lease("x"), "t")
         machine.sweep(0)
         RateLimiter(r, tag).acquire("a}b", 100, None, 1)
         runner.notify(runner.space(client.namespace), job.job_id)
