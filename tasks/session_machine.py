@@ -30,8 +30,9 @@ work or strands a session:
   stands, leaves the new session unlisted until its next commit.
 
 **Retention.** While a session has work queued or running its hash and history never expire;
-when its FIFO empties (commit, take, cancel, release) they get its TTL: its own (set on create or
-submit), else ``CHATQ_SESSION_TTL``; none keeps them.
+the script that empties its FIFO (a commit, a cancel, a take that pops a finished or exhausted
+job) gives them its TTL: its own (set on create or submit), else ``CHATQ_SESSION_TTL``; none keeps
+them. A submit takes the TTL off again.
 """
 
 from __future__ import annotations
@@ -272,8 +273,7 @@ class SessionMachine:
     def release(self, session_id: str, token: str) -> int | None:
         """Give up the lease with work still queued (warm shutdown): the jobs left, None if lost."""
         k = self.keys
-        left = int(self._release(keys=[k.lease(session_id), k.fifo(session_id), k.session(session_id),
-                                       k.messages(session_id)], args=[token, self.default_ttl]))
+        left = int(self._release(keys=[k.lease(session_id), k.fifo(session_id)], args=[token]))
         return None if left < 0 else left
 
     def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:

@@ -177,17 +177,37 @@ def test_take_after_the_lease_expired_goes_to_the_next_worker(r, keys, machine):
     assert r.get(keys.lease("s")) == "next"
 
 
-def test_take_releases_an_empty_fifo_and_the_session_starts_its_retention(r, keys):
-    machine = SessionMachine(r, keys, TTL, session_ttl=100)
-    job_id = queue_job(machine, "s")
-    assert r.ttl(keys.session("s")) == -1, "kept while work is queued"
-    start(machine, "s")
-    assert machine.commit("s", job_id, "w1", "succeeded", turn("a"), Usage()).outcome is CommitOutcome.released
-    r.persist(keys.session("s"))
-    r.set(keys.lease("s"), "w1", px=5000)  # a holder that finds nothing left
+def test_take_releases_an_empty_fifo(r, keys, machine):
+    r.set(keys.lease("s"), "w1", px=5000)  # a holder that finds nothing left (a cancel emptied it)
     assert machine.take("s", "w1", None, 3).outcome is TakeOutcome.released
     assert not r.exists(keys.lease("s"))
-    assert 0 < r.ttl(keys.session("s")) <= 100 and 0 < r.ttl(keys.messages("s")) <= 100
+    assert machine.take("s", "w2", None, 3, acquire_ms=5000).outcome is TakeOutcome.released
+    assert not r.exists(keys.lease("s"))
+
+
+def test_whatever_empties_the_fifo_starts_the_sessions_retention(r, keys):
+    machine = SessionMachine(r, keys, TTL, session_ttl=100)
+
+    note = Message(role="user", content="x").model_dump_json()
+
+    def resting(sid: str) -> bool:
+        return 0 < r.ttl(keys.session(sid)) <= 100 and 0 < r.ttl(keys.messages(sid)) <= 100
+
+    job_id = queue_job(machine, "commit")
+    r.rpush(keys.messages("commit"), note)
+    assert r.ttl(keys.session("commit")) == -1, "kept while work is queued"
+    start(machine, "commit")
+    assert machine.commit("commit", job_id, "w1", "succeeded", turn("a"), Usage()).outcome is CommitOutcome.released
+    assert resting("commit")
+    gone = queue_job(machine, "skip")  # the history is kept (no TTL) again while this job is queued
+    assert r.ttl(keys.session("skip")) == -1 and r.ttl(keys.messages("commit")) > 0
+    r.rpush(keys.messages("skip"), note)
+    r.delete(keys.job(gone))
+    assert machine.take("skip", "w1", gone, 3, acquire_ms=5000).outcome is TakeOutcome.skip and resting("skip")
+    queued = queue_job(machine, "cancel")
+    r.rpush(keys.messages("cancel"), note)
+    machine.cancel(queued, "cancel")
+    assert resting("cancel")
 
 
 def test_take_names_the_head_when_the_caller_guessed_wrong(keys, machine):

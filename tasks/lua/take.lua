@@ -20,7 +20,8 @@
 -- ARGV[8] worker           host:pid, recorded on the job
 -- ARGV[9] history_limit    messages of the history's tail to return (0: none)
 -- ARGV[10] channel         the expected head's done channel
--- ARGV[11] default_ttl     the session's retention unless it has its own ('0' keeps it)
+-- ARGV[11] default_ttl     the session's retention unless it has its own ('0' keeps it), from
+--                          when a popped job leaves the FIFO empty
 --
 -- Returns {'lost'} (another worker holds the lease, or the caller's expired), {'released'} (the
 -- FIFO is empty: the lease is given up), {'head', job_id} (the head is this other job), {'skip',
@@ -34,24 +35,27 @@ if holder ~= ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
 local head = redis.call('LINDEX', KEYS[1], 0)
-if not head then
+if not head then  -- whatever emptied the FIFO started the session's retention
   redis.call('DEL', KEYS[2])
-  rest_session(KEYS[3], KEYS[4], ARGV[11])
   return {'released'}
 end
 if head ~= ARGV[3] then return {'head', head} end
+local outcome
 local status = redis.call('HGET', KEYS[5], 'status')
 if status ~= 'queued' and status ~= 'running' then
-  redis.call('LPOP', KEYS[1])
-  return {'skip', head, redis.call('LINDEX', KEYS[1], 0) or ''}
-end
-if redis.call('HINCRBY', KEYS[5], 'attempts', 1) > tonumber(ARGV[5]) then
+  outcome = 'skip'
+elseif redis.call('HINCRBY', KEYS[5], 'attempts', 1) > tonumber(ARGV[5]) then
+  outcome = 'exhausted'
   redis.call('HSET', KEYS[5], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[7])
   redis.call('EXPIRE', KEYS[5], ARGV[6])
   redis.call('DEL', KEYS[6])
-  redis.call('LPOP', KEYS[1])
   redis.call('PUBLISH', ARGV[10], 'failed')
-  return {'exhausted', head, redis.call('LINDEX', KEYS[1], 0) or ''}
+end
+if outcome then
+  redis.call('LPOP', KEYS[1])
+  local next_job = redis.call('LINDEX', KEYS[1], 0)
+  if not next_job then rest_session(KEYS[3], KEYS[4], ARGV[11]) end
+  return {outcome, head, next_job or ''}
 end
 ensure_session(KEYS[3], ARGV[4])
 redis.call('HSETNX', KEYS[5], 'started_at', ARGV[4])
