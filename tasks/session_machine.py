@@ -98,7 +98,8 @@ class Committed(NamedTuple):
 class Taken:
     """The lease holder's next step. With ``run``: the job's fields, its checkpoint, the history's
     tail and the session's ``created_at`` (which the commit re-lists it under); with ``head``,
-    ``skip`` and ``exhausted``: ``next_job``, the head the next take names."""
+    ``skip`` and ``exhausted``: ``next_job``, the head the next take names; with ``exhausted``,
+    the job's ``batch_id`` in ``fields`` if it has one (its batch counts it as finished)."""
 
     outcome: TakeOutcome
     job_id: str | None = None
@@ -226,7 +227,9 @@ class SessionMachine:
         if outcome is TakeOutcome.head:
             return Taken(outcome, next_job=res[1])
         if outcome is not TakeOutcome.run:
-            return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None)
+            batch = {"batch_id": res[3]} if len(res) > 3 and res[3] else {}
+            return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None,
+                         batch)
         n = int(res[4])
         fields = dict(zip(res[5:5 + n:2], res[6:5 + n:2]))
         return Taken(outcome, res[1], None, fields,

@@ -227,6 +227,7 @@ def test_take_skips_a_head_whose_record_is_gone(r, keys, machine):
 
 def test_take_fails_a_job_whose_workers_keep_dying(r, keys, machine):
     doomed, after = queue_job(machine, "s"), queue_job(machine, "s")
+    r.hset(keys.job(doomed), "batch_id", "b" * 32)
     for attempt in range(3):
         assert machine.take("s", f"w{attempt}", doomed, 3, acquire_ms=5000).outcome is TakeOutcome.run
         r.delete(keys.lease("s"))  # its worker died
@@ -235,6 +236,7 @@ def test_take_fails_a_job_whose_workers_keep_dying(r, keys, machine):
     assert pubsub.get_message(timeout=2)["type"] == "subscribe"
     taken = machine.take("s", "w3", doomed, 3, acquire_ms=5000)
     assert (taken.outcome, taken.job_id, taken.next_job) == (TakeOutcome.exhausted, doomed, after)
+    assert taken.fields == {"batch_id": "b" * 32}, "its batch counts it as finished"
     assert r.hget(keys.job(doomed), "status") == "failed" and "WorkerLost" in r.hget(keys.job(doomed), "error")
     assert r.lrange(keys.fifo("s"), 0, -1) == [after]
     message = pubsub.get_message(timeout=2)

@@ -25,8 +25,9 @@
 --
 -- Returns {'lost'} (another worker holds the lease, or the caller's expired), {'released'} (the
 -- FIFO is empty: the lease is given up), {'head', job_id} (the head is this other job), {'skip',
--- job_id, next} (the head's record is gone or finished: popped), {'exhausted', job_id, next}
--- (failed after max_attempts: popped), where next is the new head or '', or {'run', job_id,
+-- job_id, next, ''} (the head's record is gone or finished: popped), {'exhausted', job_id, next,
+-- batch_id} (failed after max_attempts: popped), where next is the new head or '' and batch_id the
+-- job's batch or '', or {'run', job_id,
 -- checkpoint or '', session created_at, n, the job's n fields and values..., history messages...}.
 --#include lib/session.lua
 local holder = redis.call('GET', KEYS[2])
@@ -40,12 +41,13 @@ if not head then  -- whatever emptied the FIFO started the session's retention
   return {'released'}
 end
 if head ~= ARGV[3] then return {'head', head} end
-local outcome
+local outcome, batch_id
 local status = redis.call('HGET', KEYS[5], 'status')
 if status ~= 'queued' and status ~= 'running' then
   outcome = 'skip'
 elseif redis.call('HINCRBY', KEYS[5], 'attempts', 1) > tonumber(ARGV[5]) then
   outcome = 'exhausted'
+  batch_id = redis.call('HGET', KEYS[5], 'batch_id')
   redis.call('HSET', KEYS[5], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[7])
   redis.call('EXPIRE', KEYS[5], ARGV[6])
   redis.call('DEL', KEYS[6])
@@ -55,7 +57,7 @@ if outcome then
   redis.call('LPOP', KEYS[1])
   local next_job = redis.call('LINDEX', KEYS[1], 0)
   if not next_job then rest_session(KEYS[3], KEYS[4], ARGV[11]) end
-  return {outcome, head, next_job or ''}
+  return {outcome, head, next_job or '', batch_id or ''}
 end
 ensure_session(KEYS[3], ARGV[4])
 redis.call('HSETNX', KEYS[5], 'started_at', ARGV[4])
