@@ -13,7 +13,7 @@ from chatq.tasks.job_store import encode_job
 from chatq.tasks.keys import Keys, new_job_id
 from chatq.tasks.models import Job
 from chatq.tasks.session_machine import SessionMachine
-from chatq.worker.handoff import Handed, Handoff
+from chatq.worker.handoff import Handoff
 
 from .conftest import BROKER_URL, REDIS_URL
 

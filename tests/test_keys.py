@@ -26,13 +26,13 @@ from chatq.tasks.models import Checkpoint
 from chatq.worker.handoff import Handoff
 from chatq.worker.rate_limit import RateLimiter
 
-from .conftest import REDIS_URL
 from .test_core import run_cli
 
 SESSIONS = ["victim", "victim:messages", "victim:meta", "victim:msgs", "q", "q:queue", "q:fifo", "x", "x:lease",
             "yy", "yy:messages", "s", "j", "meta", "a:b:c", "a.b@c-d", "0000", "victim:meta:msgs", "rec", "ck",
             "victim:s:victim", "batch", "pending", "sessions"]
-NAMESPACES = ["chatq", "chatq.t.acme", "chatq.t.acme.t.x", "beef", "c"]
+HEX_NS = "0123456789abcdef" * 2  # a namespace spelled like a batch ID: its fleet tag is a batch's tag
+NAMESPACES = ["chatq", "chatq.t.acme", "chatq.t.acme.t.x", "beef", "c", HEX_NS]
 QUEUES = ["q", "q:x", "handed:q", "chatq"]
 MODELS = ["gpt-4o", "a}b", "a{b", "a:b:1:r", "m:1"]
 
@@ -52,7 +52,7 @@ def every_key(keys: Keys) -> dict[str, tuple]:
             job_id = new_job_id(sid)
             add(keys.job(job_id), "job", job_id)
             add(keys.checkpoint(job_id), "checkpoint", job_id)
-    for batch_id in (uuid.uuid4().hex, bucket("q") * 8, keys.ns.ljust(32, "0")[:32] if keys.ns == "beef" else "f" * 32):
+    for batch_id in (uuid.uuid4().hex, bucket("q") * 8, HEX_NS):
         add(keys.batch(batch_id), "batch", batch_id)
         add(keys.batch_conversations(batch_id), "conversations", batch_id)
     for name in ("sessions", "pending", "agents", "namespaces", "sweep_lock"):
