@@ -4,7 +4,7 @@ S sessions × M messages, all submitted up front, each session's in order. By de
 interleave at random (seeded), the way many users typing at once look to a backend, so a session
 often has several messages queued behind each other; ``rounds`` sends every session's first
 message, then every second one, and so on. The expected final
-history is rebuilt with the offline model's ``echo_reply``, whose replies hash the whole prior
+history is rebuilt with the test server's ``echo_reply``, whose replies hash the whole prior
 history: a lost, duplicated or reordered turn changes every later reply.
 """
 
@@ -14,7 +14,7 @@ import bisect
 import random
 from dataclasses import dataclass
 
-from chatq.worker.offline_model import echo_reply
+from chatq.testing.server import echo_reply
 
 
 @dataclass

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from chatq.tasks.errors import InvalidRequest
-from worker import offline_model
+from chatq.testing.server import complete
+from chatq.worker.tokens import estimate_tokens
 
 from .conftest import ROOT, Fleet, wait_all
 
@@ -82,7 +83,7 @@ def test_user_message_sent_once_and_usage_summed_over_calls(ac, fake_openai):
     assert len(calls) == 2
     for body in calls:
         assert [m["content"] for m in body["messages"] if m["role"] == "user"] == [text]
-    expected = [offline_model.complete(b)["usage"] for b in calls]
+    expected = [complete(b)["usage"] for b in calls]
     u = job.result.usage
     assert u.prompt_tokens == sum(e["prompt_tokens"] for e in expected)
     assert u.completion_tokens == sum(e["completion_tokens"] for e in expected)
@@ -134,7 +135,7 @@ def test_history_window_sends_newest_turns_and_keeps_tool_pairs(ac, fake_openai)
     last = fake_openai.recorded(f"filler {s} 5")[-1]["messages"]
     assert len(last) < 14 and last[-1]["content"].startswith(f"filler {s} 5")
     assert last[0]["role"] == "user"
-    assert sum(offline_model.estimate_tokens(m) for m in last) <= 120
+    assert sum(estimate_tokens(m) for m in last) <= 120
     assert len(ac.get_session(s).messages) == 16  # the store keeps everything
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
 from chatq.tasks.errors import WaitTimeout
-from chatq.worker.offline_model import echo_reply
+from chatq.testing.server import echo_reply
 
 from .conftest import ROOT
 

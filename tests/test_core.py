@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from chatq.tasks.errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, WaitTimeout
-from worker import offline_model
+from chatq.testing.server import complete
 
 from .conftest import ROOT, wait_all
 
@@ -26,7 +26,7 @@ def expected_history(texts: list[str]) -> list[tuple[str, str]]:
     for text in texts:
         msgs.append({"role": "user", "content": text})
         msgs.append({"role": "assistant",
-                     "content": offline_model.complete({"messages": msgs})["choices"][0]["message"]["content"]})
+                     "content": complete({"messages": msgs})["choices"][0]["message"]["content"]})
     return [(m["role"], m["content"]) for m in msgs]
 
 

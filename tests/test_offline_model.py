@@ -7,7 +7,8 @@ import math
 
 from openai.types.chat import ChatCompletion
 
-from chatq.worker.offline_model import OFFLINE_MODEL, complete, echo_reply, estimate_tokens, history_hash
+from chatq.worker.offline_model import OFFLINE_MODEL, complete, echo_reply, history_hash
+from chatq.worker.tokens import estimate_tokens
 
 
 def ask(messages: list[dict], **extra) -> ChatCompletion:
@@ -36,10 +37,10 @@ def test_echo_changes_when_history_is_lost_duplicated_or_reordered():
     assert len(replies) == len(turns)
 
 
-def test_echo_ignores_system_prompt_and_strips_server_directives():
-    msgs = [user("one"), {"role": "assistant", "content": "r"}, user("two [[fault:429 n=2]] [[stall:1]] [[drop]]")]
+def test_echo_ignores_system_prompt_and_knows_no_test_directives():
+    msgs = [user("one"), {"role": "assistant", "content": "r"}, user("two  [[fault:429 n=2]] [[drop]]")]
     reply = ask([{"role": "system", "content": "be nice"}, *msgs]).choices[0].message.content
-    assert reply == f"echo #2: two | h={history_hash(msgs[:2])}" == echo_reply(msgs)
+    assert reply == f"echo #2: two [[fault:429 n=2]] [[drop]] | h={history_hash(msgs[:2])}" == echo_reply(msgs)
     assert history_hash([{"role": "system", "content": "x"}, *msgs[:2]]) == history_hash(msgs[:2])
 
 

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from chatq.worker.offline_model import echo_reply
-from chatq.testing.server import TestServer
+from chatq.testing.server import TestServer, complete, echo_reply
+from chatq.worker.offline_model import history_hash
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,16 @@ def test_plain_reply_and_endpoints(server, sdk):
     assert httpx.get(f"{root}/healthz").json() == {"ok": True}
     assert httpx.get(f"{root}/stats").json()["requests"] >= 1
     assert set(server.stats) == {"requests", "in_flight", "max_in_flight", "faults"}
+
+
+def test_echoes_leave_out_the_server_directives(server, sdk):
+    msgs = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "r"},
+            {"role": "user", "content": "two [[fault:429 n=2]] [[stall:1]] [[drop]]"}]
+    assert echo_reply(msgs) == f"echo #2: two | h={history_hash(msgs[:2])}"
+    assert complete({"messages": msgs})["choices"][0]["message"]["content"] == echo_reply(msgs)
+    text = tag("three [[stall:0.01]]")
+    assert chat(sdk, text).choices[0].message.content == echo_reply([{"role": "user", "content": text}])
+    assert "[[stall" not in echo_reply([{"role": "user", "content": text}])
 
 
 def test_tool_round_trip_and_recorded_requests(server, sdk):

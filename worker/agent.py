@@ -18,9 +18,9 @@ from chatq.tasks.agent_profiles import AgentProfile
 from chatq.tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
 
 from .history_window import window
-from .offline_model import estimate_tokens
 from .provider import Provider, ProviderError
 from .rate_limit import RateLimiter
+from .tokens import estimate_tokens
 from .tools import ToolArgumentsError, ToolRegistry
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chatq.tasks.models import Message
 
-from .offline_model import estimate_tokens
+from .tokens import estimate_tokens
 
 
 def units(history: list[Message]) -> list[list[Message]]:

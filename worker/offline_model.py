@@ -3,7 +3,8 @@
 Every reply is a pure function of the request: echoes carry a hash of the whole prior history
 (so a lost, duplicated or reordered turn shows up in later replies), and directives embedded in
 user text (``[[tool:NAME {args}]]``, ``[[tool-loop:...]]``, ``my name is X``) exercise tool calls
-and memory. ``chatq.testing.server`` serves the same logic over HTTP.
+and memory. It knows nothing of tests: ``chatq.testing.server`` serves the same logic over HTTP
+and keeps its own fault directives out of the echoes through the ``clean`` hook.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
+
+from .tokens import estimate_tokens, text_of
 
 OFFLINE_MODEL = "chatq-offline-echo"
 
 TOOL_DIRECTIVE = re.compile(r"\[\[tool(-loop)?:([A-Za-z0-9_.-]+)\s*(\{.*?\})?\]\]", re.S)
-SERVER_DIRECTIVE = re.compile(r"\[\[(?:fault|stall|drop)\b[^\]]*\]\]")
 PERSONA = re.compile(r"\[\[persona:(.*?)\]\]", re.S)
 MY_NAME_IS = re.compile(r"\bmy name is ([A-Za-z][\w-]*)", re.I)
 WHATS_MY_NAME = re.compile(r"\bwhat(?:'s|’s|s|\s+is)\s+my\s+name\b", re.I)
@@ -32,32 +35,9 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a content-part list."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p)
-            for p in content
-            if not isinstance(p, dict) or p.get("type", "text") == "text"
-        )
-    return str(content)
-
-
-def strip_directives(text: str) -> str:
-    """Remove test-server directives (fault/stall/drop) and collapse whitespace."""
-    return " ".join(SERVER_DIRECTIVE.sub(" ", text).split())
-
-
-def estimate_tokens(message: dict[str, Any]) -> int:
-    """Crude, deterministic token count of one message (about 4 characters per token)."""
-    tokens = 4 + math.ceil(len(text_of(message.get("content"))) / 4)
-    if message.get("tool_calls"):
-        tokens += math.ceil(len(json.dumps(message["tool_calls"], default=str)) / 4)
-    return tokens
+def collapse(text: str) -> str:
+    """Whitespace runs to one space: how the echo quotes the user's text."""
+    return " ".join(text.split())
 
 
 def history_hash(messages: list[dict[str, Any]]) -> str:
@@ -66,10 +46,10 @@ def history_hash(messages: list[dict[str, Any]]) -> str:
     return _sha(_canonical(pairs))[:8]
 
 
-def echo_reply(messages: list[dict[str, Any]]) -> str:
+def echo_reply(messages: list[dict[str, Any]], clean: Callable[[str], str] = collapse) -> str:
     """The echo for a request whose last message is the user's (without any persona prefix)."""
     n = sum(1 for m in messages if m.get("role") == "user")
-    text = strip_directives(text_of(messages[-1].get("content")))
+    text = clean(text_of(messages[-1].get("content")))
     return f"echo #{n}: {text} | h={history_hash(messages[:-1])}"
 
 
@@ -112,7 +92,7 @@ def _tool_results(messages: list[dict[str, Any]]) -> str:
     return "Tool results: " + "; ".join(parts)
 
 
-def _answer(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+def _answer(messages: list[dict[str, Any]], clean: Callable[[str], str]) -> tuple[str | None, list[dict[str, Any]]]:
     last = messages[-1]
     user_idx = _last_user_index(messages)
     if last.get("role") == "tool":
@@ -120,7 +100,7 @@ def _answer(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, 
             return None, calls
         return _tool_results(messages), []
     if last.get("role") != "user":
-        return echo_reply(messages), []
+        return echo_reply(messages, clean), []
     if calls := _tool_calls(messages, len(messages) - 1, loop_only=False):
         return None, calls
     text = text_of(last.get("content"))
@@ -131,7 +111,7 @@ def _answer(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, 
             if earlier.get("role") == "user" and (m := MY_NAME_IS.search(text_of(earlier.get("content")))):
                 return f"Your name is {m.group(1)}.", []
         return "I don't know your name.", []
-    return echo_reply(messages), []
+    return echo_reply(messages, clean), []
 
 
 def reply_model(requested: str | None) -> str:
@@ -141,12 +121,15 @@ def reply_model(requested: str | None) -> str:
     return requested if requested.startswith("chatq-offline") else f"chatq-offline:{requested}"
 
 
-def complete(request: dict[str, Any]) -> dict[str, Any]:
-    """Answer a chat-completions request body with a ``ChatCompletion`` JSON body."""
+def complete(request: dict[str, Any], clean: Callable[[str], str] = collapse) -> dict[str, Any]:
+    """Answer a chat-completions request body with a ``ChatCompletion`` JSON body.
+
+    ``clean`` turns the user's text into the text an echo quotes (whitespace collapsed by default).
+    """
     messages: list[dict[str, Any]] = list(request.get("messages") or [])
     if not messages:
         raise ValueError("messages must be a non-empty list")
-    content, calls = _answer(messages)
+    content, calls = _answer(messages, clean)
     if content is not None and messages[0].get("role") == "system":
         if persona := PERSONA.search(text_of(messages[0].get("content"))):
             content = f"{persona.group(1)}: {content}"

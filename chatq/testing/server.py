@@ -14,6 +14,8 @@ Bad 200 replies (always, unless ``n=``): ``[[fault:html]]``, ``[[fault:text]]`` 
 says so), ``[[fault:notchat]]`` (JSON, not a completion), ``[[fault:nochoices]]``,
 ``[[fault:huge bytes=N]]`` (a valid completion of N bytes, chunked), ``[[fault:drip bps=N]]`` (a valid
 completion, N bytes a second).
+Replies come from the embedded offline model, with these directives left out of its echoes
+(``complete``, ``echo_reply``): the directives belong to this server, not to the model.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from chatq.worker import offline_model
+from chatq.worker.tokens import text_of
 
 DIRECTIVE = re.compile(r"\[\[(fault|stall|drop)(?::([\w.]+))?((?:\s+\w+=[\w.]+)*)\s*\]\]")
 PARAM = re.compile(r"(\w+)=([\w.]+)")
+STRIPPED = re.compile(r"\[\[(?:fault|stall|drop)\b[^\]]*\]\]")
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 DROP_LOG = "ASGI callable returned without completing response."
 
@@ -58,6 +62,21 @@ ERRORS: dict[int | str, tuple[str, str, str | None]] = {
     500: ("The server had an error while processing your request (test server)", "server_error", None),
     503: ("The server is overloaded, please try again later (test server)", "server_error", None),
 }
+
+
+def strip_directives(text: str) -> str:
+    """The user's text without this server's directives, whitespace collapsed: what echoes quote."""
+    return offline_model.collapse(STRIPPED.sub(" ", text))
+
+
+def echo_reply(messages: list[dict[str, Any]]) -> str:
+    """The server's echo for these messages: the offline model's, without the directives."""
+    return offline_model.echo_reply(messages, strip_directives)
+
+
+def complete(body: dict[str, Any]) -> dict[str, Any]:
+    """The server's answer to a request that no directive intercepts."""
+    return offline_model.complete(body, strip_directives)
 
 
 async def _chunks(data: bytes, size: int, pause: float = 0.0) -> AsyncIterator[bytes]:
@@ -78,13 +97,13 @@ def bad_reply(kind: str, body: dict[str, Any], params: dict[str, str]) -> Respon
     if kind == "notchat":
         return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
     if kind == "nochoices":
-        return JSONResponse({**offline_model.complete(body), "choices": []})
+        return JSONResponse({**complete(body), "choices": []})
     if kind == "huge":
-        completion = offline_model.complete(body)
+        completion = complete(body)
         completion["choices"][0]["message"]["content"] = "x" * int(params.get("bytes", 8 << 20))
         return StreamingResponse(_chunks(json.dumps(completion).encode(), 1 << 16), media_type="application/json")
     bps = float(params.get("bps", 1))  # drip
-    data = json.dumps(offline_model.complete(body)).encode()
+    data = json.dumps(complete(body)).encode()
     size = max(1, round(bps / 10))  # ten writes a second, or one byte at a time when slower
     return StreamingResponse(_chunks(data, size, size / bps), media_type="application/json",
                              headers={"content-length": str(len(data))})
@@ -138,7 +157,7 @@ def last_user_text(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     for m in reversed(messages if isinstance(messages, list) else []):
         if isinstance(m, dict) and m.get("role") == "user":
-            return offline_model.text_of(m.get("content"))
+            return text_of(m.get("content"))
     return ""
 
 
@@ -230,7 +249,7 @@ class ChatCompletions:
             return error(status, kind=arg if arg == "quota" else status, headers=headers)
         if st.latency > 0:
             await asyncio.sleep(st.latency)
-        return JSONResponse(offline_model.complete(body))
+        return JSONResponse(complete(body))
 
 
 def create_app(state: _State) -> Starlette:
