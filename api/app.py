@@ -10,6 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from chatq.tasks.settings import Settings, get_settings
+from chatq.tasks.webhooks import WebhookSender
 
 from . import batches, errors, jobs, ops, sessions
 from .auth import KeyRing, MetricsGate
@@ -19,7 +20,6 @@ from .deps import Services
 from .health import WorkerProbe
 from .metrics import LatencyMiddleware, Metrics
 from .tenants import Tenants
-from .webhooks import WebhookSender
 
 log = logging.getLogger("uvicorn.error")  # formatted like the server's own start-up lines
 
@@ -35,8 +35,7 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     gate = MetricsGate(api, keyring)
     services = Services(
         settings=api, tenants=tenants, keyring=keyring, metrics=metrics, metrics_gate=gate,
-        webhooks=WebhookSender(api, core.namespace, core.webhook_allow_private),
-        workers=WorkerProbe(tenants.client(None)),
+        webhooks=WebhookSender(core), workers=WorkerProbe(tenants.client(None)),
         long_polls=anyio.CapacityLimiter(api.max_long_polls),
     )
 

@@ -1,12 +1,10 @@
 """The HTTP API's settings (prefix ``CHATQ_``), kept beside the core's ``chatq.tasks.settings``.
 
-The worker reads the webhook part too, so both sides sign with the same secrets.
+Webhook signing is a core setting: workers sign the jobs they finish, the API the ones it cancels.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from functools import lru_cache
 from typing import Annotated, Any
@@ -14,24 +12,11 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from chatq.tasks.settings import OPEN_TENANT, parse_pairs
+
+__all__ = ["OPEN_TENANT", "TENANT", "ApiSettings", "get_api_settings"]
+
 TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-OPEN_TENANT = "default"
-"""How the single tenant of an API without keys is named in metrics and ``CHATQ_WEBHOOK_SECRETS``."""
-
-
-def _pairs(raw: Any, *, what: str, split_right: bool) -> Any:
-    """``a:b,c:d`` to a dict. Never echoes an entry: entries hold secrets."""
-    if not isinstance(raw, str):
-        return raw
-    out: dict[str, str] = {}
-    for n, item in enumerate((p.strip() for p in raw.split(",")), 1):
-        if not item:
-            continue
-        left, sep, right = item.rpartition(":") if split_right else item.partition(":")
-        if not sep or not left.strip() or not right.strip():
-            raise ValueError(f"{what}: entry {n} is not KEY:VALUE")
-        out[left.strip()] = right.strip()
-    return out
 
 
 class ApiSettings(BaseSettings):
@@ -53,17 +38,7 @@ class ApiSettings(BaseSettings):
     metrics_open: bool = Field(
         False, description="Serve `/metrics` without a key. Without API keys (one open tenant) it is open anyway.")
 
-    webhook_secret: SecretStr | None = Field(
-        None, description="Master secret; each tenant's signing secret is derived from it (see `secret_for`).")
-    webhook_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
-        default_factory=dict, repr=False, description="`tenant_a:secret,...`; wins over the derived secret.")
-    webhook_timeout: float = Field(10.0, gt=0)
-    webhook_attempts: int = Field(6, ge=1)
-    webhook_backoff: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
-    webhook_backoff_max: float = Field(60.0, gt=0)
-    webhook_threads: int = Field(8, ge=1)
-
-    @field_validator("webhook_secret", "metrics_key", mode="before")
+    @field_validator("metrics_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, raw: Any) -> Any:
         return None if isinstance(raw, str) and not raw.strip() else raw
@@ -71,12 +46,7 @@ class ApiSettings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, raw: Any) -> Any:
-        return _pairs(raw, what="CHATQ_API_KEYS", split_right=True)
-
-    @field_validator("webhook_secrets", mode="before")
-    @classmethod
-    def _parse_secrets(cls, raw: Any) -> Any:
-        return _pairs(raw, what="CHATQ_WEBHOOK_SECRETS", split_right=False)
+        return parse_pairs(raw, what="CHATQ_API_KEYS", split_right=True)
 
     @field_validator("api_keys")
     @classmethod
@@ -89,16 +59,6 @@ class ApiSettings(BaseSettings):
     @property
     def tenants(self) -> list[str]:
         return sorted(set(self.api_keys.values()))
-
-    def secret_for(self, tenant: str | None) -> bytes | None:
-        """The tenant's webhook signing secret: configured, else HMAC(master, tenant), else None."""
-        name = tenant or OPEN_TENANT
-        if name in self.webhook_secrets:
-            return self.webhook_secrets[name].get_secret_value().encode()
-        if self.webhook_secret is None:
-            return None
-        master = self.webhook_secret.get_secret_value().encode()
-        return hmac.new(master, f"chatq-webhook:{name}".encode(), hashlib.sha256).hexdigest().encode()
 
 
 @lru_cache

@@ -8,12 +8,13 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
+from chatq.tasks.webhooks import WebhookSender
+
 from .auth import KeyRing, MetricsGate
 from .config import ApiSettings
 from .health import WorkerProbe
 from .metrics import Metrics
 from .tenants import Tenants
-from .webhooks import WebhookSender
 
 
 @dataclass

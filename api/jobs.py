@@ -36,7 +36,7 @@ def checked_callback(svc: Services, tenant: Tenant, url: object | None) -> str |
     destination itself, as it does for every caller."""
     if url is None:
         return None
-    if svc.settings.secret_for(tenant.name) is None:
+    if svc.webhooks.settings.secret_for(tenant.name) is None:
         raise InvalidRequest("callback_url needs webhook signing: the operator sets CHATQ_WEBHOOK_SECRET "
                              "or CHATQ_WEBHOOK_SECRETS")
     return str(url)

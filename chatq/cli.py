@@ -245,9 +245,10 @@ def serve(host: str, port: int, workers: int) -> None:
     from pydantic import ValidationError
 
     from chatq.api.config import get_api_settings
+    from chatq.tasks.settings import get_settings
 
     try:
-        get_api_settings()
+        get_settings(), get_api_settings()
     except ValidationError as exc:  # without the inputs: they hold API keys and secrets
         click.echo("error: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors(include_input=False)), err=True)
         sys.exit(2)

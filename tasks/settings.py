@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OPEN_TENANT = "default"
+"""How the single tenant of an API without keys is named in metrics and ``CHATQ_WEBHOOK_SECRETS``."""
+
+
+def parse_pairs(raw: Any, *, what: str, split_right: bool) -> Any:
+    """``a:b,c:d`` to a dict. Never echoes an entry: entries hold secrets."""
+    if not isinstance(raw, str):
+        return raw
+    out: dict[str, str] = {}
+    for n, item in enumerate((p.strip() for p in raw.split(",")), 1):
+        if not item:
+            continue
+        left, sep, right = item.rpartition(":") if split_right else item.partition(":")
+        if not sep or not left.strip() or not right.strip():
+            raise ValueError(f"{what}: entry {n} is not KEY:VALUE")
+        out[left.strip()] = right.strip()
+    return out
 
 
 class Settings(BaseSettings):
@@ -59,8 +80,6 @@ class Settings(BaseSettings):
         7 * 86400, ge=1, description="Seconds an unfinished batch's record is kept while none of its turns "
         "finishes (no worker, a stalled backlog); any finished turn restarts the count. A finished batch's "
         "record expires with the result TTL.")
-    webhook_allow_private: bool = Field(
-        False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
 
     provider_timeout: float = Field(
         120.0, gt=0, description="Seconds per provider call: connect, the wait and the whole reply, "
@@ -71,6 +90,30 @@ class Settings(BaseSettings):
     provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts/bad replies.")
     provider_backoff_max: float = Field(60.0, gt=0)
 
+    # Webhooks: signed by whichever process finishes the job (a worker, or the API on cancel), so
+    # both read these.
+    webhook_secret: SecretStr | None = Field(
+        None, description="Master secret; each tenant's signing secret is derived from it (see `secret_for`).")
+    webhook_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, repr=False, description="`tenant_a:secret,...`; wins over the derived secret.")
+    webhook_timeout: float = Field(10.0, gt=0)
+    webhook_attempts: int = Field(6, ge=1)
+    webhook_backoff: float = Field(1.0, gt=0, description="First retry delay; doubles per attempt.")
+    webhook_backoff_max: float = Field(60.0, gt=0)
+    webhook_threads: int = Field(8, ge=1)
+    webhook_allow_private: bool = Field(
+        False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, raw: Any) -> Any:
+        return None if isinstance(raw, str) and not raw.strip() else raw
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _parse_secrets(cls, raw: Any) -> Any:
+        return parse_pairs(raw, what="CHATQ_WEBHOOK_SECRETS", split_right=False)
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
@@ -79,6 +122,16 @@ class Settings(BaseSettings):
     def offline(self) -> bool:
         """No key and no base URL: run the embedded offline model."""
         return self.openai_api_key is None and not self.openai_base_url
+
+    def secret_for(self, tenant: str | None) -> bytes | None:
+        """The tenant's webhook signing secret: configured, else HMAC(master, tenant), else None."""
+        name = tenant or OPEN_TENANT
+        if name in self.webhook_secrets:
+            return self.webhook_secrets[name].get_secret_value().encode()
+        if self.webhook_secret is None:
+            return None
+        master = self.webhook_secret.get_secret_value().encode()
+        return hmac.new(master, f"chatq-webhook:{name}".encode(), hashlib.sha256).hexdigest().encode()
 
 
 @lru_cache

@@ -14,14 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
 from chatq.api.app import create_app
 from chatq.api.config import ApiSettings
-from chatq.api.webhooks import SIGNATURE_HEADER, WebhookSender, verify
 from chatq.tasks.job_store import encode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Job, JobStatus
 from chatq.tasks.settings import Settings
+from chatq.tasks.webhooks import SIGNATURE_HEADER, WebhookSender, verify
 
 KEY_A, KEY_B = "key-a-" + uuid.uuid4().hex, "key-b-" + uuid.uuid4().hex
 METRICS_KEY = "metrics-" + uuid.uuid4().hex
@@ -34,13 +35,14 @@ def sid(prefix: str = "api") -> str:
 
 def api_settings(**overrides) -> ApiSettings:
     base = dict(api_keys={KEY_A: "acme", KEY_B: "globex"}, max_body_bytes=64 * 1024,
-                webhook_secret=MASTER_SECRET, metrics_key=METRICS_KEY)
+                metrics_key=METRICS_KEY)
     return ApiSettings(**{**base, **overrides})
 
 
-def private_ok(settings: Settings) -> Settings:
-    """Core settings whose client accepts callbacks to this machine (the tests' receivers)."""
-    return settings.model_copy(update={"webhook_allow_private": True})
+def signing(settings: Settings, **overrides) -> Settings:
+    """The fleet's core settings with webhook signing (a core setting: workers and the API both sign)."""
+    webhook = {"webhook_secret": SecretStr(MASTER_SECRET), "webhook_allow_private": True, **overrides}
+    return settings.model_copy(update=webhook)
 
 
 @contextmanager
@@ -70,7 +72,7 @@ def http(base_url: str, key: str | None = None) -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def base_url(fleet) -> Iterator[str]:
-    with serve(create_app(api_settings(), private_ok(fleet.settings))) as url:
+    with serve(create_app(api_settings(), signing(fleet.settings))) as url:
         yield url
 
 
@@ -407,9 +409,9 @@ def stored_job(r, keys: Keys, **fields) -> Job:
 
 
 def test_webhook_is_signed_retried_and_recorded(client):
-    settings = api_settings(webhook_backoff=0.05)
+    settings = signing(client.settings, webhook_backoff=0.05)
     keys = Keys(f"{client.settings.namespace}.t.hooks{uuid.uuid4().hex[:6]}")
-    sender = WebhookSender(settings, client.settings.namespace, allow_private=True)
+    sender = WebhookSender(settings)
     with Receiver([500, 200]) as receiver:
         job = stored_job(client.r, keys, callback_url=receiver.url)
         status = sender.deliver(client.r, keys, job.job_id)
@@ -428,19 +430,20 @@ def test_webhook_gives_up_on_4xx_and_refuses_private_hosts(client):
     keys = Keys(f"{client.settings.namespace}.t.hooks{uuid.uuid4().hex[:6]}")
     with Receiver([410]) as receiver:
         job = stored_job(client.r, keys, callback_url=receiver.url)
-        gone = WebhookSender(api_settings(), client.settings.namespace, allow_private=True).deliver(
-            client.r, keys, job.job_id)
+        gone = WebhookSender(signing(client.settings)).deliver(client.r, keys, job.job_id)
         assert (gone.status, gone.attempts, gone.last_status_code) == ("failed", 1, 410)
-        strict = WebhookSender(api_settings(), client.settings.namespace)
+        strict = WebhookSender(signing(client.settings, webhook_allow_private=False))
         refused = strict.deliver(client.r, keys, job.job_id)
     assert refused.status == "failed" and "non-public" in refused.last_error and len(receiver.received) == 1
 
 
 def test_callback_url_needs_a_secret_and_a_public_host(fleet):
-    with serve(create_app(api_settings(webhook_secret=None), fleet.settings)) as url, http(url, KEY_A) as c:
+    unsigned = signing(fleet.settings, webhook_secret=None, webhook_allow_private=False)
+    with serve(create_app(api_settings(), unsigned)) as url, http(url, KEY_A) as c:
         error = assert_error(c.post("/v1/chat", json={"message": "hi", "callback_url": "https://example.com/h"}), 422)
         assert "CHATQ_WEBHOOK_SECRET" in error["message"]
-    with serve(create_app(api_settings(), fleet.settings)) as url, http(url, KEY_A) as c:
+    strict = signing(fleet.settings, webhook_allow_private=False)
+    with serve(create_app(api_settings(), strict)) as url, http(url, KEY_A) as c:
         for target in ("http://127.0.0.1:9/h", "http://localhost/h", "http://[::1]/h", "http://169.254.169.254/"):
             assert_error(c.post("/v1/chat", json={"message": "hi", "callback_url": target}), 422)
 
@@ -448,8 +451,8 @@ def test_callback_url_needs_a_secret_and_a_public_host(fleet):
 def test_webhook_delivered_by_the_worker_when_the_job_finishes(make_fleet):
     f = make_fleet(webhook_secret=MASTER_SECRET, webhook_allow_private="true", webhook_backoff="0.1")
     f.start_worker(4)
-    settings = api_settings()
-    with Receiver() as receiver, serve(create_app(settings, f.settings)) as url, http(url, KEY_A) as c:
+    settings = signing(f.settings)
+    with Receiver() as receiver, serve(create_app(api_settings(), settings)) as url, http(url, KEY_A) as c:
         job = submit(c, "call me back", sid(), callback_url=receiver.url)
         assert job["callback_url"] == receiver.url
         assert finished(c, job["job_id"], 60)["status"] == "succeeded"
@@ -467,9 +470,9 @@ def test_webhook_delivered_by_the_worker_when_the_job_finishes(make_fleet):
 def test_batch_callback_url_reaches_every_turn(make_fleet):
     f = make_fleet(webhook_secret=MASTER_SECRET, webhook_allow_private="true", webhook_backoff="0.1")
     f.start_worker(4)
-    settings = api_settings()
+    settings = signing(f.settings)
     body = "\n".join(json.dumps({"custom_id": f"c{i}", "messages": [f"hi {i}", f"again {i}"]}) for i in range(2))
-    with Receiver() as receiver, serve(create_app(settings, f.settings)) as url, http(url, KEY_A) as c:
+    with Receiver() as receiver, serve(create_app(api_settings(), settings)) as url, http(url, KEY_A) as c:
         created = c.post("/v1/batches", params={"callback_url": receiver.url}, content=body,
                          headers={"content-type": "application/x-ndjson"})
         assert created.status_code == 202, created.text
@@ -487,7 +490,7 @@ def test_batch_callback_url_reaches_every_turn(make_fleet):
         assert refused.status_code == 422
 
 
-def test_cancel_delivers_the_webhook_from_the_api(a):
+def test_cancel_delivers_the_webhook_from_the_api(a, fleet):
     with Receiver() as receiver:
         s = sid()
         first = submit(a, "hold [[stall:1]] on", s)
@@ -499,14 +502,15 @@ def test_cancel_delivers_the_webhook_from_the_api(a):
         assert len(receiver.received) == 1
         headers, body = receiver.received[0]
         assert headers["X-Chatq-Event"] == "job.cancelled"
-        assert verify(body, api_settings().secret_for("acme"), headers[SIGNATURE_HEADER])
+        assert verify(body, signing(fleet.settings).secret_for("acme"), headers[SIGNATURE_HEADER])
 
 
 def test_settings_parse_keys_and_secrets():
-    s = ApiSettings(api_keys="k1:acme, k:with:colon:globex", webhook_secrets="acme:s:1")
+    s = ApiSettings(api_keys="k1:acme, k:with:colon:globex")
     assert s.api_keys == {"k1": "acme", "k:with:colon": "globex"} and s.tenants == ["acme", "globex"]
-    assert s.secret_for("acme") == b"s:1" and s.secret_for("globex") is None
-    assert ApiSettings(webhook_secret="m").secret_for("a") != ApiSettings(webhook_secret="m").secret_for("b")
+    core = Settings(webhook_secrets="acme:s:1")
+    assert core.secret_for("acme") == b"s:1" and core.secret_for("globex") is None
+    assert Settings(webhook_secret="m").secret_for("a") != Settings(webhook_secret="m").secret_for("b")
     with pytest.raises(ValueError, match="entry 1") as err:
         ApiSettings(api_keys="secret-key-without-tenant")
     assert "secret-key-without-tenant" not in str(err.value.errors(include_input=False))

@@ -14,7 +14,7 @@ from schemathesis.config import SchemathesisConfig
 from chatq.api.app import create_app
 from chatq.tasks.settings import Settings
 
-from .test_api import KEY_A, api_settings
+from .test_api import KEY_A, api_settings, signing
 
 CONFIG = {
     "seed": 20261125,
@@ -40,7 +40,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=Schemathesi
 
 @pytest.fixture(scope="module", autouse=True)
 def _on_the_fleet(fleet) -> None:
-    app.state.services = create_app(API, fleet.settings).state.services
+    app.state.services = create_app(API, signing(fleet.settings)).state.services
 
 
 @schema.parametrize()

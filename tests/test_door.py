@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from chatq.api.app import create_app
 from chatq.api.config import ApiSettings
@@ -182,8 +183,9 @@ def door(fleet, tmp_path_factory):
     """The three doors on the shared fleet: a client, the CLI's argv, the API with one tenant."""
     batch_file = tmp_path_factory.mktemp("door") / "one.jsonl"
     batch_file.write_text(json.dumps(BATCH_LINE) + "\n")
-    api = ApiSettings(api_keys={KEY: TENANT}, webhook_secret="door-secret")
-    with serve(create_app(api, fleet.settings)) as url, http(url, KEY) as c:
+    api = ApiSettings(api_keys={KEY: TENANT})
+    signing = fleet.settings.model_copy(update={"webhook_secret": SecretStr("door-secret")})
+    with serve(create_app(api, signing)) as url, http(url, KEY) as c:
         assert c.get("/v1/sessions").status_code == 200  # the tenant's client exists before any snapshot
         yield fleet, c, batch_file
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import redis
 
-from chatq.api.webhooks import deliver_if_requested
 from chatq.tasks.agent_profiles import AgentProfile, load_profiles
 from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.job_store import decode_job
@@ -27,6 +26,7 @@ from chatq.tasks.redis_pool import UNREACHABLE, get_redis
 from chatq.tasks.session_machine import CommitOutcome, Committed, SessionMachine, Taken, TakeOutcome
 from chatq.tasks.session_store import SessionStore
 from chatq.tasks.settings import Settings, get_settings
+from chatq.tasks.webhooks import WebhookSender
 
 from .agent import Agent, AgentError, Turn
 from .handoff import Handoff
@@ -58,6 +58,7 @@ class SessionRunner:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.leases = LeaseKeeper(home.machine, self.lease_ms)
         self.provider = Provider(settings)
+        self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(self.r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
         self.agents = {
@@ -247,8 +248,11 @@ class SessionRunner:
             log.warning("could not count a finished turn of batch %s", batch_id, exc_info=True)
 
     def notify(self, sp: Space, job_id: str) -> None:
-        """Queue the job's webhook, if it asked for one; never blocks the session."""
-        deliver_if_requested(self.r, sp.keys, job_id, self.settings.namespace)
+        """Queue the job's webhook, if it asked for one; never blocks or fails the session."""
+        try:
+            self.webhooks.request_delivery(self.r, sp.keys, job_id)
+        except Exception:
+            log.exception("could not queue the webhook for job %s", job_id)
 
 
 def _publish_wake(session_id: str, namespace: str) -> None:

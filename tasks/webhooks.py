@@ -1,8 +1,9 @@
 """Webhooks: when a job with a ``callback_url`` finishes, POST its record there, signed, with retries.
 
-Delivery runs in the process where the job finished (the worker after its commit, the API after a
-cancel) on a few daemon threads, so a slow receiver never holds a session's lease. Each attempt is
-recorded on the job hash under ``webhook`` (a ``WebhookDelivery``). A delivery still pending when
+In the base because both layers above deliver: the process where the job finished (the worker
+after its commit, the API after a cancel) owns a ``WebhookSender`` and delivers on a few daemon
+threads, so a slow receiver never holds a session's lease. Each attempt is recorded on the job
+hash under ``webhook`` (a ``WebhookDelivery``). A delivery still pending when
 its process exits is not resumed: its record stays ``pending`` for the client to notice and poll.
 
 The body is the job record (``chatq get``'s JSON, without ``webhook``), signed with the tenant's
@@ -29,14 +30,12 @@ from typing import Literal
 import redis
 from pydantic import BaseModel
 
-from chatq.tasks.job_store import decode_job
-from chatq.tasks.keys import Keys
-from chatq.tasks.models import utcnow
-from chatq.tasks.settings import get_settings
-from chatq.tasks.urls import WebhookRefused, check_destination
-from chatq.tasks.scripts import cached
-
-from .config import ApiSettings, get_api_settings
+from .job_store import decode_job
+from .keys import Keys
+from .models import utcnow
+from .scripts import cached
+from .settings import Settings
+from .urls import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class WebhookSender:
-    def __init__(self, settings: ApiSettings, base_namespace: str, allow_private: bool = False):
+    """Delivers the webhooks of one fleet's namespace (tenants' namespaces under it included)."""
+
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.base = base_namespace
-        self.allow_private = allow_private
+        self.base = settings.namespace
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         self._queue: SimpleQueue[tuple[redis.Redis, Keys, str]] = SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -137,7 +137,7 @@ class WebhookSender:
     def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None, bool]:
         """One POST: (status code, error or None, whether to retry)."""
         try:
-            check_destination(url, self.allow_private)
+            check_destination(url, self.settings.webhook_allow_private)
         except WebhookRefused as exc:
             return None, str(exc), False
         except OSError as exc:
@@ -177,30 +177,3 @@ class WebhookSender:
                 self.deliver(r, keys, job_id)
             except Exception:
                 log.exception("webhook delivery for job %s crashed", job_id)
-
-
-_senders: dict[str, WebhookSender] = {}
-_senders_lock = threading.Lock()
-
-
-def sender(base_namespace: str, settings: ApiSettings | None = None) -> WebhookSender:
-    """The process's sender for a base namespace (settings from the environment unless given)."""
-    with _senders_lock:
-        found = _senders.get(base_namespace)
-        if found is None:
-            found = _senders[base_namespace] = WebhookSender(
-                settings or get_api_settings(), base_namespace, get_settings().webhook_allow_private)
-        return found
-
-
-def deliver_if_requested(r: redis.Redis, keys: Keys, job_id: str, base_namespace: str) -> bool:
-    """The hook to call once a job has finished (committed, cancelled or given up).
-
-    Queues delivery if the job has a ``callback_url``; returns at once and never raises, so it
-    cannot disturb the caller.
-    """
-    try:
-        return sender(base_namespace).request_delivery(r, keys, job_id)
-    except Exception:
-        log.exception("could not queue the webhook for job %s", job_id)
-        return False
