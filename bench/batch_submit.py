@@ -1,8 +1,8 @@
 """How long submitting a batch of N one-turn conversations takes, by phase; no worker needed.
 
 Compares three ways of publishing the wake-ups: ``ChatClient.wake`` per conversation, one reused
-producer, and what ``BatchClient.wake_all`` does (one producer plus kombu's ``Producer.batch``
-and precomputed reprs). Uses a throwaway namespace and queue, removed afterwards.
+producer, and what ``BatchClient.wake_all`` does (``WakePublisher.wake_many``: one producer plus
+kombu's ``Producer.batch`` and precomputed reprs). Uses a throwaway namespace and queue, removed afterwards.
 
     python bench/batch_submit.py [--n 10000] [--repeat 3] [--redis redis://127.0.0.1:6379/13]
 

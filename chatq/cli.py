@@ -67,41 +67,19 @@ def cli() -> None:
 @click.option("--queues", "-Q", help="Comma-separated queues; default CHATQ_QUEUE.")
 @click.option("--loglevel", "-l", default="INFO")
 def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
-    """Start a worker (threads pool, sized for I/O-bound LLM calls)."""
-    if concurrency:
-        os.environ["CHATQ_CONCURRENCY"] = str(concurrency)
+    """Start a worker: `celery -A chatq.worker worker -P threads` with chatq's defaults.
+
+    The runner starts in Celery's worker signals (chatq.worker.celery), so a worker started
+    with `celery worker` directly behaves the same.
+    """
     from chatq.tasks.settings import get_settings
+    from chatq.worker.celery import app
 
-    settings = get_settings()
-    from chatq.worker.tools import ToolImportError
-
-    try:
-        from chatq.worker.runner import get_runner
-
-        runner = get_runner()
-    except (ToolImportError, ChatQError) as exc:
-        click.echo(f"error: worker cannot start: {exc}", err=True)
-        sys.exit(2)
-    from chatq.tasks.redis_pool import RedisUnusable, is_redis_url, wait_for_redis
-
-    try:  # a worker started before its Redis waits for it instead of dying
-        wait_for_redis(settings.redis_url)
-        if settings.broker != settings.redis_url and is_redis_url(settings.broker):
-            wait_for_redis(settings.broker, what="the broker's Redis")
-    except RedisUnusable as exc:
-        click.echo(f"error: worker cannot start: {exc}", err=True)
-        sys.exit(2)
-    runner.register_agents()
-    runner.start_sweeper()
-    from chatq.tasks.celery_app import app
-
-    click.echo(f"chatq worker: {settings.concurrency} threads, queue {queues or settings.queue}, "
-               f"model {'embedded offline' if settings.offline else settings.model}", err=True)
-    sys.exit(_celery_worker(app, [
-        "worker", "--pool", "threads", "--concurrency", str(settings.concurrency),
-        "-Q", queues or settings.queue, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-        "-n", f"chatq-{os.getpid()}@%h",
-    ]))
+    argv = ["worker", "--pool", "threads", "-Q", queues or get_settings().queue, "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle", "-n", f"chatq-{os.getpid()}@%h"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    sys.exit(_celery_worker(app, argv))
 
 
 def _celery_worker(app: Any, argv: list[str]) -> int:

@@ -33,7 +33,6 @@ from pydantic import BaseModel, Field, computed_field
 
 from . import batch_expiry
 from .batch_input import BatchInvalid, Conversation, LineError, Source, plan
-from .celery_app import RUN_SESSION
 from .client import ChatClient, id_text, looks_like_id, new_id
 from .errors import ChatQError, InvalidRequest, WaitTimeout
 from .job_store import encode_job
@@ -252,19 +251,9 @@ class BatchClient:
         return info
 
     def wake_all(self, sessions: list[tuple[str, str]]) -> None:
-        """One wake-up per session, published in bulk.
-
-        One producer, and kombu's ``Producer.batch`` pipelines the Redis transport's pushes (other
-        transports publish one by one); precomputed reprs spare Celery's ``saferepr``. Measured in
-        ``bench/batch_submit.py``: this cuts the wake-ups' cost by about 3x.
-        """
-        app, ns, queue = self.client.app, self.client.namespace, self.client.settings.queue
+        """One wake-up per conversation's session (with its first job), published in bulk."""
         try:
-            with app.producer_or_acquire() as producer, producer.batch(max_size=CHUNK):
-                for session_id, job_id in sessions:
-                    args, kwargs = [session_id], {"job_id": job_id, "namespace": ns}
-                    app.send_task(RUN_SESSION, args=args, kwargs=kwargs, queue=queue, producer=producer,
-                                  argsrepr=repr(args), kwargsrepr=repr(kwargs))
+            self.client.wakeups.wake_many(sessions, self.client.namespace)
         except Exception:
             # The jobs are safely queued in Redis; a worker's sweeper wakes the sessions later.
             log.exception("could not publish all wake-ups; the sweeper will wake the rest")

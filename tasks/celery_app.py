@@ -2,20 +2,23 @@
 
 Celery delivers wake-ups only; order and exactly-once history come from ``session_machine``. A broker
 outage of any length is waited out: the consumer reconnects forever, and a Redis broker uses
-``broker_transport``'s fixed channel so the reconnect itself cannot kill the worker.
+``broker_transport``'s fixed channel so the reconnect itself cannot kill the worker. The base only
+configures apps; the task and the worker's start-up live in ``chatq.worker.celery``, which an app
+names in ``include`` (a string: the base never imports the worker).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 
 from .broker_transport import transport_for
-from .settings import Settings, get_settings
+from .settings import Settings
 
 RUN_SESSION = "chatq.run_session"
-
+WORKER_MODULE = "chatq.worker.celery"
 
 
 class _SetOnPurpose(logging.Filter):
@@ -28,9 +31,18 @@ class _SetOnPurpose(logging.Filter):
 logging.getLogger("py.warnings").addFilter(_SetOnPurpose())  # Celery's worker logs warnings there
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    s = settings or get_settings()
-    app = Celery("chatq", broker=s.broker, include=["chatq.tasks.chat_tasks"])
+def sized_for(concurrency: int) -> dict[str, Any]:
+    """Connection limits that follow the number of threads, so a burst waits less for a connection."""
+    return {
+        "worker_concurrency": concurrency,
+        "broker_pool_limit": max(10, concurrency // 4),
+        "redis_max_connections": concurrency + 32,
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    s = settings
+    app = Celery("chatq", broker=s.broker, include=[WORKER_MODULE])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -41,20 +53,15 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_default_queue=s.queue,
         task_routes={RUN_SESSION: {"queue": s.queue}},
         worker_pool="threads",
-        worker_concurrency=s.concurrency,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # retry forever: an outage costs time, never the worker
         # A running job keeps running through a broker outage: its commit is fenced by the session lease.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_pool_limit=max(10, s.concurrency // 4),
         broker_transport_options={"visibility_timeout": s.visibility_timeout},
-        redis_max_connections=s.concurrency + 32,
+        **sized_for(s.concurrency),
     )
     if transport := transport_for(s.broker):
         app.conf.broker_transport = transport
     return app
-
-
-app = make_app()

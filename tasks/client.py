@@ -18,7 +18,6 @@ from celery import Celery
 
 from . import batch_expiry
 from .agent_profiles import load_profiles
-from .celery_app import RUN_SESSION, make_app
 from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
 from .job_store import JobStore, encode_job
 from .keys import Keys, new_job_id
@@ -28,6 +27,7 @@ from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
 from .session_store import SessionStore
 from .settings import Settings, get_settings
 from .urls import check_destination
+from .wakeups import WakePublisher
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 LOOKUP_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 """What a job or batch ID can look like at all; anything else (odd bytes, spaces) names nothing."""
 MAX_SESSION_TTL = 10 * 365 * 86400
-_apps: dict[tuple[str, str], Celery] = {}
 
 
 def new_id() -> str:
@@ -128,7 +127,7 @@ def validate_ttl(ttl: object) -> int | None:
 
 class ChatClient:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None,
-                 tenant: str | None = None):
+                 tenant: str | None = None, wakeups: WakePublisher | None = None):
         base = settings or get_settings()
         self.settings = base.model_copy(update={"redis_url": redis_url}) if redis_url else base
         s = self.settings
@@ -143,13 +142,12 @@ class ChatClient:
         self._local_agents = set(load_profiles(s))
         self._fleet_agents: tuple[float, set[str]] = (0.0, set())
         self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
+        self.wakeups = wakeups or WakePublisher.shared(s)
 
     @property
     def app(self) -> Celery:
-        key = (self.settings.broker, self.settings.queue)
-        if key not in _apps:
-            _apps[key] = make_app(self.settings)
-        return _apps[key]
+        """The Celery app wake-ups go through (for control commands such as ``ping``)."""
+        return self.wakeups.app
 
     def known_agents(self) -> set[str]:
         fetched_at, fleet = self._fleet_agents
@@ -253,9 +251,7 @@ class ChatClient:
 
     def wake(self, session_id: str, job_id: str | None = None) -> None:
         try:
-            self.app.send_task(RUN_SESSION, args=[session_id],
-                               kwargs={"job_id": job_id, "namespace": self.namespace},
-                               queue=self.settings.queue)
+            self.wakeups.wake(session_id, self.namespace, job_id)
         except Exception:
             # The job is safely queued in Redis; a worker's sweeper wakes the session later.
             log.exception("could not publish the wake-up for session %s; the sweeper will", session_id)

@@ -1,6 +1,6 @@
 """A tool module whose import breaks the worker's Celery consumer, as an unrecoverable error would.
 
-An agents file naming ``tests.broken_celery_step:noop`` makes ``chatq worker`` import it at start-up;
+An agents file naming ``tests.broken_celery_step:noop`` makes the worker import it at start-up;
 the consumer step it registers raises when Celery starts it, which Celery treats as unrecoverable.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import bootsteps
 
-from chatq.tasks.celery_app import app
+from chatq.worker.celery import app
 
 
 class _Broken(bootsteps.StartStopStep):

@@ -134,13 +134,17 @@ def slots_seen(monkeypatch):
 def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, slots_seen):
     """Producer, a runner (in this process, on the embedded model), hand-offs, the sweeper,
     batches, webhooks and rate limits: every script call they make, recorded on its way."""
+    from chatq.tasks.wakeups import WakePublisher
     from chatq.worker.runner import SessionRunner
+
+    class NoWakeups(WakePublisher):
+        def wake(self, session_id: str, namespace: str, job_id: str | None = None) -> None:
+            pass  # this process runs every session itself
 
     tag = f"slot{uuid.uuid4().hex[:6]}"  # a queue no worker consumes: this process runs it all
     settings = fleet.settings.model_copy(update={"namespace": tag, "queue": tag, "idle_wait": 0.2})
     client = ChatClient(settings=settings, tenant="acme")
-    runner = SessionRunner(settings)
-    runner.wake = lambda sid, ns: None
+    runner = SessionRunner(settings, client.r, NoWakeups(client.app, tag))
     r = client.r
     try:
         job = client.submit("hello", "victim:messages", idempotency_key="k1", session_ttl=60)

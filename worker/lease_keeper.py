@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import SessionMachine
@@ -22,14 +23,21 @@ class LeaseKeeper:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Start the heartbeat thread (once; ``hold`` starts it too if nobody did)."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="chatq-leases", daemon=True)
+            self._thread.start()
 
     def hold(self, key: str, token: str) -> None:
         with self._lock:
             self._held[key] = token
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="chatq-leases", daemon=True)
-                self._thread.start()
+            self._start()
 
     def drop(self, key: str, token: str) -> None:
         """Stop renewing ``key`` if ``token`` holds it: a drain that found the session held by
@@ -46,13 +54,11 @@ class LeaseKeeper:
             log.warning("lease %s was lost; its job will be taken up elsewhere", key)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_ms / 3000):
+        while True:
+            time.sleep(self.lease_ms / 3000)
             try:
                 self.renew_now()
             except UNREACHABLE as exc:  # leases that run out meanwhile are simply lost (fenced commit)
                 log.warning("lease renewal failed, Redis unreachable (%s); retrying", exc)
             except Exception:
                 log.exception("lease renewal failed; retrying")
-
-    def stop(self) -> None:
-        self._stop.set()

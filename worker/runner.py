@@ -1,4 +1,4 @@
-"""The session runner: take a session's lease, run its queue head to tail, one job at a time.
+"""The session runner: take a session's lease, run its FIFO head to tail, one job at a time.
 
 Any number of wake-ups for a session may arrive anywhere; only the lease holder works, so a
 session's turns run strictly in submission order while different sessions run in parallel.
@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -22,10 +21,11 @@ from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
-from chatq.tasks.redis_pool import UNREACHABLE, get_redis
+from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import CommitOutcome, Committed, SessionMachine, Taken, TakeOutcome
 from chatq.tasks.session_store import SessionStore
-from chatq.tasks.settings import Settings, get_settings
+from chatq.tasks.settings import Settings
+from chatq.tasks.wakeups import WakePublisher
 from chatq.tasks.webhooks import WebhookSender
 
 from .agent import Agent, AgentError, Turn
@@ -41,17 +41,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Space:
+    """One namespace's stores: the session state machine and the sessions' history."""
+
     keys: Keys
     machine: SessionMachine
     sessions: SessionStore
 
 
 class SessionRunner:
-    def __init__(self, settings: Settings, r: redis.Redis | None = None):
+    """One per worker process, built and started by ``chatq.worker.celery`` at ``worker_init``."""
+
+    def __init__(self, settings: Settings, r: redis.Redis, wakeups: WakePublisher):
         self.settings = settings
-        # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
-        self.r = r or get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections,
-                                settings.redis_socket_timeout + settings.idle_wait)
+        self.r = r
+        self.wakeups = wakeups
         self._spaces: dict[str, Space] = {}
         home = self.space(settings.namespace)
         self.keys = home.keys
@@ -68,11 +71,17 @@ class SessionRunner:
         self.history_limit = max(a.history_limit for a in self.agents.values())
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
-        self.wake: Callable[[str, str], None] = _publish_wake
         self.handoff = Handoff(self.r, self.keys, self.identity, settings.idle_wait) if settings.idle_wait > 0 else None
         # A chain of handed sessions keeps its first wake-up unacked: end it well inside the broker's
         # visibility timeout, so the wake-up is never redelivered while its thread is still busy.
         self.chain_seconds = min(600.0, settings.visibility_timeout / 4)
+
+    def start(self) -> None:
+        """What a worker process starts once, before it consumes: producers learn its agents, the
+        sweeper recovers sessions nobody holds, the lease keeper renews the leases it will hold."""
+        self.register_agents()
+        self.start_sweeper()
+        self.leases.start()
 
     def register_agents(self) -> None:
         """Tell producers which agents this fleet serves, so they can refuse unknown names."""
@@ -96,7 +105,7 @@ class SessionRunner:
         def spaces() -> list[tuple[SessionMachine, SessionStore]]:
             return [(sp.machine, sp.sessions) for sp in map(self.space, self.namespaces())]
 
-        return Sweeper(self.r, self.keys, spaces, self.wake, self.settings.sweep_interval).start()
+        return Sweeper(self.r, self.keys, spaces, self.wakeups.wake, self.settings.sweep_interval).start()
 
     def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None,
               job_id: str | None = None) -> int:
@@ -122,7 +131,7 @@ class SessionRunner:
         return ran
 
     def stop(self) -> None:
-        """Warm shutdown: running turns finish, queued work is handed to other workers."""
+        """Warm shutdown: running turns finish, each session's remaining FIFO is released to other workers."""
         self.stopping.set()
         if self.handoff is not None:
             self.handoff.release_all()
@@ -132,7 +141,7 @@ class SessionRunner:
         (a wrong or missing guess costs one more round trip: the take says which job is)."""
         sp = self.space(namespace)
         if self.stopping.is_set():  # e.g. handed over just before a warm shutdown
-            self.wake(session_id, sp.keys.ns)
+            self.wakeups.wake(session_id, sp.keys.ns)
             return 0
         token = f"{self.identity}:{uuid.uuid4().hex}"
         lease_key = sp.keys.lease(session_id)
@@ -175,7 +184,7 @@ class SessionRunner:
     def release(self, sp: Space, session_id: str, token: str) -> None:
         """On warm shutdown: give the rest of the session's FIFO to another worker right away."""
         if sp.machine.release(session_id, token):
-            self.wake(session_id, sp.keys.ns)
+            self.wakeups.wake(session_id, sp.keys.ns)
 
     def run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
         """Run one job and commit it: ``ok`` (with the next head), ``released`` (it was the last
@@ -253,22 +262,3 @@ class SessionRunner:
             self.webhooks.request_delivery(self.r, sp.keys, job_id)
         except Exception:
             log.exception("could not queue the webhook for job %s", job_id)
-
-
-def _publish_wake(session_id: str, namespace: str) -> None:
-    from chatq.tasks.celery_app import RUN_SESSION, app
-
-    app.send_task(RUN_SESSION, args=[session_id], kwargs={"namespace": namespace},
-                  queue=get_settings().queue)
-
-
-_runner: SessionRunner | None = None
-_runner_lock = threading.Lock()
-
-
-def get_runner() -> SessionRunner:
-    global _runner
-    with _runner_lock:
-        if _runner is None:
-            _runner = SessionRunner(get_settings())
-        return _runner

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -36,7 +37,6 @@ class Sweeper:
         self.wake = wake
         self.interval = interval
         self._pruned_to: dict[str, int] = {}
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> list[str]:
@@ -53,7 +53,9 @@ class Sweeper:
         return woken
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """Until the process exits: a worker's sweeper is never stopped, even during a warm shutdown."""
+        while True:
+            time.sleep(self.interval)
             try:
                 self.sweep_once()
             except (*UNREACHABLE, OperationalError) as exc:  # Redis or the broker is down: next interval
@@ -65,6 +67,3 @@ class Sweeper:
         self._thread = threading.Thread(target=self._run, name="chatq-sweeper", daemon=True)
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
