@@ -29,6 +29,20 @@ def _line(job: Job) -> str:
     return f"{job.session_id:<22} {job.status.value:<9} {tokens:<34} {reply}"
 
 
+def poll(client: ChatClient, job_ids: list[str], timeout: float) -> set[str]:
+    """Poll until every job has finished or is gone (expired, deleted), or the timeout; the unfinished."""
+    deadline = time.monotonic() + timeout
+    pending = set(job_ids)
+    while pending and time.monotonic() < deadline:
+        ids = sorted(pending)
+        for job_id, job in zip(ids, client.jobs.get_many(ids)):
+            if job is None or job.status.finished:  # a job that is gone will never finish
+                pending.discard(job_id)
+        if pending:
+            time.sleep(0.1)
+    return pending
+
+
 def run_demo(start_worker: bool = True, timeout: float = 60) -> int:
     client = ChatClient()
     worker = None
@@ -45,13 +59,7 @@ def run_demo(start_worker: bool = True, timeout: float = 60) -> int:
         for (who, text), job in zip(SCRIPT, jobs):
             print(f"submitted {job.job_id} to {job.session_id}: {text}")
         print("\npolling...")
-        deadline = time.monotonic() + timeout
-        pending = {j.job_id for j in jobs}
-        while pending and time.monotonic() < deadline:
-            for job in client.jobs.get_many(sorted(pending)):
-                if job is None or job.status.finished:
-                    pending.discard(job.job_id if job else "")
-            time.sleep(0.1)
+        poll(client, [j.job_id for j in jobs], timeout)
         print(f"\n{'session':<22} {'status':<9} {'usage':<34} reply")
         finished = [client.get(j.job_id) for j in jobs]
         for job in finished:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import yaml
 
@@ -38,3 +39,15 @@ def test_demo_runs_on_the_embedded_model(make_fleet):
     assert "Your name is Alice." in out.stdout and "I don't know your name." in out.stdout
     assert "Tool results: add=42.0" in out.stdout
     assert out.stdout.count("succeeded") == 5
+
+
+def test_demo_stops_waiting_for_a_job_that_expired(make_fleet):
+    from chatq.demo import poll
+
+    client = make_fleet(online=False).client()  # no worker: jobs stay queued
+    queued, expired = client.submit("still queued"), client.submit("about to expire")
+    client.r.delete(client.keys.job(expired.job_id))
+    started = time.monotonic()
+    assert poll(client, [expired.job_id], timeout=60) == set()
+    assert time.monotonic() - started < 10, "an expired job kept the demo polling"
+    assert poll(client, [queued.job_id, expired.job_id], timeout=0.3) == {queued.job_id}
