@@ -75,16 +75,31 @@ class Fleet:
     def client(self) -> ChatClient:
         return ChatClient(settings=self.settings)
 
-    def start_worker(self, concurrency: int | None = 20) -> subprocess.Popen:
-        """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would."""
-        log = open(self.tmp / f"worker-{len(self.workers)}.log", "w")
+    def start_worker(self, concurrency: int | None = 20, how: str = "chatq") -> subprocess.Popen:
+        """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would;
+        ``how="celery"`` the ordinary Celery way, ``celery -A chatq.worker worker``."""
+        log = open(self.log_path(len(self.workers)), "w")
         flags = ["-c", str(concurrency)] if concurrency else []
+        command = {"chatq": [sys.executable, "-m", "chatq", "worker"],
+                   "celery": [sys.executable, "-m", "celery", "-A", "chatq.worker", "worker"]}[how]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chatq", "worker", *flags, "-l", "INFO"],
+            [*command, *flags, "-l", "INFO"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)
         return proc
+
+    def log_path(self, index: int) -> Path:
+        return self.tmp / f"worker-{index}.log"
+
+    def wait_ready(self, proc: subprocess.Popen, timeout: float = 60) -> None:
+        """Until Celery logs the worker ready (consuming): its start-up has run."""
+        path = self.log_path(self.workers.index(proc))
+        deadline = time.monotonic() + timeout
+        while " ready." not in path.read_text():
+            assert proc.poll() is None, f"worker exited {proc.returncode}:\n{path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker not ready:\n{path.read_text()[-3000:]}"
+            time.sleep(0.05)
 
     def kill(self, proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
