@@ -75,16 +75,17 @@ class Fleet:
     def client(self) -> ChatClient:
         return ChatClient(settings=self.settings)
 
-    def start_worker(self, concurrency: int | None = 20, how: str = "chatq") -> subprocess.Popen:
+    def start_worker(self, concurrency: int | None = 20, how: str = "chatq", python: str = sys.executable,
+                     cwd: Path = ROOT) -> subprocess.Popen:
         """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would;
         ``how="celery"`` the ordinary Celery way, ``celery -A chatq.worker worker``."""
         log = open(self.log_path(len(self.workers)), "w")
         flags = ["-c", str(concurrency)] if concurrency else []
-        command = {"chatq": [sys.executable, "-m", "chatq", "worker"],
-                   "celery": [sys.executable, "-m", "celery", "-A", "chatq.worker", "worker"]}[how]
+        command = {"chatq": [python, "-m", "chatq", "worker"],
+                   "celery": [python, "-m", "celery", "-A", "chatq.worker", "worker"]}[how]
         proc = subprocess.Popen(
             [*command, *flags, "-l", "INFO"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)
         return proc
