@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -51,3 +52,13 @@ def test_demo_stops_waiting_for_a_job_that_expired(make_fleet):
     assert poll(client, [expired.job_id], timeout=60) == set()
     assert time.monotonic() - started < 10, "an expired job kept the demo polling"
     assert poll(client, [queued.job_id, expired.job_id], timeout=0.3) == {queued.job_id}
+
+
+def test_readme_file_table_matches_the_tree():
+    readme = (ROOT / "README.md").read_text()
+    table = [line for line in readme.split("| file | holds |", 1)[1].split("\n\n", 1)[0].splitlines()]
+    named = set(re.findall(r"`([\w/]+\.py)`", "\n".join(table)))
+    modules = {str(p.relative_to(ROOT)) for d in ("chatq", "tasks", "worker", "api") for p in (ROOT / d).rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "chatq" and p.parent.parent == ROOT}
+    assert modules - named == set(), "modules the README's file table does not mention"
+    assert {n for n in named if not (ROOT / n).exists()} == set(), "files the README's table names that do not exist"

@@ -37,7 +37,7 @@ POOLS = ("threads", "solo")
 app: Celery = make_app(get_settings())
 
 _runner: SessionRunner | None = None
-"""This process's runner, built at ``worker_init``: a task can be handed nothing else."""
+"""This process's runner, built at ``worker_init``: a task has no other way to reach it."""
 
 
 @app.task(name=RUN_SESSION, bind=True)
