@@ -87,5 +87,5 @@ def test_celery_worker_refuses_what_cannot_work_at_start_up(make_fleet, tmp_path
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "chatq.worker", "worker", *flags],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "error: chatq worker cannot start:" in out.stderr and fragment in out.stderr
+    assert "error: worker cannot start:" in out.stderr and fragment in out.stderr
     assert "Traceback" not in out.stderr

@@ -61,7 +61,7 @@ def pool_name(pool_cls: Any) -> str:
 
 def _refuse(message: str) -> NoReturn:
     """Stop the start-up with one line and exit code 2: Celery logs and ignores a handler's exception."""
-    print(f"error: chatq worker cannot start: {message}", file=sys.stderr, flush=True)
+    print(f"error: worker cannot start: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
