@@ -262,14 +262,14 @@ def test_bad_wait_is_422(a, params):
 
 def test_on_busy_reject_is_409(a):
     s = sid()
-    first = submit(a, "busy [[stall:1.5]] now", s)
+    first = submit(a, f"busy [[stall:1.5]] now {s}", s)
     assert_error(a.post(f"/v1/sessions/{s}/messages", json={"message": "no", "on_busy": "reject"}), 409, "session_busy")
     finished(a, first["job_id"])
 
 
 def test_cancel_queued_job_and_409_once_it_cannot_be(a):
     s = sid()
-    first = submit(a, "hold [[stall:1.5]] on", s)
+    first = submit(a, f"hold [[stall:1.5]] on {s}", s)
     second = submit(a, "cancel me", s)
     r = a.post(f"/v1/jobs/{second['job_id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
@@ -493,7 +493,7 @@ def test_batch_callback_url_reaches_every_turn(make_fleet):
 def test_cancel_delivers_the_webhook_from_the_api(a, fleet):
     with Receiver() as receiver:
         s = sid()
-        first = submit(a, "hold [[stall:1]] on", s)
+        first = submit(a, f"hold [[stall:1]] on {s}", s)
         second = submit(a, "cancel me", s, callback_url=receiver.url)
         for _ in range(2):
             assert a.post(f"/v1/jobs/{second['job_id']}/cancel").status_code == 200
