@@ -1,12 +1,16 @@
 """The baseline: what a user writes from scratch with Celery — one task per message.
 
 Load the session's JSON history from a Redis key, call the OpenAI SDK, append both turns, save.
-Celery defaults everywhere (prefork pool sized to the cores, early acks, prefetch 4), the Redis
-result backend, and a client that calls ``chat.delay(...)`` then ``.get()``. Nothing orders two
-messages of one session, which is exactly what the benchmark's turn check looks for.
+Celery defaults everywhere (early acks, prefetch 4), the Redis result backend, and a client that
+calls ``chat.delay(...)`` then ``.get()``. Nothing orders two messages of one session, which is
+exactly what the benchmark's turn check looks for. The code is pool-agnostic: ``bench/run.py``
+runs it on Celery's default prefork pool and, tuned for I/O, on ``-P threads -c 200`` and
+``-P gevent -c 1000`` (``bench.baseline_load.POOLS``); one SDK client per process serves every
+thread or greenlet, as a user would write it.
 
-Run by ``bench/run.py`` as ``celery -A bench.baseline_app worker``; configured by environment so
-the worker and the driving process agree (BENCH_BASELINE_BROKER, _BACKEND, _QUEUE, _PREFIX).
+Run by ``bench/run.py`` as ``celery -A bench.baseline_app worker -Q <queue> [pool options]``;
+configured by environment so the workers and the driving process agree (BENCH_BASELINE_BROKER,
+_BACKEND, _QUEUE, _PREFIX).
 """
 
 from __future__ import annotations

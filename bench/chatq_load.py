@@ -4,6 +4,7 @@ for each job, then read every session back and check it.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -21,8 +22,8 @@ from .workload import Check, Workload, check, text
 
 
 def make_client(settings: Settings, waiters: int) -> ChatClient:
-    """A stock ChatClient whose Redis pool fits ``waiters`` concurrent waits: each ``wait`` holds
-    one pool connection for its whole duration."""
+    """A stock ChatClient whose Redis pool fits ``waiters`` concurrent waits (each ``wait`` holds a
+    pool connection while it reads the job record; a burst of results wakes hundreds at once)."""
     pool = max(settings.redis_max_connections, waiters + 32)
     return ChatClient(settings=settings.model_copy(update={"redis_max_connections": pool}))
 
@@ -45,17 +46,24 @@ class _Timings:
             with self.lock:
                 self.errors.append(f"{key}: {exc!r}")
 
-    def fill(self, run: Run, wl: Workload, started: float) -> None:
-        run.jobs = sum(1 for job, _ in self.done.values() if job.status == "succeeded")
-        run.failed = wl.jobs - run.jobs
-        if self.done:
-            run.elapsed = max(seen for _, seen in self.done.values()) - started
-        run.done_at = sorted(seen for job, seen in self.done.values() if job.status == "succeeded")
-        for (sid, j), (job, seen) in self.done.items():
+    def fill(self, run: Run, wl: Workload, started: float, cutoff: float | None = None) -> None:
+        """The run's figures from the jobs the client had by ``cutoff`` (all of them without one)."""
+        with self.lock:
+            done = {k: v for k, v in self.done.items() if cutoff is None or v[1] <= cutoff}
+        run.jobs = sum(1 for job, _ in done.values() if job.status == "succeeded")
+        if cutoff is None:
+            run.failed = wl.jobs - run.jobs
+        else:
+            run.failed = len(done) - run.jobs
+            run.unfinished = wl.jobs - len(done)
+        if done:
+            run.elapsed = max(seen for _, seen in done.values()) - started
+        run.done_at = sorted(seen for job, seen in done.values() if job.status == "succeeded")
+        for (sid, j), (job, seen) in done.items():
             if job.started_at is None or job.finished_at is None:
                 continue
             ready = max(job.created_at.timestamp(), started)  # a backlog's jobs are ready when taken up
-            before = self.done.get((sid, j - 1))
+            before = done.get((sid, j - 1))
             if before and before[0].finished_at:  # queued behind its own session's previous turn
                 ready = max(ready, before[0].finished_at.timestamp())
             run.to_start.append(job.started_at.timestamp() - ready)
@@ -71,48 +79,103 @@ def check_sessions(client: ChatClient, wl: Workload) -> Check:
     return total
 
 
-def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False) -> Run:
-    """Submit the whole workload as fast as one producer can; one waiting thread per session.
+class Burst:
+    """The whole workload submitted as fast as one producer can; one waiting thread per session,
+    each calling ``ChatClient.wait`` for its session's jobs in turn, as an application would.
 
     ``backlog``: the workers stop consuming while the workload is submitted and start again at
     once, as after an outage or a deploy: how fast a node takes up queued sessions, and how many
-    calls it holds in flight when the producer is not what limits it. The caller checks the
-    sessions (``check_sessions``) once the measured part is over.
+    calls it holds in flight when the producer is not what limits it.
+
+    ``submit()``, then ``measure(budget)`` returns the figures of the jobs done within the budget
+    (all of them without one); ``finish(run)`` waits for the rest, unmeasured, and counts them.
+    The caller checks the sessions (``check_sessions``) once the measured part is over.
     """
-    run = Run("chatq" if not backlog else "chatq backlog", latency, sessions=len(wl.sessions))
-    inbox: dict[str, queue.Queue] = {sid: queue.Queue() for sid in wl.sessions}
-    timings = _Timings()
-    deadline = time.monotonic() + timeout
 
-    def waiter(sid: str, count: int) -> None:
-        for j in range(count):
-            job_id = inbox[sid].get()
-            timings.wait(client, (sid, j), job_id, max(0.1, deadline - time.monotonic()))
+    def __init__(self, client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False):
+        self.client, self.wl, self.backlog = client, wl, backlog
+        self.run = Run("chatq" if not backlog else "chatq backlog", latency, workload=wl.shape,
+                       sessions=len(wl.sessions))
+        self.inbox: dict[str, queue.Queue] = {sid: queue.Queue() for sid in wl.sessions}
+        self.timings = _Timings()
+        self.deadline = time.monotonic() + timeout
+        self.left = len(wl.sessions)
+        self.all_done = threading.Event()
+        self._lock = threading.Lock()
+        self.started = self.first = math.nan
+        self.cutoff: float | None = None
+        for item in wl.counts.items():
+            threading.Thread(target=self._waiter, args=item, name="bench-waiter", daemon=True).start()
 
-    threads = [threading.Thread(target=waiter, args=item, daemon=True) for item in wl.counts.items()]
-    for t in threads:
-        t.start()
-    queue_name = client.settings.queue
-    if backlog:
-        client.app.control.cancel_consumer(queue_name, reply=True)
-        time.sleep(client.settings.idle_wait + 0.5)  # until no runner thread waits for a hand-off
-    started = time.time()
-    for sid, j in wl.order:
-        inbox[sid].put(client.submit(text(sid, j), sid).job_id)
-    run.submit_seconds = time.time() - started
-    if backlog:
-        started = time.time()
-        client.app.control.add_consumer(queue_name, reply=True)
-    for t in threads:
-        t.join(max(0.1, deadline - time.monotonic()))
-    timings.fill(run, wl, started)
-    run.errors = timings.errors[:5]
-    return run
+    def _waiter(self, sid: str, count: int) -> None:
+        try:
+            for j in range(count):
+                job_id = self.inbox[sid].get()
+                self.timings.wait(self.client, (sid, j), job_id, max(0.1, self.deadline - time.monotonic()))
+        finally:
+            with self._lock:
+                self.left -= 1
+                if not self.left:
+                    self.all_done.set()
+
+    def submit(self) -> None:
+        client, run = self.client, self.run
+        queue_name = client.settings.queue
+        if self.backlog:
+            client.app.control.cancel_consumer(queue_name, reply=True)
+            time.sleep(client.settings.idle_wait + 0.5)  # until no runner thread waits for a hand-off
+        spent: dict[str, list[float]] = {"new": [], "existing": []}
+        cpu = time.thread_time()
+        self.started = self.first = time.time()
+        for sid, j in self.wl.order:
+            t0 = time.perf_counter()
+            job_id = client.submit(text(sid, j), sid).job_id
+            spent["existing" if j else "new"].append(time.perf_counter() - t0)
+            self.inbox[sid].put(job_id)
+        run.submit_seconds = time.time() - self.first
+        run.submit_cpu = time.thread_time() - cpu
+        run.submit_ms = {k: 1000 * sum(v) / len(v) for k, v in spent.items() if v}
+        if self.backlog:
+            self.started = time.time()
+            client.app.control.add_consumer(queue_name, reply=True)
+
+    def measure(self, budget: float = 0) -> Run:
+        """Wait until every job is done, or for ``budget`` seconds after the work was taken up."""
+        until = self.deadline if not budget else min(self.deadline, time.monotonic() + budget
+                                                     - (time.time() - self.started))
+        finished = self.all_done.wait(max(0.0, until - time.monotonic()))
+        run = self.run
+        if not finished and budget:
+            self.cutoff = time.time()
+            run.budget = budget
+        self.timings.fill(run, self.wl, self.started, self.cutoff)
+        if run.done_at and not run.unfinished and not run.failed:
+            run.first_to_last = run.done_at[-1] - self.first
+        run.errors = self.timings.errors[:5]
+        return run
+
+    def finish(self, run: Run) -> None:
+        """After a cut: wait for the jobs still out, then count them (unfinished or failed)."""
+        if self.cutoff is None:
+            return
+        self.all_done.wait(max(0.0, self.deadline - time.monotonic()))
+        with self.timings.lock:
+            late = [job for job, seen in self.timings.done.values() if seen > self.cutoff]
+        run.unfinished = sum(1 for job in late if job.status == "succeeded")
+        run.failed = self.wl.jobs - run.jobs - run.unfinished
+        run.errors = self.timings.errors[:5]
+
+
+def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False) -> Run:
+    """Submit the whole workload and wait for all of it (``Burst`` without a budget)."""
+    b = Burst(client, wl, latency, timeout, backlog)
+    b.submit()
+    return b.measure()
 
 
 def open_loop(client: ChatClient, wl: Workload, rate: float, latency: float, timeout: float) -> Run:
     """Submit at a fixed rate whatever the replies do (open loop), a waiter per job from a pool."""
-    run = Run("chatq", latency, sessions=len(wl.sessions))
+    run = Run("chatq", latency, workload=wl.shape, sessions=len(wl.sessions))
     timings = _Timings()
     t0 = time.monotonic() + 0.05
     with ThreadPoolExecutor(64, thread_name_prefix="bench-wait") as pool:

@@ -57,6 +57,16 @@ def rss(pid: int) -> int:
         return 0
 
 
+def threads(pid: int) -> int:
+    """Threads of one process, 0 if it is gone."""
+    try:
+        if psutil:
+            return psutil.Process(pid).num_threads()
+        return int(_stat(pid)[17])  # num_threads
+    except _GONE:
+        return 0
+
+
 def cpu(pid: int) -> float:
     """User + system CPU seconds of one process, 0 if it is gone."""
     try:

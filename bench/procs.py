@@ -131,8 +131,9 @@ class TestServerControl:
 
 
 class Monitor:
-    """Samples a phase on a thread: peak RSS of the worker node's process trees and the test
-    server's calls in flight; CPU per process group from start to end (see ``CpuMeter``).
+    """Samples a phase on a thread: peak RSS, threads and processes of the worker node's process
+    trees and the test server's calls in flight; CPU per process group from start to end (see
+    ``CpuMeter``). Its own thread's CPU (``own_cpu``) is part of the client's, which subtracts it.
     """
 
     def __init__(self, node: list[int], cpu_groups: dict[str, list[int]], server: TestServerControl | None,
@@ -140,21 +141,27 @@ class Monitor:
         self.node = node
         self.server = server
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = self.peak_threads = self.peak_procs = 0
+        self.own_cpu = 0.0
+        self.max_in_flight = 0  # the server's own count (reset by ``TestServerControl.set``), read at the end
         self.in_flight: list[int] = []
         self.cpu = CpuMeter(cpu_groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
 
     def sample(self) -> None:
-        total = sum(proc_stats.rss(p) for pid in self.node for p in proc_stats.tree(pid))
-        self.peak_rss = max(self.peak_rss, total)
+        pids = [p for pid in self.node for p in proc_stats.tree(pid)]
+        self.peak_rss = max(self.peak_rss, sum(proc_stats.rss(p) for p in pids))
+        self.peak_threads = max(self.peak_threads, sum(proc_stats.threads(p) for p in pids))
+        self.peak_procs = max(self.peak_procs, len(pids))
         if self.server:
             self.in_flight.append(self.server.stats()["in_flight"])
 
     def _run(self) -> None:
+        start = time.thread_time()
         while not self._stop.wait(self.interval):
             self.sample()
+        self.own_cpu = time.thread_time() - start
 
     def __enter__(self) -> Monitor:
         self.cpu.__enter__()
@@ -166,6 +173,8 @@ class Monitor:
         self._stop.set()
         self._thread.join()
         self.cpu.__exit__()
+        if self.server:
+            self.max_in_flight = self.server.stats()["max_in_flight"]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -10,6 +10,10 @@ namespace/queue names, and every process it starts is stopped on exit, failure o
     .venv/bin/python bench/run.py --repeat 3     # the figures in RESULTS.md (about 15 minutes)
     .venv/bin/python bench/run.py                # one run of each (about 5 minutes)
     .venv/bin/python bench/run.py --quick        # a tiny workload, for the test suite
+    .venv/bin/python bench/run.py --preset capacity  # long latencies, one default `chatq worker` (~10 min)
+    .venv/bin/python bench/run.py --preset peer  # vs the tuned plain pattern: threads and gevent pools
+
+Presets only change defaults: any option given beside one wins.
 """
 
 from __future__ import annotations
@@ -41,17 +45,48 @@ from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run  # noqa: E402
 
 
+PRESETS: dict[str, dict[str, object]] = {
+    # Issue 16's long-latency backlog runs on one `chatq worker` exactly as a user starts it (its
+    # defaults decide the node's shape), beside the 1 s runs whose CPU per job they are held to.
+    "capacity": dict(latency="", backlog="1:600x5,1:3000x1,5:3000x1,30:6000x1", budget=150,
+                     workers=1, concurrency=0, open_rate=0, skip="baseline,limit"),
+    # "600 jobs over 300 sessions" at 0.25 s: one default `chatq worker` against the tuned plain
+    # pattern on a threads pool (the 1.5x target's peer) and on gevent.
+    "peer": dict(latency="0.25", sessions=300, messages=2, backlog="", workers=1, concurrency=0,
+                 open_rate=0, baseline="threads,gevent", repeat=3, skip="limit"),
+}
+
+
+# --quick: a tiny workload that still runs every phase; the test suite's smoke run.
+QUICK: dict[str, object] = dict(sessions=8, messages=3, latency="0,0.05", workers=1, concurrency=16, open_rate=20,
+                                open_seconds=1, baseline_seconds=2, backlog="0.05")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS))
+    pre.add_argument("--quick", action="store_true")
+    known = pre.parse_known_args(argv)[0]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="capacity: the long-latency backlog runs; peer: chatq vs the tuned plain pattern at 0.25 s")
     p.add_argument("--sessions", type=int, default=600, help="sessions per workload")
     p.add_argument("--messages", type=int, default=5, help="messages per session")
     p.add_argument("--arrival", choices=["random", "rounds"], default="random",
                    help="order of the submissions: sessions interleaved at random, or round by round")
     p.add_argument("--latency", default="0,0.25,1", help="provider latencies in seconds, comma-separated")
-    p.add_argument("--backlog", default="1", metavar="LATENCIES",
-                   help="latencies of backlog runs (the workload queued first, then taken up at once); '' to skip")
+    p.add_argument("--backlog", default="1", metavar="LATENCY[:SxM],...",
+                   help="backlog runs (the workload queued first, then taken up at once), each at a latency, "
+                        "optionally with its own sessions x messages; '' to skip")
+    p.add_argument("--budget", type=float, default=0,
+                   help="measure a backlog run for at most this many seconds after it is taken up; the rest "
+                        "then runs at latency 0, unmeasured, and is checked (0: measure until every job is done)")
     p.add_argument("--workers", type=int, default=3, help="chatq worker processes (one node)")
-    p.add_argument("--concurrency", type=int, default=200, help="threads per chatq worker process")
+    p.add_argument("--concurrency", type=int, default=200,
+                   help="threads per chatq worker process (CHATQ_CONCURRENCY); 0: `chatq worker`'s own default")
+    p.add_argument("--baseline", default="prefork",
+                   help="the plain pattern's Celery pools, comma-separated: prefork (Celery's default), threads "
+                        "(-c 200), gevent (-c 1000); the first is the one ratios are taken against")
     p.add_argument("--open-rate", type=float, default=50, help="jobs/s of the open-loop overhead run (0: skip)")
     p.add_argument("--open-seconds", type=float, default=10)
     p.add_argument("--baseline-seconds", type=float, default=20,
@@ -67,16 +102,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="py-spy the chatq workers and the client during each chatq phase (bench/profile.py)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--quick", action="store_true", help="a tiny workload: checks the benchmark runs")
+    if known.preset:
+        p.set_defaults(**PRESETS[known.preset])
+    if known.quick:
+        p.set_defaults(**QUICK)
     args = p.parse_args(argv)
-    if args.quick:
-        args.sessions, args.messages, args.latency = 8, 3, "0,0.05"
-        args.workers, args.concurrency = 1, 16
-        args.open_rate, args.open_seconds, args.baseline_seconds = 20, 1, 2
-        args.backlog = "0.05"
     args.latencies = [float(x) for x in args.latency.split(",") if x.strip()]
-    args.backlog = [float(x) for x in args.backlog.split(",") if x.strip()]
+    args.backlog = [_backlog_run(x, args.sessions, args.messages, p) for x in args.backlog.split(",") if x.strip()]
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    args.baseline = [x.strip() for x in args.baseline.split(",") if x.strip()]
+    for pool in args.baseline:
+        if pool not in baseline_load.POOLS:
+            p.error(f"--baseline: unknown pool {pool!r}; choose from {', '.join(baseline_load.POOLS)}")
+    if "baseline" in args.skip:
+        args.baseline = []
     return args
+
+
+def _backlog_run(spec: str, sessions: int, messages: int, p: argparse.ArgumentParser) -> tuple[float, int, int]:
+    """'5:3000x1' -> (5.0, 3000, 1); '1' -> (1.0, the default sessions and messages)."""
+    latency, _, shape = spec.strip().partition(":")
+    try:
+        if shape:
+            s, _, m = shape.lower().partition("x")
+            sessions, messages = int(s), int(m)
+        return float(latency), sessions, messages
+    except ValueError:
+        p.error(f"--backlog: {spec!r} is not LATENCY or LATENCY:SESSIONSxMESSAGES")
+        raise
 
 
 class Bench:
@@ -90,7 +143,9 @@ class Bench:
         self.urls = {"store": store, "broker": broker, "base_broker": base_broker, "base_store": base_store}
         self.runs: list[Run] = []
         self.open_runs: list[Run] = []
-        self.paired: dict[float, list[float]] = {}  # latency -> chatq/baseline rate of each repeat
+        self.paired: dict[tuple[float, str], list[float]] = {}  # (latency, baseline) -> chatq/baseline rates
+        self.baselines: list[baseline_load.Baseline] = []
+        self.baseline_workers: list = []
 
     # set-up
     def start(self) -> None:
@@ -103,38 +158,51 @@ class Bench:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "bench"}
         chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
                      "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
+        if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
+            # The setting rather than `-c`: the environment is read before any import can cache it.
+            chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
         self.workers = [
-            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-c", str(a.concurrency),
-                                                   "-l", "WARNING"], chatq_env)
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
             for i in range(a.workers)
         ]
         self.baseline_env = {"BENCH_BASELINE_BROKER": self.urls["base_broker"],
                              "BENCH_BASELINE_BACKEND": self.urls["base_store"],
                              "BENCH_BASELINE_QUEUE": f"{self.tag}-baseline", "BENCH_BASELINE_PREFIX": self.tag}
-        self.baseline_worker = None
-        if "baseline" not in a.skip:
-            self.baseline_worker = self.procs.start(
-                "baseline-worker", [sys.executable, "-m", "celery", "-A", "bench.baseline_app", "worker",
-                                    "-l", "WARNING"], {**env, **self.baseline_env})
-            self.baseline = baseline_load.load(self.baseline_env)
+        if a.baseline:
+            module = baseline_load.load(self.baseline_env)
+            for pool in a.baseline:
+                base = baseline_load.Baseline(pool, module, f"{self.tag}-baseline-{pool}")
+                self.baselines.append(base)
+                self.baseline_workers.append(self.procs.start(base.name, base.argv(), {**env, **self.baseline_env}))
         settings = Settings(redis_url=self.urls["store"], broker_url=self.urls["broker"],
                             namespace=self.tag, queue=self.tag)
-        self.client = chatq_load.make_client(settings, waiters=a.sessions + 64)
+        self.client = chatq_load.make_client(settings, waiters=max([a.sessions, *(s for _, s, _ in a.backlog)]) + 64)
         self.r = redis.Redis.from_url(self.urls["store"])
         self.redis_pid = int(self.r.info("server")["process_id"])
         self.r_base = redis.Redis.from_url(self.urls["base_store"])
-        self._await_workers(self.client.app, a.workers, self.workers)
-        if self.baseline_worker:
-            self._await_workers(self.baseline.app, 1, [self.baseline_worker])
+        self._await_workers(self.client.app, [f"chatq-{p.pid}@" for p in self.workers], self.workers)
+        if self.baselines:
+            self._await_workers(self.baselines[0].app.app, [f"{b.name}-{os.getpid()}@" for b in self.baselines],
+                                self.baseline_workers)
 
-    def _await_workers(self, app, count: int, procs: list) -> None:
+    def _await_workers(self, app, names: list[str], procs: list) -> None:
+        """Until every one of ``names`` (node-name prefixes) answers a ping: the broker's DB may
+        hold other benchmark runs' workers, which also answer."""
         deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5)) < count:
+        while True:
+            answered = {node for reply in app.control.ping(timeout=0.5) for node in reply}
+            if all(any(node.startswith(n) for node in answered) for n in names):
+                return
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"{p.name} exited:\n{self.procs.log_tail(p)}")
             if time.monotonic() > deadline:
-                raise RuntimeError("workers did not answer a ping within 60 s")
+                raise RuntimeError(f"workers did not answer a ping within 60 s: {names}")
+
+    def node(self) -> str:
+        a = self.args
+        each = f"{a.concurrency} threads" if a.concurrency else "its defaults"
+        return f"{a.workers} x `chatq worker` ({each})"
 
     def warm_up(self) -> None:
         """Threads, connections and imports get created here, not inside a measured phase."""
@@ -142,8 +210,8 @@ class Bench:
         wl = workload.make(f"{self.tag}-warm", min(self.args.sessions, 200), 1)
         chatq_load.burst(self.client, wl, 0.0, timeout=60)
         chatq_load.delete_job_records(self.r, self.tag)
-        if self.baseline_worker:
-            run = baseline_load.burst(self.baseline, wl.prefix(20), 0.0, timeout=60)
+        for base in self.baselines:
+            run = baseline_load.burst(base, workload.make(f"{self.tag}-{base.pool}-warm", 20, 1), 0.0, timeout=60)
             _delete(self.r_base, [f"celery-task-meta-{i}" for i in run.ids])
 
     # phases
@@ -157,12 +225,21 @@ class Bench:
         pids = {"client": os.getpid(), **{f"worker{i}": p.pid for i, p in enumerate(self.workers)}}
         return Profiler(pids, self.args.profile, phase)
 
-    def _finish(self, run: Run, mon: Monitor, jobs: int) -> None:
-        run.max_in_flight = self.server.stats()["max_in_flight"]
+    def _finish(self, run: Run, mon: Monitor) -> None:
+        """Calls in flight, memory and CPU per job: the submitting thread's per submitted job, every
+        other group's per job finished in the measured part (all of them, unless cut at a budget)."""
+        run.max_in_flight = mon.max_in_flight
         busy = [n for n in mon.in_flight if n > 0]
         run.mean_in_flight = statistics.median(busy) if busy else 0
-        run.peak_rss = mon.peak_rss
-        run.cpu_ms = {name: 1000 * sec / max(1, jobs) for name, sec in mon.cpu.spent.items()}
+        run.peak_rss, run.peak_threads, run.peak_procs = mon.peak_rss, mon.peak_threads, mon.peak_procs
+        done = max(1, run.total - run.unfinished)
+        spent = dict(mon.cpu.spent)
+        client = spent.pop("client") - mon.own_cpu
+        submit = 0.0 if math.isnan(run.submit_cpu) else run.submit_cpu
+        if not math.isnan(run.submit_cpu):
+            run.cpu_ms["submit"] = 1000 * submit / max(1, run.total)
+        run.cpu_ms["wait"] = 1000 * (client - submit) / done
+        run.cpu_ms.update({name: 1000 * sec / done for name, sec in spent.items()})
         self.runs.append(run)
         _progress(run)
 
@@ -182,14 +259,32 @@ class Bench:
             run.redis_per_job = (after - without_jobs) / len(job_keys)
             run.redis_per_session = (without_jobs - before) / run.sessions
 
+    def _wakeups(self) -> int:
+        """Celery wake-ups (run_session tasks) this benchmark's chatq workers have run so far; -1
+        if one did not answer in time."""
+        from chatq.tasks.celery_app import RUN_SESSION
+
+        names = [f"chatq-{p.pid}@" for p in self.workers]
+        stats = self.client.app.control.inspect(timeout=3).stats() or {}
+        mine = [v for node, v in stats.items() if any(node.startswith(n) for n in names)]
+        if len(mine) < len(names):
+            return -1
+        return sum(int(v.get("total", {}).get(RUN_SESSION, 0)) for v in mine)
+
     def latency_phase(self, latency: float) -> None:
         a = self.args
-        pairs: list[tuple[Run, Run | None]] = []
+        pairs: list[tuple[Run, list[Run]]] = []
         for i in range(a.repeat):
             suffix = f"-r{i}" if a.repeat > 1 else ""
-            pairs.append((self._chatq_run(latency, suffix), self._baseline_run(latency, suffix)))
+            chatq = self._chatq_run(latency, suffix)
+            pairs.append((chatq, [self._baseline_run(base, latency, suffix) for base in self.baselines]))
+        for j, base in enumerate(self.baselines):
+            if all(b[j].rate for _, b in pairs):
+                self.paired[(latency, base.name)] = [c.rate / b[j].rate for c, b in pairs]
         if a.repeat > 1:
-            self._keep_medians(latency, pairs)
+            self._keep_median([c for c, _ in pairs])
+            for j in range(len(self.baselines)):
+                self._keep_median([b[j] for _, b in pairs])
 
         if "limit" not in a.skip:
             chatq_run = next(r for r in self.runs if r.latency == latency and r.name == "chatq")
@@ -197,8 +292,9 @@ class Bench:
             self.server.set(latency)
             with self._monitor([], {}) as mon:
                 run, histories = limit.run(self.base_url, wl, max(1, chatq_run.max_in_flight), latency)
+            run.workload = wl.shape
             run.check = limit.check_sessions(histories, wl)
-            self._finish(run, mon, wl.jobs)
+            self._finish(run, mon)
 
     def _chatq_run(self, latency: float, suffix: str) -> Run:
         a = self.args
@@ -213,32 +309,24 @@ class Bench:
         k = self.client.keys
         self._memory(run, self.r, before, [key for sid in wl.sessions for key in (k.session(sid), k.messages(sid))],
                      list(self.r.scan_iter(k.job_pattern, count=1000)))
-        self._finish(run, mon, wl.jobs)
+        self._finish(run, mon)
         return run
 
-    def _baseline_run(self, latency: float, suffix: str) -> Run | None:
+    def _baseline_run(self, base: baseline_load.Baseline, latency: float, suffix: str) -> Run:
         a = self.args
-        if not self.baseline_worker:
-            return None
-        wl = workload.make(f"{self.tag}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
-        cap = wl.jobs if latency == 0 else max(8, int(a.baseline_seconds * (os.cpu_count() or 1) / latency))
+        wl = workload.make(f"{self.tag}-{base.pool}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+        cap = wl.jobs if latency == 0 else max(8, int(a.baseline_seconds * base.slots / latency))
         part = wl.prefix(min(wl.jobs, cap))
         self.server.set(latency)
         before = _used_memory(self.r_base)
-        pid = self.baseline_worker.pid
+        pid = self.baseline_workers[self.baselines.index(base)].pid
         with self._monitor([pid], {"workers": [pid]}) as mon:
-            run = baseline_load.burst(self.baseline, part, latency, timeout=120 + part.jobs * latency)
-        run.check = baseline_load.check_sessions(self.baseline, part)
-        self._memory(run, self.r_base, before, [self.baseline.history_key(s) for s in part.sessions],
+            run = baseline_load.burst(base, part, latency, timeout=120 + part.jobs * latency)
+        run.check = baseline_load.check_sessions(base, part)
+        self._memory(run, self.r_base, before, [base.history_key(s) for s in part.sessions],
                      [f"celery-task-meta-{i}" for i in run.ids])
-        self._finish(run, mon, part.jobs)
+        self._finish(run, mon)
         return run
-
-    def _keep_medians(self, latency: float, pairs: list[tuple[Run, Run | None]]) -> None:
-        for side in (0, 1):
-            self._keep_median([p[side] for p in pairs if p[side] is not None])
-        if all(b is not None and b.rate for _, b in pairs):
-            self.paired[latency] = [c.rate / b.rate for c, b in pairs]
 
     def _keep_median(self, runs: list[Run]) -> None:
         """Keep one contender's median run (by jobs/s; the lower one of an even count), with lost,
@@ -253,19 +341,32 @@ class Bench:
         median.in_flight_repeats = [r.max_in_flight for r in runs]
         self.runs = [r for r in self.runs if not any(r is x for x in runs)] + [median]
 
-    def backlog_phase(self, latency: float) -> None:
-        """The same workload queued while the node does not consume, then taken up at once."""
+    def backlog_phase(self, latency: float, sessions: int, messages: int) -> None:
+        """The workload queued while the node does not consume, then taken up at once; with a
+        budget, measured for that long after the take-up, the rest finished at latency 0."""
         a = self.args
         runs = []
         for i in range(a.repeat):
             suffix = f"-r{i}" if a.repeat > 1 else ""
-            wl = workload.make(f"{self.tag}-B{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+            wl = workload.make(f"{self.tag}-B{latency:g}-{sessions}x{messages}{suffix}", sessions, messages, a.arrival)
             self.server.set(latency)
-            with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon:
-                run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency, backlog=True)
+            wakeups = self._wakeups()
+            # Without a budget the deadline assumes no fewer than 50 calls in flight; it only stops a hung run.
+            timeout = (a.budget + 300 + 2 * latency) if a.budget else 300 + wl.jobs * (latency + 1) / 50
+            b = chatq_load.Burst(self.client, wl, latency, timeout=timeout, backlog=True)
+            with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
+                    self._profile(f"backlog-{latency:g}s-{wl.shape}{suffix}"):
+                b.submit()
+                run = b.measure(a.budget)
+            if run.unfinished:
+                print(f"  latency {latency:g}s: {wl.shape} backlog measured for its {a.budget:g}s budget; "
+                      f"finishing the other {run.unfinished} jobs at latency 0 (unmeasured)", flush=True)
+                self.server.set(0.0)
+                b.finish(run)
+            run.wakeups = self._wakeups() - wakeups if wakeups >= 0 else -1
             run.check = chatq_load.check_sessions(self.client, wl)
             chatq_load.delete_job_records(self.r, self.tag)
-            self._finish(run, mon, wl.jobs)
+            self._finish(run, mon)
             runs.append(run)
         if a.repeat > 1:
             self._keep_median(runs)
@@ -284,8 +385,8 @@ class Bench:
         run = chatq_load.open_loop(self.client, open_workload(f"{self.tag}-open"), a.open_rate, 0.0, timeout=60)
         self.open_runs.append(run)
         _progress(run, f"open loop {a.open_rate:g}/s")
-        if self.baseline_worker:
-            run = baseline_load.open_loop(self.baseline, open_workload(f"{self.tag}-open-base"), a.open_rate, 0.0,
+        for base in self.baselines:
+            run = baseline_load.open_loop(base, open_workload(f"{self.tag}-{base.pool}-open"), a.open_rate, 0.0,
                                           timeout=60)
             _delete(self.r_base, [f"celery-task-meta-{i}" for i in run.ids])
             self.open_runs.append(run)
@@ -327,8 +428,11 @@ def _key_bytes(r: redis.Redis, keys: list[str]) -> int:
 
 def _progress(run: Run, label: str = "") -> None:
     submitted = f" (submitted in {run.submit_seconds:.1f}s)" if not math.isnan(run.submit_seconds) else ""
-    print(f"  {label or f'latency {run.latency:g}s'}: {run.name:<8} {run.jobs} jobs in {run.elapsed:.1f}s{submitted} "
-          f"= {run.overall_rate:.1f}/s overall, {run.rate:.1f}/s steady, lost {run.check.lost}, reordered {run.check.reordered}"
+    cut = f" of {run.total} (its {run.budget:g}s budget)" if run.budget else ""
+    print(f"  {label or f'latency {run.latency:g}s'}: {run.name:<8} {run.workload} {run.jobs}{cut} jobs in "
+          f"{run.elapsed:.1f}s{submitted} = {run.overall_rate:.1f}/s overall, {run.rate:.1f}/s steady, "
+          f"{run.max_in_flight} in flight max, lost {run.check.lost}, reordered {run.check.reordered}"
+          + (f", failed {run.failed}" if run.failed else "")
           + (f", errors: {run.errors[:2]}" if run.errors else ""), flush=True)
 
 
@@ -339,10 +443,14 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_redis()
-    print(f"chatq benchmark: {machine()}")
+    print(f"chatq benchmark: {machine()}" + (f", preset {args.preset}" if args.preset else ""))
+    backlog = ", ".join(f"{lat:g}s {s}x{m}" for lat, s, m in args.backlog)
+    pools = ", ".join(f"celery {p} x {baseline_load.POOLS[p][1]}" for p in args.baseline) or "skipped"
     print(f"  {args.sessions} sessions x {args.messages} messages ({args.arrival} arrival), latencies {args.latencies}, "
-          f"chatq node = {args.workers} worker process(es) x {args.concurrency} threads, "
-          f"baseline = celery prefork x {os.cpu_count()}", flush=True)
+          f"backlog runs [{backlog}]" + (f" measured for at most {args.budget:g}s each" if args.budget else "")
+          + f"; chatq node = {args.workers} worker process(es) x "
+          + (f"{args.concurrency} threads" if args.concurrency else "the `chatq worker` defaults")
+          + f"; baseline = {pools}", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-"))
     with Processes(logdir) as procs:
         bench = Bench(args, procs)
@@ -351,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.warm_up()
             for latency in args.latencies:
                 bench.latency_phase(latency)
-            for latency in args.backlog:
-                bench.backlog_phase(latency)
+            for spec in args.backlog:
+                bench.backlog_phase(*spec)
             bench.open_loop_phase()
         except BaseException:
             print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
@@ -361,21 +469,29 @@ def main(argv: list[str] | None = None) -> int:
             procs.stop_all()
             bench.clean_redis()
     shutil.rmtree(logdir, ignore_errors=True)
-    print("\nThroughput and correctness (same workload; baseline cut to its time budget at latency > 0)")
-    print(report.throughput(bench.runs))
-    if bench.paired:
+    ref = bench.baselines[0].name if bench.baselines else "baseline"
+    latency_runs = [r for r in bench.runs if r.name != "chatq backlog"]
+    if latency_runs:
+        print("\nThroughput and correctness (same workload; a baseline is cut to its time budget at latency > 0)")
+        print(report.throughput(bench.runs, ref))
+    if bench.paired and args.repeat > 1:
         print(f"Each contender's median of {args.repeat} runs above; chatq/baseline of each back-to-back pair:")
         print(report.paired(bench.paired))
+    backlog_runs = [r for r in bench.runs if r.name == "chatq backlog"]
+    if backlog_runs:
+        print(f"\nBacklog runs: the workload queued, then taken up at once by the node, {bench.node()}")
+        print(report.backlog(backlog_runs))
     print("\nQueue overhead, ms (start: ready -> started; visible: finished -> the waiting client has it)")
     print(report.overhead(bench.runs))
     if bench.open_runs:
         print(report.overhead(bench.open_runs, label=f"open {args.open_rate:g}/s"))
-    print("\nCPU ms per job, by process (client = this process: submit/wait, or the SDK for the limit; "
-          "irq = the kernel's network interrupts; other = anything else on the machine)")
+    print("\nCPU ms per job, by process (client = this process: submit + wait, or the SDK for the limit; submit = "
+          "its submitting thread, per submitted job; irq = the kernel's network interrupts; other = anything else "
+          "on the machine)")
     print(report.cpu(bench.runs))
     print("\nMemory")
     print(report.memory(bench.runs))
-    checks = report.targets(bench.runs, bench.open_runs, bench.paired)
+    checks = report.targets(bench.runs, bench.open_runs, bench.paired, args.preset)
     print("\nTargets")
     for name, ok, measured in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
@@ -383,12 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         for f in sorted(args.profile.glob("*.txt")):
             print("\n" + summarize(f, top=12))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "argv": sys.argv[1:],
+        args.json.write_text(json.dumps({"machine": machine(), "argv": sys.argv[1:], "node": bench.node(),
                                          "runs": [asdict(r) | {"rate": r.rate, "overall_rate": r.overall_rate}
                                                   for r in bench.runs + bench.open_runs]},
                                         default=str, indent=1))
     failed = sum(r.failed + r.check.lost + r.check.reordered for r in bench.runs + bench.open_runs
-                 if r.name == "chatq")
+                 if r.name.startswith("chatq"))
     return 1 if failed else 0
 
 

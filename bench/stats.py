@@ -22,17 +22,27 @@ class Run:
 
     name: str
     latency: float
+    workload: str = ""  # "SxM": sessions x messages
     jobs: int = 0
     failed: int = 0
     elapsed: float = math.nan
     submit_seconds: float = math.nan  # how long the producer took to submit the workload
+    submit_cpu: float = math.nan  # CPU seconds of the submitting thread
+    submit_ms: dict[str, float] = field(default_factory=dict)  # mean wall ms of one submit: "new", "existing" session
+    first_to_last: float = math.nan  # first submission -> last job done (NaN when cut at the budget)
+    budget: float = 0.0  # the run was measured for this many seconds only (0: until every job was done)
+    unfinished: int = 0  # jobs still unfinished at the budget (they finished afterwards, unmeasured)
+    wakeups: int = -1  # Celery wake-ups the chatq node ran during the run, drain included (-1: not counted)
+    peak_threads: int = 0  # of the node, all processes
+    peak_procs: int = 0
     check: Check = field(default_factory=Check)
     to_start: list[float] = field(default_factory=list)   # ready (submitted, predecessor done) → started
     to_visible: list[float] = field(default_factory=list)  # finished → the waiting client has it
     done_at: list[float] = field(default_factory=list)     # when each job's result reached the client
     max_in_flight: int = 0
     mean_in_flight: float = math.nan  # sampled while the run lasted
-    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per job, by process group
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per job, by process group ("submit": the
+    # submitting thread of the client, per submitted job; every other group per finished job)
     peak_rss: int = 0
     redis_per_session: float = math.nan  # INFO used_memory delta per session, job records deleted
     redis_per_job: float = math.nan      # INFO used_memory delta per finished job's record
@@ -43,6 +53,10 @@ class Run:
     ids: list[str] = field(default_factory=list)  # the baseline's task IDs (their result keys)
     repeats: list[float] = field(default_factory=list)  # jobs/s of every repeat, when this is their median
     in_flight_repeats: list[int] = field(default_factory=list)  # max in flight of every repeat
+
+    @property
+    def total(self) -> int:
+        return self.jobs + self.failed + self.unfinished
 
     @property
     def rate(self) -> float:

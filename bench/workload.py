@@ -34,6 +34,14 @@ class Workload:
         return out
 
     @property
+    def shape(self) -> str:
+        """"SxM" (sessions x messages), or "N jobs/S sessions" when sessions differ in length."""
+        counts = set(self.counts.values())
+        if len(counts) == 1:
+            return f"{len(self.counts)}x{counts.pop()}"
+        return f"{self.jobs}/{len(self.counts)}"
+
+    @property
     def sessions(self) -> list[str]:
         return list(self.counts)
 
