@@ -137,8 +137,11 @@ class Monitor:
     """
 
     def __init__(self, node: list[int], cpu_groups: dict[str, list[int]], server: TestServerControl | None,
-                 interval: float = 0.2):
+                 interval: float = 0.2, tree_every: int = 10):
         self.node = node
+        self.tree_every = tree_every  # finding the node's children scans all of /proc: every 10th sample
+        self._pids: list[int] = []
+        self._samples = 0
         self.server = server
         self.interval = interval
         self.peak_rss = self.peak_threads = self.peak_procs = 0
@@ -150,7 +153,10 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
 
     def sample(self) -> None:
-        pids = [p for pid in self.node for p in proc_stats.tree(pid)]
+        if self._samples % self.tree_every == 0:
+            self._pids = [p for pid in self.node for p in proc_stats.tree(pid)]
+        self._samples += 1
+        pids = self._pids
         self.peak_rss = max(self.peak_rss, sum(proc_stats.rss(p) for p in pids))
         self.peak_threads = max(self.peak_threads, sum(proc_stats.threads(p) for p in pids))
         self.peak_procs = max(self.peak_procs, len(pids))

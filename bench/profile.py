@@ -6,6 +6,12 @@ pausing them (``--nonblocking``). Writes collapsed stacks (``DIR/<phase>-<name>.
 speedscope and flamegraph.pl read) and prints the top functions of each.
 
     python -m bench.profile DIR/1s-worker0.txt [--filter run_session]   # summarise a profile
+    python -m bench.profile DIR/backlog-1s-*-worker0.txt --parts --jobs 3000,3000  # ms per job by part
+
+``--parts`` sorts every sample into the part of chatq (or of the benchmark's client) its stack
+passes through (``PARTS``: the first that matches wins) and prints, with ``--jobs``, GIL-holding
+milliseconds per job of each: the same parts side by side across runs show what grows with the
+number of sessions, waiting threads or the latency. At 100 Hz one sample is 10 ms.
 """
 
 from __future__ import annotations
@@ -79,12 +85,75 @@ def summarize(path: Path, top: int = 20, contains: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# (part, substrings of a frame that put a stack in it); first match wins, so the specific go first.
+PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("bench: monitor, bookkeeping", ("bench/procs.py", "_Timings.fill", "psutil")),
+    ("worker: sweeper (its wake-ups)", ("Sweeper.",)),
+    ("worker: lease renewals", ("LeaseKeeper.",)),
+    ("worker: provider watchdog", ("Watchdog._run",)),
+    ("worker: idle wait for a hand-off", ("Handoff.",)),
+    ("worker: take script", ("SessionQueue.take",)),
+    ("worker: commit script", ("SessionQueue.commit",)),
+    ("worker: provider call (SDK, HTTP)", ("Provider._call",)),
+    ("worker: rest of a job (agent, decode)", ("SessionRunner.",)),
+    ("worker: Celery task call around chatq", ("apply_target", "concurrent/futures/thread.py")),
+    ("worker: Celery consumer (delivery, ack, QoS)", ("asynloop", "Consumer.start")),
+    ("client: submit script", ("SessionQueue.submit",)),
+    ("client: wake-up publish (Celery)", ("ChatClient.wake",)),
+    ("client: rest of submit (validation)", ("ChatClient.submit",)),
+    ("client: result notifications (pub/sub)", ("DoneListener.", "PubSub.")),
+    ("client: wait (job record reads)", ("JobStore.wait",)),
+    ("client: waiting threads", ("Burst._waiter", "Queue.get")),
+]
+
+
+def parts(path: Path) -> collections.Counter[str]:
+    """Samples per part (``PARTS``; unmatched stacks under "other: <their leaf frame>")."""
+    out: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().split("\n"):
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        name = next((part for part, marks in PARTS if any(m in stack for m in marks)), None)
+        out[name or "other: " + stack.split(";")[-1]] += int(count)
+    return out
+
+
+def parts_table(files: list[Path], jobs: list[int] | None = None, rate: int = 100, top: int = 25) -> str:
+    """Each part's share of every profile, side by side: ms per job with ``jobs``, else % of samples."""
+    counted = [parts(f) for f in files]
+    names = sorted({n for c in counted for n in c}, key=lambda n: -max(c[n] / max(1, sum(c.values()))
+                                                                      for c in counted))
+    head = [f.stem for f in files]
+    unit = "GIL ms per job" if jobs else "% of samples"
+
+    def cell(c: collections.Counter[str], n: str, i: int) -> str:
+        return f"{1000 / rate * c[n] / jobs[i]:.2f}" if jobs else f"{100 * c[n] / max(1, sum(c.values())):.1f}"
+
+    width = max(len(n) for n in names[:top] + ["total"])
+    lines = [f"{unit:<{width}}  " + "  ".join(f"{h:>24}" for h in head)]
+    for n in names[:top]:
+        lines.append(f"{n:<{width}}  " + "  ".join(f"{cell(c, n, i):>24}" for i, c in enumerate(counted)))
+    total = ["%.2f" % (1000 / rate * sum(c.values()) / jobs[i]) if jobs else f"{sum(c.values())} samples"
+             for i, c in enumerate(counted)]
+    lines.append(f"{'total':<{width}}  " + "  ".join(f"{t:>24}" for t in total))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Summarise a collapsed-stack profile from py-spy.")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--filter", help="only stacks containing this text")
+    parser.add_argument("--parts", action="store_true", help="the files side by side, by part of chatq (PARTS)")
+    parser.add_argument("--jobs", help="with --parts: jobs of each file's run, comma-separated: ms per job")
     args = parser.parse_args()
+    if args.parts:
+        jobs = [int(x) for x in args.jobs.split(",")] if args.jobs else None
+        if jobs and len(jobs) != len(args.files):
+            parser.error("--jobs needs one count per file")
+        print(parts_table(args.files, jobs, top=args.top))
+        return
     for f in args.files:
         print(summarize(f, args.top, args.filter))
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.util import find_spec
 
 from .conftest import ROOT
 
-CONTENDERS = ("chatq", "baseline", "baseline-threads", "baseline-gevent", "limit")
+# The gevent pool needs the bench extra (pip install -e '.[bench]'); the rest comes with the test extra.
+POOLS = ["prefork", "threads", *(["gevent"] if find_spec("gevent") else [])]
+CONTENDERS = ("chatq", "limit", *(f"baseline-{p}" if p != "prefork" else "baseline" for p in POOLS))
 
 
 def _section(out: str, start: str, end: str) -> list[list[str]]:
@@ -20,7 +23,7 @@ def test_quick_benchmark_runs_and_chatq_loses_no_turn():
     # Every contender of the plain pattern (prefork, and the tuned threads and gevent pools), and a
     # backlog run cut at its budget: the cheap versions of the capacity and peer presets' parts.
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
-                           "--baseline", "prefork,threads,gevent", "--backlog", "0.05,1:32x1", "--budget", "0.5"],
+                           "--baseline", ",".join(POOLS), "--backlog", "0.05,1:32x1", "--budget", "0.5"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
