@@ -80,8 +80,11 @@ def check_sessions(client: ChatClient, wl: Workload) -> Check:
 
 
 class Burst:
-    """The whole workload submitted as fast as one producer can; one waiting thread per session,
-    each calling ``ChatClient.wait`` for its session's jobs in turn, as an application would.
+    """The whole workload submitted as fast as one producer can, and waited for: by default one
+    waiting thread per session, each calling ``ChatClient.wait`` for its session's jobs in turn, as
+    an application would; ``waiters="listen"``: one thread that only listens to the commits' done
+    notifications (what waiting costs when nothing but the result's arrival is paid for), which
+    takes the waiting client out of the node's figures.
 
     ``backlog``: the workers stop consuming while the workload is submitted and start again at
     once, as after an outage or a deploy: how fast a node takes up queued sessions, and how many
@@ -92,7 +95,8 @@ class Burst:
     The caller checks the sessions (``check_sessions``) once the measured part is over.
     """
 
-    def __init__(self, client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False):
+    def __init__(self, client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False,
+                 waiters: str = "threads"):
         self.client, self.wl, self.backlog = client, wl, backlog
         self.run = Run("chatq" if not backlog else "chatq backlog", latency, workload=wl.shape,
                        sessions=len(wl.sessions))
@@ -102,13 +106,26 @@ class Burst:
         # threads slow it down), the node gets its whole time. Waits begun before then are unbounded.
         self.timeout = timeout
         self.deadline = math.inf
-        self.left = len(wl.sessions)
         self.all_done = threading.Event()
         self._lock = threading.Lock()
         self.started = self.first = math.nan
         self.cutoff: float | None = None
-        for item in wl.counts.items():
-            threading.Thread(target=self._waiter, args=item, name="bench-waiter", daemon=True).start()
+        self.keys: dict[str, tuple[str, int]] = {}  # job ID -> (session, index)
+        self.heard: dict[str, float] = {}  # job ID -> when its done notification arrived (listen)
+        self._pubsub = None
+        if waiters == "listen":
+            self.left = wl.jobs
+            self._listen()
+        else:
+            self.left = len(wl.sessions)
+            for item in wl.counts.items():
+                threading.Thread(target=self._waiter, args=item, name="bench-waiter", daemon=True).start()
+
+    def _left_one(self) -> None:
+        with self._lock:
+            self.left -= 1
+            if not self.left:
+                self.all_done.set()
 
     def _waiter(self, sid: str, count: int) -> None:
         try:
@@ -117,10 +134,41 @@ class Burst:
                 left = None if math.isinf(self.deadline) else max(0.1, self.deadline - time.monotonic())
                 self.timings.wait(self.client, (sid, j), job_id, left)
         finally:
+            self._left_one()
+
+    def _listen(self) -> None:
+        """Subscribe (before anything is submitted) to every done notification of the namespace."""
+        prefix = self.client.keys.done_channel("")
+        pubsub = self.client.r.pubsub(ignore_subscribe_messages=True)
+
+        def heard(message: dict) -> None:
+            job_id = message["channel"].removeprefix(prefix)
             with self._lock:
-                self.left -= 1
-                if not self.left:
-                    self.all_done.set()
+                if job_id in self.heard:
+                    return
+                self.heard[job_id] = time.time()
+            self._left_one()
+
+        pubsub.psubscribe(**{prefix + "*": heard})
+        pubsub.get_message(timeout=5.0)  # reads the subscription's confirmation: listening from here on
+        self._pubsub = pubsub.run_in_thread(sleep_time=1.0, daemon=True)
+
+    def _close(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.stop()
+            self._pubsub = None
+
+    def _collect(self) -> None:
+        """Listening: read the records of the jobs heard of, for the figures and their status."""
+        if not self.heard:
+            return
+        with self._lock:
+            heard = [(job_id, seen) for job_id, seen in self.heard.items() if job_id in self.keys]
+        jobs = self.client.jobs.get_many([job_id for job_id, _ in heard])
+        with self.timings.lock:
+            for (job_id, seen), job in zip(heard, jobs):
+                if job is not None:
+                    self.timings.done[self.keys[job_id]] = (job, seen)
 
     def submit(self) -> None:
         client, run = self.client, self.run
@@ -135,6 +183,7 @@ class Burst:
             t0 = time.perf_counter()
             job_id = client.submit(text(sid, j), sid).job_id
             spent["existing" if j else "new"].append(time.perf_counter() - t0)
+            self.keys[job_id] = (sid, j)
             self.inbox[sid].put(job_id)
         run.submit_seconds = time.time() - self.first
         run.submit_cpu = time.thread_time() - cpu
@@ -153,10 +202,13 @@ class Burst:
         if not finished and budget:
             self.cutoff = time.time()
             run.budget = budget
+        self._collect()
         self.timings.fill(run, self.wl, self.started, self.cutoff)
         if run.done_at and not run.unfinished and not run.failed:
             run.first_to_last = run.done_at[-1] - self.first
         run.errors = self.timings.errors[:5]
+        if self.cutoff is None:
+            self._close()
         return run
 
     def finish(self, run: Run) -> None:
@@ -164,16 +216,19 @@ class Burst:
         if self.cutoff is None:
             return
         self.all_done.wait(max(0.0, self.deadline - time.monotonic()))
+        self._collect()
         with self.timings.lock:
             late = [job for job, seen in self.timings.done.values() if seen > self.cutoff]
         run.unfinished = sum(1 for job in late if job.status == "succeeded")
         run.failed = self.wl.jobs - run.jobs - run.unfinished
         run.errors = self.timings.errors[:5]
+        self._close()
 
 
-def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False) -> Run:
+def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False,
+          waiters: str = "threads") -> Run:
     """Submit the whole workload and wait for all of it (``Burst`` without a budget)."""
-    b = Burst(client, wl, latency, timeout, backlog)
+    b = Burst(client, wl, latency, timeout, backlog, waiters)
     b.submit()
     return b.measure()
 

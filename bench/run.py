@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0,
                    help="measure a backlog run for at most this many seconds after it is taken up; the rest "
                         "then runs at latency 0, unmeasured, and is checked (0: measure until every job is done)")
+    p.add_argument("--waiters", choices=["threads", "listen"], default="threads",
+                   help="how the client waits for chatq's jobs: a thread per session calling ChatClient.wait, as "
+                        "an application does, or one thread listening to the done notifications only (the "
+                        "node's figures without the waiting client's cost)")
     p.add_argument("--workers", type=int, default=3, help="chatq worker processes (one node)")
     p.add_argument("--concurrency", type=int, default=200,
                    help="threads per chatq worker process (CHATQ_CONCURRENCY); 0: `chatq worker`'s own default")
@@ -146,6 +150,7 @@ class Bench:
         self.paired: dict[tuple[float, str], list[float]] = {}  # (latency, baseline) -> chatq/baseline rates
         self.baselines: list[baseline_load.Baseline] = []
         self.baseline_workers: list = []
+        self.backlogs = 0
 
     # set-up
     def start(self) -> None:
@@ -303,7 +308,8 @@ class Bench:
         before = _used_memory(self.r)
         with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
                 self._profile(f"{latency:g}s{suffix}"):
-            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency)
+            run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency,
+                                   waiters=a.waiters)
         run.check = chatq_load.check_sessions(self.client, wl)
         _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
         k = self.client.keys
@@ -348,12 +354,13 @@ class Bench:
         runs = []
         for i in range(a.repeat):
             suffix = f"-r{i}" if a.repeat > 1 else ""
-            wl = workload.make(f"{self.tag}-B{latency:g}-{sessions}x{messages}{suffix}", sessions, messages, a.arrival)
+            self.backlogs += 1  # the same latency and shape may come twice: sessions must be new each time
+            wl = workload.make(f"{self.tag}-B{self.backlogs}-{latency:g}{suffix}", sessions, messages, a.arrival)
             self.server.set(latency)
             wakeups = self._wakeups()
             # Without a budget the deadline assumes no fewer than 50 calls in flight; it only stops a hung run.
             timeout = (a.budget + 300 + 2 * latency) if a.budget else 300 + wl.jobs * (latency + 1) / 50
-            b = chatq_load.Burst(self.client, wl, latency, timeout=timeout, backlog=True)
+            b = chatq_load.Burst(self.client, wl, latency, timeout=timeout, backlog=True, waiters=a.waiters)
             with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
                     self._profile(f"backlog-{latency:g}s-{wl.shape}{suffix}"):
                 b.submit()
@@ -450,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
           f"backlog runs [{backlog}]" + (f" measured for at most {args.budget:g}s each" if args.budget else "")
           + f"; chatq node = {args.workers} worker process(es) x "
           + (f"{args.concurrency} threads" if args.concurrency else "the `chatq worker` defaults")
-          + f"; baseline = {pools}", flush=True)
+          + f"; baseline = {pools}; chatq's client waits with "
+          + ("a thread per session (ChatClient.wait)" if args.waiters == "threads" else "done notifications only"),
+          flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-"))
     with Processes(logdir) as procs:
         bench = Bench(args, procs)
