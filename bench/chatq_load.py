@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import queue
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +188,7 @@ class Burst:
             self.inbox[sid].put(job_id)
         run.submit_seconds = time.time() - self.first
         run.submit_cpu = time.thread_time() - cpu
-        run.submit_ms = {k: 1000 * sum(v) / len(v) for k, v in spent.items() if v}
+        run.submit_ms = {k: 1000 * statistics.median(v) for k, v in spent.items() if v}
         self.deadline = time.monotonic() + self.timeout
         if self.backlog:
             self.started = time.time()

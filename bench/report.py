@@ -58,7 +58,7 @@ def backlog(runs: list[Run]) -> str:
             _f(per_session, 2), _f(r.peak_rss / 2**20, 0), f"{r.peak_procs} / {r.peak_threads}",
         ])
     return _table(["latency", "workload", "jobs done", "in flight max / median", "jobs/s", "taken up->last s",
-                   "1st submit->last s", "submit s", "submit ms new / existing", "wake-ups/session",
+                   "1st submit->last s", "submit s", "submit ms p50 new / existing", "wake-ups/session",
                    "node peak RSS MiB", "node procs / threads"], rows)
 
 

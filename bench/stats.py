@@ -28,7 +28,7 @@ class Run:
     elapsed: float = math.nan
     submit_seconds: float = math.nan  # how long the producer took to submit the workload
     submit_cpu: float = math.nan  # CPU seconds of the submitting thread
-    submit_ms: dict[str, float] = field(default_factory=dict)  # mean wall ms of one submit: "new", "existing" session
+    submit_ms: dict[str, float] = field(default_factory=dict)  # median wall ms of one submit: to a "new", "existing" session
     first_to_last: float = math.nan  # first submission -> last job done (NaN when cut at the budget)
     budget: float = 0.0  # the run was measured for this many seconds only (0: until every job was done)
     unfinished: int = 0  # jobs still unfinished at the budget (they finished afterwards, unmeasured)
