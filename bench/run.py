@@ -164,7 +164,7 @@ class Bench:
         chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
                      "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
         if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
-            # The setting rather than `-c`: the environment is read before any import can cache it.
+            # The setting rather than `-c`: read at start-up whatever the CLI's import order.
             chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
         self.workers = [
             self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
