@@ -177,18 +177,6 @@ def test_take_after_the_lease_expired_goes_to_the_next_worker(r, keys, machine):
     assert r.get(keys.lease("s")) == "next"
 
 
-def test_take_retried_by_its_own_token_counts_one_attempt(r, keys, machine):
-    """redis-py retries a call whose connection dropped; if the first call ran, the retry must not
-    count a second attempt, or repeated outages would fail healthy jobs as WorkerLost."""
-    job_id = queue_job(machine, "s")
-    first = machine.take("s", "w1", job_id, 3, acquire_ms=5000)
-    again = machine.take("s", "w1", job_id, 3, acquire_ms=5000)  # the same call, its reply lost
-    assert first.outcome is again.outcome is TakeOutcome.run
-    assert again.fields["attempts"] == "1" and r.hget(keys.job(job_id), "attempts") == "1"
-    r.delete(keys.lease("s"))  # its worker died: the next worker's take is a new attempt
-    assert machine.take("s", "w2", job_id, 3, acquire_ms=5000).fields["attempts"] == "2"
-
-
 def test_take_releases_an_empty_fifo(r, keys, machine):
     r.set(keys.lease("s"), "w1", px=5000)  # a holder that finds nothing left (a cancel emptied it)
     assert machine.take("s", "w1", None, 3).outcome is TakeOutcome.released

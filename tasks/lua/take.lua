@@ -23,9 +23,6 @@
 -- ARGV[11] default_ttl     the session's retention unless it has its own ('0' keeps it), from
 --                          when a popped job leaves the FIFO empty
 --
--- A call by the token that already started the head (a retry of a call whose reply was lost)
--- starts it again without counting another attempt.
---
 -- Returns {'lost'} (another worker holds the lease, or the caller's expired), {'released'} (the
 -- FIFO is empty: the lease is given up), {'head', job_id} (the head is this other job), {'skip',
 -- job_id, next, ''} (the head's record is gone or finished: popped), {'exhausted', job_id, next,
@@ -34,8 +31,7 @@
 -- checkpoint or '', session created_at, n, the job's n fields and values..., history messages...}.
 --#include lib/session.lua
 local holder = redis.call('GET', KEYS[2])
-local held = holder == ARGV[1]  -- before this call: then a running head is one this token started
-if not held then
+if holder ~= ARGV[1] then
   if holder or ARGV[2] == '0' then return {'lost'} end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
@@ -49,9 +45,6 @@ local outcome, batch_id
 local status = redis.call('HGET', KEYS[5], 'status')
 if status ~= 'queued' and status ~= 'running' then
   outcome = 'skip'
-elseif status == 'running' and held then
-  -- A retried call whose reply was lost (redis-py retries on a dropped connection): the same
-  -- attempt, not a new one, or outages would use up max_attempts. A token never runs a job twice.
 elseif redis.call('HINCRBY', KEYS[5], 'attempts', 1) > tonumber(ARGV[5]) then
   outcome = 'exhausted'
   batch_id = redis.call('HGET', KEYS[5], 'batch_id')
