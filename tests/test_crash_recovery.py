@@ -92,12 +92,7 @@ def test_warm_shutdown_hands_the_rest_of_a_session_to_another_worker(make_fleet)
     first.terminate()  # SIGTERM: Celery's warm shutdown
     first.wait(30)
     second = fleet.start_worker(4)
-    done = wait_all(client, jobs, timeout=60)
-    assert all(j.status == "succeeded" for j in done), fleet.logs()
-    assert history_pairs(client, s) == expected_history(texts)
-    ran_on = [j.worker.rsplit(":", 1)[1] for j in done]
-    assert ran_on[0] == str(first.pid) and ran_on[-1] == str(second.pid)
-    assert ran_on.count(str(first.pid)) < len(texts) // 2, "the first worker should stop after its current turn"
+    assert_released_after_current_turn(fleet, client, s, texts, jobs, first, second)
 
 
 def test_duplicate_wake_ups_leave_a_long_job_its_lease(client, fake_openai):
@@ -112,3 +107,14 @@ def test_duplicate_wake_ups_leave_a_long_job_its_lease(client, fake_openai):
     done = client.wait(job.job_id, timeout=30)
     assert done.status == "succeeded" and done.attempts == 1, done
     assert len(fake_openai.recorded(s)) == 1
+
+
+def assert_released_after_current_turn(fleet, client, s, texts, jobs, first, second) -> None:
+    """After ``first``'s warm shutdown: every turn succeeded, in order, the first on ``first`` and the
+    last on ``second``, and ``first`` stopped after its current turn instead of draining the session."""
+    done = wait_all(client, jobs, timeout=60)
+    assert all(j.status == "succeeded" for j in done), fleet.logs()
+    assert history_pairs(client, s) == expected_history(texts)
+    ran_on = [j.worker.rsplit(":", 1)[1] for j in done]
+    assert ran_on[0] == str(first.pid) and ran_on[-1] == str(second.pid)
+    assert ran_on.count(str(first.pid)) < len(texts) // 2, "the first worker should stop after its current turn"

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import ROOT, wait_all
 from .test_core import expected_history, history_pairs
-from .test_crash_recovery import _wait_for_running
+from .test_crash_recovery import _wait_for_running, assert_released_after_current_turn
 
 
 def sid(prefix: str) -> str:
@@ -66,12 +66,7 @@ def test_celery_worker_warm_shutdown_releases_the_rest_of_a_session(make_fleet):
     first, second = holder_and_other(fleet, client, jobs, workers)
     first.terminate()  # SIGTERM: Celery's warm shutdown
     assert first.wait(30) == 0
-    done = wait_all(client, jobs, timeout=60)
-    assert all(j.status == "succeeded" for j in done), fleet.logs()
-    assert history_pairs(client, s) == expected_history(texts)
-    ran_on = [j.worker.rsplit(":", 1)[1] for j in done]
-    assert ran_on[0] == str(first.pid) and ran_on[-1] == str(second.pid)
-    assert ran_on.count(str(first.pid)) < len(texts) // 2, "the first worker should stop after its current turn"
+    assert_released_after_current_turn(fleet, client, s, texts, jobs, first, second)
 
 
 @pytest.mark.parametrize("flags,agents,fragment", [
