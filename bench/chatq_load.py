@@ -9,6 +9,7 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
@@ -87,9 +88,11 @@ class Burst:
     notifications (what waiting costs when nothing but the result's arrival is paid for), which
     takes the waiting client out of the node's figures.
 
-    ``backlog``: the workers stop consuming while the workload is submitted and start again at
-    once, as after an outage or a deploy: how fast a node takes up queued sessions, and how many
-    calls it holds in flight when the producer is not what limits it.
+    ``backlog``: the workers are paused (``pause``, e.g. SIGSTOP) while the workload is submitted and
+    resumed at once (``resume``), as after an outage or a deploy: how fast a node takes up queued
+    sessions, and how many calls it holds in flight when the producer is not what limits it. A
+    paused worker's hand-off waiters expire, so every session goes by Celery message; without
+    ``pause``, the workers' Celery consumers are cancelled instead.
 
     ``submit()``, then ``measure(budget)`` returns the figures of the jobs done within the budget
     (all of them without one); ``finish(run)`` waits for the rest, unmeasured, and counts them.
@@ -97,8 +100,10 @@ class Burst:
     """
 
     def __init__(self, client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False,
-                 waiters: str = "threads"):
+                 waiters: str = "threads", pause: Callable[[], None] | None = None,
+                 resume: Callable[[], None] | None = None):
         self.client, self.wl, self.backlog = client, wl, backlog
+        self.pause, self.resume = pause, resume
         self.run = Run("chatq" if not backlog else "chatq backlog", latency, workload=wl.shape,
                        sessions=len(wl.sessions))
         self.inbox: dict[str, queue.Queue] = {sid: queue.Queue() for sid in wl.sessions}
@@ -175,8 +180,11 @@ class Burst:
         client, run = self.client, self.run
         queue_name = client.settings.queue
         if self.backlog:
-            client.app.control.cancel_consumer(queue_name, reply=True)
-            time.sleep(client.settings.idle_wait + 0.5)  # until no runner thread waits for a hand-off
+            if self.pause:
+                self.pause()
+            else:
+                client.app.control.cancel_consumer(queue_name, reply=True)
+            time.sleep(client.settings.idle_wait + 0.5)  # until no waiter for a hand-off is registered
         spent: dict[str, list[float]] = {"new": [], "existing": []}
         cpu = time.thread_time()
         self.started = self.first = time.time()
@@ -192,7 +200,10 @@ class Burst:
         self.deadline = time.monotonic() + self.timeout
         if self.backlog:
             self.started = time.time()
-            client.app.control.add_consumer(queue_name, reply=True)
+            if self.resume:
+                self.resume()
+            else:
+                client.app.control.add_consumer(queue_name, reply=True)
 
     def measure(self, budget: float = 0) -> Run:
         """Wait until every job is done, or for ``budget`` seconds after the work was taken up."""

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -360,7 +361,9 @@ class Bench:
             wakeups = self._wakeups()
             # Without a budget the deadline assumes no fewer than 50 calls in flight; it only stops a hung run.
             timeout = (a.budget + 300 + 2 * latency) if a.budget else 300 + wl.jobs * (latency + 1) / 50
-            b = chatq_load.Burst(self.client, wl, latency, timeout=timeout, backlog=True, waiters=a.waiters)
+            b = chatq_load.Burst(self.client, wl, latency, timeout=timeout, backlog=True, waiters=a.waiters,
+                                 pause=lambda: self._signal_workers(signal.SIGSTOP),
+                                 resume=lambda: self._signal_workers(signal.SIGCONT))
             with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
                     self._profile(f"backlog-{latency:g}s-{wl.shape}{suffix}"):
                 b.submit()
@@ -377,6 +380,10 @@ class Bench:
             runs.append(run)
         if a.repeat > 1:
             self._keep_median(runs)
+
+    def _signal_workers(self, sig: int) -> None:
+        for p in self.workers:
+            os.kill(p.pid, sig)
 
     def open_loop_phase(self) -> None:
         a = self.args
