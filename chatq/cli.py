@@ -63,13 +63,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--concurrency", "-c", type=int, help="Threads (LLM calls in flight); default CHATQ_CONCURRENCY=200.")
+@click.option("--concurrency", "-c", type=int, help="Sessions run at once (LLM calls in flight); default CHATQ_CONCURRENCY=5000.")
 @click.option("--queues", "-Q", help="Comma-separated queues; default CHATQ_QUEUE.")
 @click.option("--loglevel", "-l", default="INFO")
 def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
     """Start a worker: `celery -A chatq.worker worker -P threads` with chatq's defaults.
 
-    The runner starts in Celery's worker signals (chatq.worker.celery), so a worker started
+    The runtime starts in Celery's worker signals (chatq.worker.celery), so a worker started
     with `celery worker` directly behaves the same.
     """
     from chatq.tasks.settings import get_settings

@@ -1,4 +1,4 @@
-"""The Celery app: JSON only, late acks, a threads pool sized for I/O-bound LLM calls.
+"""The Celery app: JSON only, late acks, a small threads pool that feeds the worker's asyncio runtime.
 
 Celery delivers wake-ups only; order and exactly-once history come from ``session_machine``. A broker
 outage of any length is waited out: the consumer reconnects forever, and a Redis broker uses
@@ -31,13 +31,15 @@ class _SetOnPurpose(logging.Filter):
 logging.getLogger("py.warnings").addFilter(_SetOnPurpose())  # Celery's worker logs warnings there
 
 
-def sized_for(concurrency: int) -> dict[str, Any]:
-    """Connection limits that follow the number of threads, so a burst waits less for a connection."""
-    return {
-        "worker_concurrency": concurrency,
-        "broker_pool_limit": max(10, concurrency // 4),
-        "redis_max_connections": concurrency + 32,
-    }
+FEEDERS = 8
+"""Celery pool threads in a chatq worker: they only hand sessions to the worker's runtime, whose own
+size is ``-c``/``CHATQ_CONCURRENCY`` (``chatq.worker.runtime``)."""
+
+FEEDING = {
+    "broker_pool_limit": 10,
+    "redis_max_connections": FEEDERS + 32,
+}
+"""Broker connection limits for a process whose Celery pool has ``FEEDERS`` threads."""
 
 
 def make_app(settings: Settings) -> Celery:
@@ -60,7 +62,9 @@ def make_app(settings: Settings) -> Celery:
         # A running job keeps running through a broker outage: its commit is fenced by the session lease.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={"visibility_timeout": s.visibility_timeout},
-        **sized_for(s.concurrency),
+        # -c's default; a worker's runtime takes it and gives Celery's own pool FEEDERS threads.
+        worker_concurrency=s.concurrency,
+        **FEEDING,
     )
     if transport := transport_for(s.broker):
         app.conf.broker_transport = transport

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -61,6 +63,23 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
             )
             client = _clients[key] = redis.Redis(connection_pool=pool)
         return client
+
+
+def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) -> aioredis.Redis:
+    """A ``redis.asyncio`` client for one event loop, bounded and retried as ``get_redis``'s.
+
+    Not cached: an asyncio client belongs to the loop that uses it, and the worker's runtime makes
+    one per loop. Thousands of coroutines share ``max_connections``: a command holds a connection
+    only for its round trip, so a burst waits briefly for one instead of opening thousands.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, decode_responses=True,
+        socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
+        socket_keepalive=True, health_check_interval=30,
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3,
+                         supported_errors=(redis.ConnectionError,)),
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def is_redis_url(url: str) -> bool:

@@ -43,6 +43,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 import redis
+import redis.asyncio as aioredis
 
 from .keys import Keys, bucket, is_id
 from .models import Checkpoint, JobError, Message, Usage, utcnow
@@ -120,12 +121,79 @@ def ttl_arg(ttl: int | None) -> str:
     return "" if ttl is None else str(int(ttl))
 
 
+class Calls:
+    """The worker-side transitions' KEYS and ARGV, built once for the blocking machine (producers,
+    tests, tools) and the asyncio one (the worker runtime): each call, and how its reply reads."""
+
+    def __init__(self, keys: Keys, result_ttl: int, default_ttl: str):
+        self.keys = keys
+        self.result_ttl = result_ttl
+        self.default_ttl = default_ttl
+
+    def take(self, session_id: str, token: str, job_id: str | None, max_attempts: int, worker: str,
+             history_limit: int, acquire_ms: int) -> tuple[list[str], list[object]]:
+        k = self.keys
+        if job_id is not None and (not is_id(job_id) or job_id[:4] != bucket(session_id)):
+            job_id = None  # not one of this session's: ask which is
+        keys = [k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
+        if job_id is not None:
+            keys += [k.job(job_id), k.checkpoint(job_id)]
+        error = JobError(
+            type="WorkerLost",
+            message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
+            retryable=False,
+        )
+        return keys, [token, acquire_ms, job_id or "", utcnow().isoformat(), max_attempts, self.result_ttl,
+                      error.model_dump_json(), worker, history_limit,
+                      k.done_channel(job_id) if job_id else "", self.default_ttl]
+
+    def checkpoint(self, session_id: str, job_id: str, token: str,
+                   checkpoint: Checkpoint) -> tuple[list[str], list[object]]:
+        return [self.keys.lease(session_id), self.keys.checkpoint(job_id)], [token, checkpoint.model_dump_json()]
+
+    def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
+               usage: Usage, result_json: str, error_json: str) -> tuple[list[str], list[object]]:
+        k = self.keys
+        return ([k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
+                 k.messages(session_id), k.checkpoint(job_id)],
+                [token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
+                 usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
+                 k.done_channel(job_id), self.default_ttl, *(m.model_dump_json() for m in messages)])
+
+    def release(self, session_id: str, token: str) -> tuple[list[str], list[object]]:
+        return [self.keys.lease(session_id), self.keys.fifo(session_id)], [token]
+
+
+def read_take(res: list) -> Taken:
+    outcome = TakeOutcome(res[0])
+    if outcome is TakeOutcome.head:
+        return Taken(outcome, next_job=res[1])
+    if outcome is not TakeOutcome.run:
+        batch = {"batch_id": res[3]} if len(res) > 3 and res[3] else {}
+        return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None, batch)
+    n = int(res[4])
+    fields = dict(zip(res[5:5 + n:2], res[6:5 + n:2]))
+    return Taken(outcome, res[1], None, fields,
+                 Checkpoint.model_validate_json(res[2]) if res[2] else None,
+                 [Message.model_validate_json(m) for m in res[5 + n:]], res[3])
+
+
+def read_commit(res: list) -> Committed:
+    return Committed(CommitOutcome(res[0]), res[1] if len(res) > 1 else None)
+
+
+def read_release(res: object) -> int | None:
+    left = int(res)  # type: ignore[call-overload]
+    return None if left < 0 else left
+
+
 class SessionMachine:
     def __init__(self, r: redis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None):
         self.r = r
         self.keys = keys
         self.result_ttl = result_ttl
         self.default_ttl = str(session_ttl or 0)
+        self.calls = Calls(keys, result_ttl, self.default_ttl)
         self._announce = load(r, "announce")
         self._submit = load(r, "submit")
         self._give = load(r, "handoff_give")
@@ -205,42 +273,12 @@ class SessionMachine:
         ``acquire_ms``: first take the session's lease for that long if nobody holds it; ``lost``
         means another worker holds it (or, without ``acquire_ms``, that this one no longer does).
         """
-        k = self.keys
-        now = utcnow()
-        if job_id is not None and (not is_id(job_id) or job_id[:4] != bucket(session_id)):
-            job_id = None  # not one of this session's: ask which is
-        keys = [k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
-        if job_id is not None:
-            keys += [k.job(job_id), k.checkpoint(job_id)]
-        error = JobError(
-            type="WorkerLost",
-            message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
-            retryable=False,
-        )
-        res = self._take(
-            keys=keys,
-            args=[token, acquire_ms, job_id or "", now.isoformat(), max_attempts, self.result_ttl,
-                  error.model_dump_json(), worker, history_limit,
-                  k.done_channel(job_id) if job_id else "", self.default_ttl],
-        )
-        outcome = TakeOutcome(res[0])
-        if outcome is TakeOutcome.head:
-            return Taken(outcome, next_job=res[1])
-        if outcome is not TakeOutcome.run:
-            batch = {"batch_id": res[3]} if len(res) > 3 and res[3] else {}
-            return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None,
-                         batch)
-        n = int(res[4])
-        fields = dict(zip(res[5:5 + n:2], res[6:5 + n:2]))
-        return Taken(outcome, res[1], None, fields,
-                     Checkpoint.model_validate_json(res[2]) if res[2] else None,
-                     [Message.model_validate_json(m) for m in res[5 + n:]], res[3])
+        keys, args = self.calls.take(session_id, token, job_id, max_attempts, worker, history_limit, acquire_ms)
+        return read_take(self._take(keys=keys, args=args))
 
     def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
-        return bool(self._checkpoint(
-            keys=[self.keys.lease(session_id), self.keys.checkpoint(job_id)],
-            args=[token, checkpoint.model_dump_json()],
-        ))
+        keys, args = self.calls.checkpoint(session_id, job_id, token, checkpoint)
+        return bool(self._checkpoint(keys=keys, args=args))
 
     def commit(
         self,
@@ -258,26 +296,17 @@ class SessionMachine:
 
         ``created_at`` (from the take) re-lists the session in the same round trip.
         """
-        k = self.keys
         pipe = self.r.pipeline(transaction=False)
         if created_at:
-            pipe.zadd(k.sessions, {session_id: listing_score(created_at)})
-        self._commit(
-            keys=[k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
-                  k.messages(session_id), k.checkpoint(job_id)],
-            args=[token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
-                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
-                  k.done_channel(job_id), self.default_ttl, *(m.model_dump_json() for m in messages)],
-            client=pipe,
-        )
-        res = pipe.execute()[-1]
-        return Committed(CommitOutcome(res[0]), res[1] if len(res) > 1 else None)
+            pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
+        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json)
+        self._commit(keys=keys, args=args, client=pipe)
+        return read_commit(pipe.execute()[-1])
 
     def release(self, session_id: str, token: str) -> int | None:
         """Give up the lease with work still queued (warm shutdown): the jobs left, None if lost."""
-        k = self.keys
-        left = int(self._release(keys=[k.lease(session_id), k.fifo(session_id)], args=[token]))
-        return None if left < 0 else left
+        keys, args = self.calls.release(session_id, token)
+        return read_release(self._release(keys=keys, args=args))
 
     def renew(self, leases: list[tuple[str, str]], lease_ms: int) -> list[str]:
         """Extend held leases (lease key, token), one call each in one pipeline; returns the keys lost."""
@@ -349,3 +378,40 @@ class SessionMachine:
             if limit and jobs >= limit:
                 return jobs, running
             start += COUNT_CHUNK
+
+
+class AsyncSessionMachine:
+    """The lease holder's transitions on ``redis.asyncio``, for the worker's event loop: the same
+    scripts and calls as ``SessionMachine``'s, awaited."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None):
+        self.r = r
+        self.keys = keys
+        self.calls = Calls(keys, result_ttl, str(session_ttl or 0))
+        self._take = load(r, "take")
+        self._checkpoint = load(r, "checkpoint")
+        self._commit = load(r, "commit")
+        self._release = load(r, "release")
+
+    async def take(self, session_id: str, token: str, job_id: str | None, max_attempts: int, worker: str = "",
+                   history_limit: int = 0, acquire_ms: int = 0) -> Taken:
+        keys, args = self.calls.take(session_id, token, job_id, max_attempts, worker, history_limit, acquire_ms)
+        return read_take(await self._take(keys=keys, args=args))
+
+    async def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
+        keys, args = self.calls.checkpoint(session_id, job_id, token, checkpoint)
+        return bool(await self._checkpoint(keys=keys, args=args))
+
+    async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
+                     usage: Usage, created_at: str | None = None, result_json: str = "",
+                     error_json: str = "") -> Committed:
+        pipe = self.r.pipeline(transaction=False)
+        if created_at:
+            pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
+        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json)
+        await self._commit(keys=keys, args=args, client=pipe)
+        return read_commit((await pipe.execute())[-1])
+
+    async def release(self, session_id: str, token: str) -> int | None:
+        keys, args = self.calls.release(session_id, token)
+        return read_release(await self._release(keys=keys, args=args))

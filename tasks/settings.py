@@ -54,9 +54,12 @@ class Settings(BaseSettings):
     rpm: int | None = Field(None, ge=1, description="Default agent's requests-per-minute limit.")
     tpm: int | None = Field(None, ge=1, description="Default agent's tokens-per-minute limit.")
 
-    concurrency: int = Field(200, ge=1, description="Threads per worker: LLM calls in flight.")
+    concurrency: int = Field(
+        5000, ge=1, description="Sessions a worker process runs at once (LLM calls in flight), each a "
+        "coroutine on its asyncio runtime.")
     redis_max_connections: int = Field(
-        256, ge=4, description="Per process; workers add their concurrency. Waiters each hold one."
+        256, ge=4, description="Redis connections per process: a worker's sessions share them (one per command in "
+        "flight); each waiter of a producer holds one."
     )
     redis_socket_timeout: float = Field(
         5.0, gt=0, description="Seconds a Redis command may take before it counts as Redis being "
@@ -69,8 +72,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="A dead worker's session is taken up after this.")
     sweep_interval: float = Field(5.0, gt=0)
     idle_wait: float = Field(
-        1.0, ge=0, description="Seconds a runner thread between sessions waits to be handed one "
-        "directly by a producer (no Celery message); 0 turns hand-offs off.")
+        1.0, ge=0, description="Seconds a worker process with room waits, per round trip, to be handed "
+        "sessions directly by producers (no Celery message); 0 turns hand-offs off.")
     max_attempts: int = Field(3, ge=1, description="Runs of a job whose workers keep dying.")
     visibility_timeout: int = Field(3600, ge=1)
 

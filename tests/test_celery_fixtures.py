@@ -58,8 +58,8 @@ def test_in_process_worker_runs_ordered_turns(chatq_worker, celery_session_app):
     from chatq.worker import celery as chatq_celery
 
     assert "chatq.run_session" in celery_session_app.tasks
-    runner = chatq_celery._runner
-    assert runner is not None and runner.settings.namespace == chatq_worker.namespace, "worker_init did not run"
+    runtime = chatq_celery._runtime
+    assert runtime is not None and runtime.settings.namespace == chatq_worker.namespace, "worker_init did not run"
     client = ChatClient(settings=chatq_worker)
     assert "default" in client.r.smembers(client.keys.agents)
     s = "pytest-celery-session"

@@ -1,19 +1,21 @@
-"""Sessions handed straight to idle runner threads: no Celery message, nothing dropped, nothing stuck."""
+"""Sessions handed straight to worker processes with room: no Celery message, nothing dropped, nothing stuck."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from chatq.tasks.job_store import encode_job
 from chatq.tasks.keys import Keys, new_job_id
 from chatq.tasks.models import Job
 from chatq.tasks.session_machine import SessionMachine
-from chatq.worker.handoff import Handoff
+from chatq.worker.handoff import SLOTS, Handoff
 
 from .conftest import BROKER_URL, REDIS_URL
 
@@ -36,9 +38,22 @@ def sessions(got: list) -> list[tuple[str, str]]:
     return [(h.namespace, h.session_id) for handed in got for h in handed]
 
 
-def wait_in_thread(handoff: Handoff) -> tuple[threading.Thread, list]:
+def wait_in_thread(identity: str, keys: Keys, wait_seconds: float, room: int = 1,
+                   stop_after: float | None = None) -> tuple[threading.Thread, list]:
+    """A worker process's listener: one ``next_sessions`` call on its own event loop, in a thread."""
     got: list = []
-    t = threading.Thread(target=lambda: got.append(handoff.next_sessions("q")))
+
+    async def main() -> None:
+        r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        handoff = Handoff(r, keys, identity, "q", wait_seconds)
+        waiting = asyncio.ensure_future(handoff.next_sessions(room))
+        if stop_after is not None:
+            await asyncio.sleep(stop_after)
+            await handoff.stop()
+        got.append(await waiting)
+        await r.aclose()
+
+    t = threading.Thread(target=asyncio.run, args=(main(),))
     t.start()
     return t, got
 
@@ -48,12 +63,12 @@ def registered(r: redis.Redis, keys: Keys, count: int = 1, queue: str = "q") -> 
     while r.zcard(keys.idle(queue)) < count:
         assert time.monotonic() < deadline, "the waiter never registered"
         time.sleep(0.01)
+    time.sleep(0.05)  # registered is not yet blocked: let the BLPOP start
 
 
-def test_an_idle_session_goes_to_a_waiting_thread_and_the_next_one_to_celery(space):
+def test_an_idle_session_goes_to_a_waiting_process_and_the_next_one_to_celery(space):
     r, keys, queue = space
-    handoff = Handoff(r, keys, "host:1", wait_seconds=5)
-    t, got = wait_in_thread(handoff)
+    t, got = wait_in_thread("host:1", keys, 5)
     registered(r, keys)
     assert submit(queue, keys, "s1") == "handed"
     t.join(5)
@@ -65,15 +80,27 @@ def test_an_idle_session_goes_to_a_waiting_thread_and_the_next_one_to_celery(spa
     assert submit(queue, keys, "s3", hand=False) == "created"
 
 
+def test_a_process_with_room_registers_a_waiter_per_free_slot_up_to_its_cap(space):
+    r, keys, queue = space
+    t, got = wait_in_thread("host:1", keys, 0.5, room=3)
+    registered(r, keys, 3)
+    assert r.zcard(keys.idle("q")) == 3
+    t.join(5)
+    assert got == [[]] and r.zcard(keys.idle("q")) == 0
+    t, got = wait_in_thread("host:1", keys, 0.5, room=10_000)
+    registered(r, keys, SLOTS)
+    assert r.zcard(keys.idle("q")) == SLOTS, "a full-size process still registers a bounded number"
+    t.join(5)
+
+
 def test_a_waiter_that_timed_out_is_never_handed_anything(space):
     r, keys, queue = space
-    handoff = Handoff(r, keys, "host:1", wait_seconds=0.2)
-    t, got = wait_in_thread(handoff)
+    t, got = wait_in_thread("host:1", keys, 0.2)
     t.join(5)
     assert got == [[]]
     assert submit(queue, keys, "s1") == "created"
-    # A registration whose deadline passed (its thread stalled or died) is not picked either.
-    r.zadd(keys.idle("q"), {"host:2:9": 1})
+    # A registration whose deadline passed (its process stalled or died) is not picked either.
+    r.zadd(keys.idle("q"), {"host:2#0": 1})
     assert submit(queue, keys, "s2") == "created"
     assert r.zcard(keys.idle("q")) == 0
 
@@ -84,17 +111,15 @@ def test_a_session_whose_lease_is_held_is_left_to_its_holder(space):
     assert submit(queue, keys, "s1") == "held"
 
 
-def test_several_waiters_each_get_one_session_longest_waiting_first(space):
+def test_waiting_processes_each_get_sessions_longest_waiting_first(space):
     r, keys, queue = space
-    handoff = Handoff(r, keys, "host:1", wait_seconds=5)
     waiters = []
     for n in range(3):
-        waiters.append(wait_in_thread(handoff))
+        waiters.append(wait_in_thread(f"host:{n}", keys, 5))
         registered(r, keys, n + 1)
-        time.sleep(0.05)  # registered is not yet blocked: let each BLPOP start before the next thread
     assert submit(queue, keys, "a") == "handed"
     waiters[0][0].join(5)
-    assert sessions(waiters[0][1]) == [(keys.ns, "a")], "Redis serves the longest-blocked thread first"
+    assert sessions(waiters[0][1]) == [(keys.ns, "a")], "Redis serves the longest-blocked process first"
     assert submit(queue, keys, "b") == "handed"
     assert submit(queue, keys, "c") == "handed"
     assert submit(queue, keys, "d") == "created"
@@ -104,34 +129,31 @@ def test_several_waiters_each_get_one_session_longest_waiting_first(space):
     assert r.llen(keys.handed("q")) == 0
 
 
-def test_an_item_handed_while_its_counted_waiter_was_leaving_is_taken_when_it_settles(space):
-    """The window between a thread's BLPOP and its deregistration: the producer counted it and
-    pushed, nobody was blocked; the thread's own settle step (same pipeline) takes the item."""
+def test_items_handed_while_counted_waiters_were_leaving_are_taken_when_it_settles(space):
+    """The window between a BLPOP and its deregistration: producers counted waiters and pushed,
+    nobody was blocked; the settle step (same pipeline) takes the items, up to the room left."""
     r, keys, queue = space
-    r.zadd(keys.idle("q"), {"host:1:7": int(time.time() * 1000) + 60_000})  # counted, not blocked
-    assert submit(queue, keys, "orphan") == "handed"
-    assert r.llen(keys.handed("q")) == 1
-    handoff = Handoff(r, keys, "host:1", wait_seconds=0.2)
-    got = handoff.next_sessions("q")
-    assert [h.session_id for h in got] == ["orphan"]
-    r.zrem(keys.idle("q"), "host:1:7")
-    assert r.llen(keys.handed("q")) == 0
+    r.zadd(keys.idle("q"), {f"host:9#{i}": int(time.time() * 1000) + 60_000 for i in range(3)})
+    for sid in ("o1", "o2", "o3"):
+        assert submit(queue, keys, sid) == "handed"
+    r.delete(keys.idle("q"))
+    t, got = wait_in_thread("host:1", keys, 0.2, room=2)
+    t.join(5)
+    assert [h.session_id for h in got[0]] == ["o1", "o2"], "BLPOP's one, then one more: its room"
+    assert r.lrange(keys.handed("q"), 0, -1) == [f"{keys.ns} o3 " + r.lindex(keys.fifo("o3"), 0)]
 
 
-def test_warm_shutdown_wakes_waiters_at_once(space):
+def test_warm_shutdown_wakes_the_listener_at_once(space):
     r, keys, _ = space
-    handoff = Handoff(r, keys, "host:1", wait_seconds=30)
-    t, got = wait_in_thread(handoff)
-    registered(r, keys)
     started = time.monotonic()
-    handoff.release_all()
+    t, got = wait_in_thread("host:1", keys, 30, room=4, stop_after=0.3)
     t.join(5)
     assert got == [[]] and time.monotonic() - started < 5
     assert r.zcard(keys.idle("q")) == 0
 
 
-def with_waiting_thread(make_fleet, idle_wait: str):
-    """A one-worker fleet whose worker has a thread waiting for a hand-off (after a first job)."""
+def with_waiting_worker(make_fleet, idle_wait: str):
+    """A one-worker fleet whose worker waits for hand-offs (after a first job)."""
     fleet = make_fleet(idle_wait=idle_wait)
     worker = fleet.start_worker(4)
     client = fleet.client()
@@ -141,7 +163,7 @@ def with_waiting_thread(make_fleet, idle_wait: str):
 
 
 def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
-    fleet, worker, client = with_waiting_thread(make_fleet, "20")
+    fleet, worker, client = with_waiting_worker(make_fleet, "20")
     client.app.control.cancel_consumer(fleet.settings.queue, reply=True)
     broker = redis.Redis.from_url(BROKER_URL)
     job = client.submit("hello, nobody is consuming wake-ups")
@@ -151,8 +173,8 @@ def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_flee
     assert broker.llen(fleet.settings.queue) == 0, "no Celery message was published for it"
 
 
-def test_session_handed_to_a_killed_worker_is_recovered_by_the_sweeper(make_fleet):
-    fleet, doomed, client = with_waiting_thread(make_fleet, "60")
+def test_session_handed_to_a_killed_worker_is_taken_by_the_next_one(make_fleet):
+    fleet, doomed, client = with_waiting_worker(make_fleet, "60")
     fleet.kill(doomed)  # its waiter stays registered until its deadline
     job = client.submit("handed to the dead")
     handed = client.r.lrange(client.keys.handed(fleet.settings.queue), 0, -1)

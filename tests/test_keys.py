@@ -6,6 +6,7 @@ victim:messages` and friends) and the HTTP API, against the shared fleet.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import itertools
@@ -15,14 +16,16 @@ import uuid
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.cluster import key_slot
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 
 from chatq.tasks.batch import BatchClient
 from chatq.tasks.client import SESSION_ID, ChatClient, validate_session_id
 from chatq.tasks.errors import InvalidRequest
 from chatq.tasks.keys import Keys, bucket, new_job_id
 from chatq.tasks.models import Checkpoint
+from chatq.tasks.session_machine import SessionMachine
 from chatq.worker.handoff import Handoff
 from chatq.worker.rate_limit import RateLimiter
 
@@ -118,12 +121,20 @@ def slots_seen(monkeypatch):
     names = {}
     real = Script.__call__
 
+    real_async = AsyncScript.__call__
+
     @functools.wraps(real)
     def spy(self, keys=[], args=[], client=None):  # noqa: B006 (redis-py's own signature)
         calls.append((names.get(self.sha, self.sha), list(keys)))
         return real(self, keys, args, client)
 
+    @functools.wraps(real_async)
+    async def async_spy(self, keys=[], args=[], client=None):  # noqa: B006
+        calls.append((names.get(self.sha, self.sha), list(keys)))
+        return await real_async(self, keys, args, client)
+
     monkeypatch.setattr(Script, "__call__", spy)
+    monkeypatch.setattr(AsyncScript, "__call__", async_spy)
     from chatq.tasks import scripts
 
     for name in scripts.names():
@@ -144,20 +155,33 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
     tag = f"slot{uuid.uuid4().hex[:6]}"  # a queue no worker consumes: this process runs it all
     settings = fleet.settings.model_copy(update={"namespace": tag, "queue": tag, "idle_wait": 0.2})
     client = ChatClient(settings=settings, tenant="acme")
-    runner = SessionRunner(settings, client.r, NoWakeups(client.app, tag))
     r = client.r
-    try:
+
+    async def worker_side() -> None:
+        ar = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        runner = SessionRunner(settings, ar, r, NoWakeups(client.app, tag), "h:1")
         job = client.submit("hello", "victim:messages", idempotency_key="k1", session_ttl=60)
         client.submit("again", "victim:messages")
         client.cancel(client.submit("never", "victim:messages").job_id)
-        assert runner.serve("victim:messages", client.namespace, tag, job.job_id) == 2
-        r.zadd(runner.keys.idle(tag), {"h:1:1": 2**50})  # a waiter, so the next submit is handed
+        assert await runner.drain("victim:messages", client.namespace, job.job_id) == 2
+        r.zadd(runner.keys.idle(tag), {"h:1#0": 2**50})  # a waiter, so the next submit is handed
         handed = client.submit("to a waiter", "x:lease")
-        r.zrem(runner.keys.idle(tag), "h:1:1")
-        got = Handoff(r, runner.keys, runner.identity, 0.1).next_sessions(tag)
+        r.zrem(runner.keys.idle(tag), "h:1#0")
+        handoff = Handoff(ar, runner.keys, "h:1", tag, 0.1)
+        got = await handoff.next_sessions(2)
         assert [(h.session_id, h.job_id) for h in got] == [("x:lease", handed.job_id)]
-        assert runner.drain("x:lease", got[0].namespace, got[0].job_id) == 1
-        machine = runner.space(client.namespace).machine
+        assert await runner.drain("x:lease", got[0].namespace, got[0].job_id) == 1
+        await handoff.stop()
+        runner.leases.hold(client.keys.lease("x"), "t")
+        runner.leases.renew_now()
+        runner.leases.drop(client.keys.lease("x"), "t")
+        await RateLimiter(ar, tag).acquire("a}b", 100, None, 1)
+        await runner.notify(runner.space(client.namespace), job.job_id)
+        await ar.aclose()
+
+    try:
+        asyncio.run(worker_side())
+        machine = SessionMachine(r, client.keys)
         client.submit("left for later", "q:queue")
         assert machine.take("q:queue", "t", None, 3, acquire_ms=5000).outcome == "head"
         machine.save_checkpoint("q:queue", new_job_id("q:queue"), "t", Checkpoint(messages=[]))
@@ -165,13 +189,7 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         client.create_session("other", ttl=5)
         assert client.delete_session("other") is True
         BatchClient(client).submit([{"custom_id": "c", "messages": ["a", "b"]}])
-        Handoff(r, runner.keys, runner.identity, 0.1).release_all()
-        runner.leases.hold(client.keys.lease("x"), "t")
-        runner.leases.renew_now()
-        runner.leases.drop(client.keys.lease("x"), "t")
         machine.sweep(0)
-        RateLimiter(r, tag).acquire("a}b", 100, None, 1)
-        runner.notify(runner.space(client.namespace), job.job_id)
         client.machine.count_active()
         client.list_sessions()
     finally:

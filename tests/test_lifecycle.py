@@ -70,7 +70,7 @@ def test_celery_worker_warm_shutdown_releases_the_rest_of_a_session(make_fleet):
 
 
 @pytest.mark.parametrize("flags,agents,fragment", [
-    (["-P", "processes"], None, "the prefork pool cannot run chatq's runner threads"),
+    (["-P", "processes"], None, "the prefork pool cannot run chatq's runtime"),
     ([], '[agents.default]\ntools = ["no_such_module:fn"]\n', "no_such_module:fn"),
 ], ids=["forking-pool", "tool-does-not-import"])
 def test_celery_worker_refuses_what_cannot_work_at_start_up(make_fleet, tmp_path, flags, agents, fragment):

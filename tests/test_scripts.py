@@ -389,16 +389,21 @@ def test_handoff_scripts(r, keys):
     wait, settle, give, stop = (scripts.load(r, f"handoff_{n}") for n in ("wait", "settle", "give", "stop"))
     idle, handed = keys.idle("q"), keys.handed("q")
     assert give(keys=[idle, handed], args=["ns s j"]) == 0, "nobody waits"
-    wait(keys=[idle], args=["w1", 60_000])
+    assert wait(keys=[idle], args=[60_000, "p1#0"]) == 1
     assert give(keys=[idle, handed], args=["ns s j"]) == 1
     assert give(keys=[idle, handed], args=["ns t k"]) == 0, "as many handed as waiting"
-    assert settle(keys=[idle, handed], args=["w1"]) == "ns s j", "w1 was counted but is leaving: it takes it"
-    assert settle(keys=[idle, handed], args=["w1"]) is None
-    wait(keys=[idle], args=["w2", 1])
+    assert settle(keys=[idle, handed], args=[5, "p1#0"]) == ["ns s j"], "p1 was counted but is leaving: it takes it"
+    assert settle(keys=[idle, handed], args=[5, "p1#0"]) == []
+    assert wait(keys=[idle], args=[60_000, "p2#0", "p2#1", "p2#2"]) == 3, "a waiter per free slot"
+    assert [give(keys=[idle, handed], args=[f"ns s{n} j"]) for n in range(4)] == [1, 1, 1, 0]
+    assert settle(keys=[idle, handed], args=[2, "p2#0", "p2#1", "p2#2"]) == ["ns s0 j", "ns s1 j"], "up to its room"
+    assert r.lrange(handed, 0, -1) == ["ns s2 j"]
+    r.delete(handed)
+    wait(keys=[idle], args=[1, "w2#0"])
     time.sleep(0.01)
     assert give(keys=[idle, handed], args=["ns s j"]) == 0, "a registration past its deadline is not counted"
-    wait(keys=[idle], args=["w3", 60_000])
-    assert stop(keys=[idle, keys.stop("host:1")], args=["w3"]) == 1
+    wait(keys=[idle], args=[60_000, "w3#0", "w3#1"])
+    assert stop(keys=[idle, keys.stop("host:1")], args=["w3#0", "w3#1"]) == 2
     assert r.zcard(idle) == 0 and r.lrange(keys.stop("host:1"), 0, -1) == ["-"]
 
 

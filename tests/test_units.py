@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import uuid
 
 import openai
 import pytest
 import redis
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from chatq.tasks.agent_profiles import load_profiles
@@ -63,14 +66,14 @@ def test_tool_schema_from_type_hints_and_from_a_model():
     t = make_tool(add)
     params = t.schema()["function"]["parameters"]
     assert params["required"] == ["a"] and params["properties"]["b"]["default"] == 2
-    assert t.call('{"a": 1}') == "3"
+    assert asyncio.run(t.call('{"a": 1}')) == "3"
 
     @tool(name="search")
     def find(q: Q) -> list[str]:
         return [q.text]
 
     assert find.__chatq_tool__.name == "search"
-    assert find.__chatq_tool__.call('{"text": "x"}') == '["x"]'
+    assert asyncio.run(find.__chatq_tool__.call('{"text": "x"}')) == '["x"]'
     assert find.__chatq_tool__.schema()["function"]["parameters"]["required"] == ["text"]
 
 
@@ -121,14 +124,20 @@ def test_retries_in_place_then_gives_up():
     provider = Provider(settings)
     calls, slept = [], []
 
-    def failing(request):
+    async def failing(request):
         calls.append(request)
         raise openai.APIConnectionError(request=None)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def on_retry(error: JobError, delay: float) -> None:
+        retries.append(error)
 
     provider._call = failing
     retries: list[JobError] = []
     with pytest.raises(ProviderError) as exc:
-        provider.complete({"model": "m"}, on_retry=lambda e, d: retries.append(e), sleep=slept.append)
+        asyncio.run(provider.complete({"model": "m"}, on_retry=on_retry, sleep=sleep))
     assert len(calls) == 3 and len(slept) == 2 and len(retries) == 2
     assert exc.value.error.type == "ProviderConnectionError"
     assert all(0 <= s <= 5 for s in slept)
@@ -136,21 +145,29 @@ def test_retries_in_place_then_gives_up():
 
 
 def test_rate_limiter_shares_a_minute_budget():
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    limiter = RateLimiter(r, f"unit-{uuid.uuid4().hex[:6]}")
     now = [120.0]
     slept: list[float] = []
 
-    def sleep(s: float) -> None:
+    async def sleep(s: float) -> None:
         slept.append(s)
         now[0] += s
 
-    for _ in range(2):
-        assert limiter.acquire("m", rpm=2, tpm=None, tokens=10, sleep=sleep, clock=lambda: now[0]) == 0
-    waited = limiter.acquire("m", rpm=2, tpm=None, tokens=10, sleep=sleep, clock=lambda: now[0])
-    assert 59 < waited <= 60.1 and len(slept) == 1
-    assert limiter.acquire("t", rpm=None, tpm=100, tokens=80, sleep=sleep, clock=lambda: now[0]) == 0
-    assert limiter.acquire("t", rpm=None, tpm=100, tokens=80, sleep=sleep, clock=lambda: now[0]) > 0
+    async def main() -> None:
+        r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        limiter = RateLimiter(r, f"unit-{uuid.uuid4().hex[:6]}")
+
+        def acquire(model: str, **kw) -> float:
+            return limiter.acquire(model, **kw, sleep=sleep, clock=lambda: now[0])
+
+        for _ in range(2):
+            assert await acquire("m", rpm=2, tpm=None, tokens=10) == 0
+        waited = await acquire("m", rpm=2, tpm=None, tokens=10)
+        assert 59 < waited <= 60.1 and len(slept) == 1
+        assert await acquire("t", rpm=None, tpm=100, tokens=80) == 0
+        assert await acquire("t", rpm=None, tpm=100, tokens=80) > 0
+        await r.aclose()
+
+    asyncio.run(main())
 
 
 def test_job_encoding_round_trips():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,11 @@ from .tokens import estimate_tokens
 from .tools import ToolArgumentsError, ToolRegistry
 
 log = logging.getLogger(__name__)
+
+Save = Callable[["Turn"], Awaitable[None]]
+"""Checkpoints a turn's completed steps (the runner's, under the session lease)."""
+OnRetry = Callable[[JobError, float], Awaitable[None]]
+"""Told of each provider retry in place: the error and the back-off before the next call."""
 
 
 class AgentError(Exception):
@@ -78,7 +83,7 @@ class Agent:
             req["tools"] = self.tools.schemas()
         return req
 
-    def run_tool(self, call: ToolCall) -> Message:
+    async def run_tool(self, call: ToolCall) -> Message:
         """Never raises: every failure becomes a tool message the model can read."""
         started = time.perf_counter()
         tool = self.tools.get(call.function.name)
@@ -87,7 +92,7 @@ class Agent:
             content = f"error: unknown tool {call.function.name!r}; available: {', '.join(self.tools.names()) or 'none'}"
         else:
             try:
-                content, ok = tool.call(call.function.arguments), True
+                content, ok = await tool.call(call.function.arguments), True
             except ToolArgumentsError as exc:
                 content = f"error: {exc}"
             except Exception as exc:  # a tool's own failure is data for the model
@@ -99,26 +104,26 @@ class Agent:
                       "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
 
-    def complete(self, request: dict[str, Any], on_retry) -> ChatCompletion:
+    async def complete(self, request: dict[str, Any], on_retry: OnRetry | None) -> ChatCompletion:
         if self.limiter:
             estimate = sum(estimate_tokens(m) for m in request["messages"]) + (self.profile.max_output_tokens or 0)
-            self.limiter.acquire(self.profile.model, self.profile.rpm, self.profile.tpm, estimate)
+            await self.limiter.acquire(self.profile.model, self.profile.rpm, self.profile.tpm, estimate)
         try:
-            return self.provider.complete(request, on_retry=on_retry)
+            return await self.provider.complete(request, on_retry=on_retry)
         except ProviderError as exc:
             raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
 
-    def run(self, history: list[Message], turn: Turn,
-            save: Callable[[Turn], None] = lambda t: None,
-            on_retry: Callable[[JobError, float], None] | None = None) -> Turn:
+    async def run(self, history: list[Message], turn: Turn, save: Save | None = None,
+                  on_retry: OnRetry | None = None) -> Turn:
         while True:
             pending = turn.pending_tool_calls()
             if pending:
                 for call in pending:
-                    turn.messages.append(self.run_tool(call))
-                    save(turn)
+                    turn.messages.append(await self.run_tool(call))
+                    if save:
+                        await save(turn)
                 continue
-            completion = self.complete(self.request(history, turn), on_retry)
+            completion = await self.complete(self.request(history, turn), on_retry)
             if completion.usage:
                 turn.usage = turn.usage + Usage(
                     prompt_tokens=completion.usage.prompt_tokens,
@@ -143,4 +148,5 @@ class Agent:
             turn.messages.append(reply)
             if not tool_calls:
                 return turn
-            save(turn)
+            if save:
+                await save(turn)

@@ -1,16 +1,19 @@
-"""chatq's worker, the Celery way: the one task, and the signals that start and stop the runner.
+"""chatq's worker, the Celery way: the one task, and the signals that start and stop the runtime.
 
 ``celery -A chatq.worker worker`` finds ``app`` here (Celery looks in ``<package>.celery``), and
-``chatq worker`` starts this same app, so both start the same way: at ``worker_init``, before
-the worker consumes, each worker process builds its ``SessionRunner`` from the settings and the
-worker's own flags (``-c``), waits for Redis if it is not up yet, registers its agents, starts the
-sweeper and the lease keeper; at ``worker_shutting_down`` (warm or cold), the runner stops taking
-turns and releases each session's remaining FIFO to other workers. Any worker that can run
-``chatq.run_session`` (this app, or an app of your own that includes this module) gets that start-up.
+``chatq worker`` starts this same app, so both start the same way: at ``worker_init``, before the
+worker consumes, each worker process builds its ``Runtime`` (an asyncio loop that runs up to
+``-c``/``CHATQ_CONCURRENCY`` sessions at once), waits for Redis if it is not up yet, registers its
+agents, starts the sweeper, the lease keeper and the hand-off listener. ``-c`` sizes the runtime;
+Celery's own pool gets ``FEEDERS`` threads, which only hand sessions to the loop. At
+``worker_shutting_down`` (warm or cold) the runtime stops taking sessions; at ``worker_shutdown``,
+once Celery's pool has stopped, running turns finish and each session's remaining FIFO is released
+to other workers. Any worker that can run ``chatq.run_session`` (this app, or an app of your own that
+includes this module) gets that start-up.
 
-Runner threads make LLM calls, so the pool must be ``threads`` (the app's default) or ``solo``;
-a forking or green-thread pool is refused at start-up, since the threads started here would not
-survive a fork and redis-py blocks green threads.
+The pool must be ``threads`` (the app's default) or ``solo``: a forking or green-thread pool is
+refused at start-up, since the loop's thread started here would not survive a fork and redis-py
+blocks green threads.
 """
 
 from __future__ import annotations
@@ -20,36 +23,35 @@ import traceback
 from typing import Any, NoReturn
 
 from celery import Celery, concurrency
-from celery.signals import worker_init, worker_shutting_down
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from chatq.tasks.celery_app import RUN_SESSION, make_app, sized_for
+from chatq.tasks.celery_app import FEEDERS, FEEDING, RUN_SESSION, make_app
 from chatq.tasks.errors import ChatQError
-from chatq.tasks.redis_pool import RedisUnusable, get_redis, is_redis_url, wait_for_redis
+from chatq.tasks.redis_pool import RedisUnusable, is_redis_url, wait_for_redis
 from chatq.tasks.settings import Settings, get_settings
 from chatq.tasks.wakeups import WakePublisher
 
-from .runner import SessionRunner
+from .runtime import Runtime
 from .tools import ToolImportError
 
 POOLS = ("threads", "solo")
-"""Pools whose tasks run in the process that started the runner."""
+"""Pools whose tasks run in the process that started the runtime."""
 
 app: Celery = make_app(get_settings())
 
-_runner: SessionRunner | None = None
-"""This process's runner, built at ``worker_init``: a task has no other way to reach it."""
+_runtime: Runtime | None = None
+"""This process's runtime, built at ``worker_init``: a task has no other way to reach it."""
 
 
-@app.task(name=RUN_SESSION, bind=True)
-def run_session(self, session_id: str, job_id: str | None = None, namespace: str | None = None) -> int:
-    """Wake-up for one session: drain its FIFO if nobody else holds it, then serve sessions handed
-    to this thread directly. ``job_id``: the job it was sent for (the head the first take expects).
-    Returns jobs run."""
-    if _runner is None:
-        raise RuntimeError("chatq's runner was not started in this process: start workers with "
+@app.task(name=RUN_SESSION)
+def run_session(session_id: str, job_id: str | None = None, namespace: str | None = None) -> bool:
+    """Wake-up for one session: hand it to the runtime, which drains its FIFO if nobody else holds
+    it. ``job_id``: the job it was sent for (the head the first take expects). Returns at once,
+    unless the process is full: then it waits for room, and the broker keeps the rest."""
+    if _runtime is None:
+        raise RuntimeError("chatq's runtime was not started in this process: start workers with "
                            "`celery -A chatq.worker worker` or `chatq worker` (see worker_init)")
-    queue = (self.request.delivery_info or {}).get("routing_key")
-    return _runner.serve(session_id, namespace, queue, job_id)
+    return _runtime.accept(session_id, namespace, job_id)
 
 
 def pool_name(pool_cls: Any) -> str:
@@ -65,22 +67,23 @@ def _refuse(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def start(worker: Any) -> SessionRunner:
-    """Build and start this process's runner for a worker about to consume; what ``worker_init`` runs."""
-    global _runner
+def start(worker: Any) -> Runtime:
+    """Build and start this process's runtime for a worker about to consume; what ``worker_init`` runs."""
+    global _runtime
     pool = pool_name(worker.pool_cls)
     if pool not in POOLS:
-        _refuse(f"the {pool} pool cannot run chatq's runner threads; use -P threads (chatq's default) "
+        _refuse(f"the {pool} pool cannot run chatq's runtime; use -P threads (chatq's default) "
                 "or -P solo, and add processes rather than forking")
     settings: Settings = get_settings()
-    if isinstance(worker.concurrency, int):  # -c N, else the app's CHATQ_CONCURRENCY
+    if isinstance(worker.concurrency, int):  # -c N, else the app's worker_concurrency (CHATQ_CONCURRENCY)
         settings = settings.model_copy(update={"concurrency": worker.concurrency})
-    worker.app.conf.update(sized_for(settings.concurrency))
+    # -c sizes the runtime; Celery's pool only feeds it (read by the pool and the consumer after this).
+    worker.concurrency = FEEDERS
+    worker.app.conf.update(FEEDING)
+    # Hand-offs serve the first queue it consumes; sessions on any other come by Celery message.
+    queue = next(iter(worker.app.amqp.queues.consume_from or {}), None) or settings.queue
     try:  # no Redis needed yet: agents whose tools do not import fail at once
-        # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
-        r = get_redis(settings.redis_url, settings.concurrency + settings.redis_max_connections,
-                      settings.redis_socket_timeout + settings.idle_wait)
-        runner = SessionRunner(settings, r, WakePublisher(worker.app, settings.queue))
+        runtime = Runtime(settings, WakePublisher(worker.app, settings.queue), queue)
     except (ToolImportError, ChatQError) as exc:
         _refuse(str(exc))
     try:  # a worker started before its Redis waits for it instead of dying
@@ -90,15 +93,15 @@ def start(worker: Any) -> SessionRunner:
     except RedisUnusable as exc:
         _refuse(str(exc))
     try:
-        runner.start()
+        runtime.start()
     except Exception as exc:  # Celery would log it and consume anyway, with no sweeper: never that
         traceback.print_exc()
         _refuse(f"{type(exc).__name__}: {exc}")
-    _runner = runner
+    _runtime = runtime
     model = "embedded offline" if settings.offline else settings.model
-    print(f"chatq worker: {settings.concurrency} threads, pool {pool}, queue {settings.queue}, model {model}",
-          file=sys.stderr, flush=True)
-    return runner
+    print(f"chatq worker: up to {settings.concurrency} sessions at once, pool {pool}, queue {queue}, "
+          f"model {model}", file=sys.stderr, flush=True)
+    return runtime
 
 
 @worker_init.connect
@@ -109,6 +112,14 @@ def _on_worker_init(sender: Any = None, **_: object) -> None:
 
 @worker_shutting_down.connect
 def _on_shutting_down(**_: object) -> None:
-    """Warm (or cold) shutdown: running turns finish, every other queued turn goes to another worker."""
-    if _runner is not None:
-        _runner.stop()
+    """Warm (or cold) shutdown begins: take no more sessions (never blocks: a signal handler)."""
+    if _runtime is not None:
+        _runtime.stop()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: object) -> None:
+    """Celery's pool has stopped: let running turns finish, release every other queued turn."""
+    if _runtime is not None:
+        _runtime.stop()
+        _runtime.join()

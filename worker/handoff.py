@@ -1,30 +1,37 @@
-"""Idle runner threads wait here to be handed a session directly, instead of a Celery message.
+"""A worker process with room for more sessions waits here to be handed them directly, instead of
+by Celery message.
 
-A thread that has drained a session registers in ``idle:{queue}`` (scored by its deadline, on
-Redis's clock) and blocks on the queue's ``handed`` list. A producer whose job is alone in an unheld
-FIFO pushes ``<namespace> <session_id> <job_id>`` there (``handoff_give``, right after the submit)
-if more threads wait than items are already there, and Redis gives it to the thread that has waited
-longest: no Celery publish, delivery or ack for that job. With nobody waiting the producer publishes
-a wake-up as before.
+The process's listener registers one waiter per free slot (up to ``SLOTS``) in ``idle:{queue}``,
+scored by a deadline on Redis's clock, and blocks on the queue's ``handed`` list. A producer whose
+job is alone in an unheld FIFO pushes ``<namespace> <session_id> <job_id>`` there
+(``handoff_give``, right after the submit) if more waiters are registered than items are already
+there, and Redis gives it to the process that has waited longest: no Celery publish, delivery or
+ack for that job. With nobody waiting the producer publishes a wake-up as before.
 
-Every script names its keys up front (a cluster needs that), so a producer cannot pick one
-thread's own inbox; hence one list per queue. The count it trusts can run ahead of the threads
-really blocked only for a thread between its BLPOP and its deregistration, which run back to back
-in one pipeline: ``handoff_settle`` then takes any item beyond the live waiters, so none stays
-unseen. An item handed while the only thread counted was a dead one waits for the next thread to
-wait, or for the sweeper, like any queued session without a lease. Warm shutdown wakes the
-process's own threads through its ``stop`` list, which they wait on too.
+One list per queue (every script names its keys up front, as a cluster needs, so a producer cannot
+pick one process's own inbox). The count a producer trusts can run ahead of the waiters really
+blocked only between a BLPOP and its deregistration, which run back to back in one pipeline:
+``handoff_settle`` then takes items beyond the live waiters, up to the room the process has left,
+so none stays unseen. An item handed while the only waiters counted were a dead process's waits
+for the next listener, or for the sweeper, like any queued session without a lease. Warm shutdown
+wakes the listener through the process's ``stop`` list, which it waits on too.
+
+The cost is per process, not per session: one round trip per wait of up to ``wait_seconds``, and
+one per handed item.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
-import redis
+import redis.asyncio as aioredis
 
 from chatq.tasks.keys import Keys
 from chatq.tasks.scripts import load
+
+SLOTS = 16
+"""Waiters one process registers at most: a burst of producers can hand it that many sessions
+before its listener comes back for more (one round trip per handed item)."""
 
 
 class Handed(NamedTuple):
@@ -39,48 +46,40 @@ def parse(item: str) -> Handed:
 
 
 class Handoff:
-    def __init__(self, r: redis.Redis, keys: Keys, identity: str, wait_seconds: float):
+    def __init__(self, r: aioredis.Redis, keys: Keys, identity: str, queue: str, wait_seconds: float):
         self.r = r
         self.keys = keys
         self.identity = identity
+        self.queue = queue
         self.wait_seconds = wait_seconds
         self._wait = load(r, "handoff_wait")
         self._settle = load(r, "handoff_settle")
         self._stop = load(r, "handoff_stop")
-        self._waiting: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._waiters: list[str] = []
+        self.stopped = False
 
-    def next_sessions(self, queue: str) -> list[Handed]:
-        """Wait up to ``wait_seconds`` for sessions handed to this thread (usually one, rarely two;
-        none on timeout or warm shutdown). One round trip: register, wait, deregister."""
-        waiter = f"{self.identity}:{threading.get_ident()}"
-        idle, handed, stop = self.keys.idle(queue), self.keys.handed(queue), self.keys.stop(self.identity)
-        with self._lock:
-            self._waiting[waiter] = queue
+    async def next_sessions(self, room: int) -> list[Handed]:
+        """Wait up to ``wait_seconds`` for sessions handed to this process, which has ``room`` free
+        slots (usually one comes back, at most ``room``; none on timeout or warm shutdown). One round
+        trip: register, wait, deregister."""
+        if self.stopped or room <= 0:
+            return []
+        idle, handed, stop = self.keys.idle(self.queue), self.keys.handed(self.queue), self.keys.stop(self.identity)
+        self._waiters = [f"{self.identity}#{i}" for i in range(min(room, SLOTS))]
         try:
             pipe = self.r.pipeline(transaction=False)
-            self._wait(keys=[idle], args=[waiter, int(self.wait_seconds * 1000)], client=pipe)
+            await self._wait(keys=[idle], args=[int(self.wait_seconds * 1000), *self._waiters], client=pipe)
             pipe.blpop([handed, stop], timeout=self.wait_seconds)
-            self._settle(keys=[idle, handed], args=[waiter], client=pipe)
-            _, popped, extra = pipe.execute()
+            await self._settle(keys=[idle, handed], args=[room - 1, *self._waiters], client=pipe)
+            _, popped, extra = await pipe.execute()
         finally:
-            with self._lock:
-                self._waiting.pop(waiter, None)
+            self._waiters = []
         items = [popped[1]] if popped and popped[0] == handed else []
-        if extra:
-            items.append(extra)
+        items += extra or []
         return [parse(item) for item in items]
 
-    def release_all(self) -> None:
-        """Warm shutdown: deregister this process's waiting threads and wake them; nothing new reaches them."""
-        with self._lock:
-            waiting = list(self._waiting.items())
-        by_queue: dict[str, list[str]] = {}
-        for waiter, queue in waiting:
-            by_queue.setdefault(queue, []).append(waiter)
-        if not by_queue:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for queue, waiters in by_queue.items():
-            self._stop(keys=[self.keys.idle(queue), self.keys.stop(self.identity)], args=waiters, client=pipe)
-        pipe.execute()
+    async def stop(self) -> None:
+        """Warm shutdown: deregister this process's waiters and wake its listener; nothing new reaches it."""
+        self.stopped = True
+        await self._stop(keys=[self.keys.idle(self.queue), self.keys.stop(self.identity)], args=self._waiters)
+

@@ -1,14 +1,14 @@
 """A provider's 200 reply: read under one deadline and a size cap, then judged as a chat completion.
 
-Pure functions over the body's chunks and bytes, so the same checks serve the SDK's sync and async
-responses. Each refusal is a ``ReplyError`` whose message names what was wrong, never an
-``AttributeError`` three frames later in the agent.
+Pure checks over the body's chunks and bytes, unit-tested with a fake clock. Each refusal is a
+``ReplyError`` whose message names what was wrong, never an ``AttributeError`` three frames later in
+the agent.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from openai.types.chat import ChatCompletion
@@ -46,36 +46,51 @@ class ReplyBroken(ReplyError):
     type = "ProviderConnectionError"
 
 
-def read_body(chunks: Iterable[bytes], *, declared: int | None, deadline: float, timeout: float,
-              max_bytes: int, clock: Callable[[], float]) -> bytes:
-    """The whole body, or a ``ReplyError`` the moment it runs past ``deadline`` or ``max_bytes``.
+class BodyReader:
+    """Reads a reply's body under ``deadline`` and ``max_bytes``, counting what arrived, so a call cut
+    by the runtime's own deadline (``asyncio.timeout``) can still say how much had come (``late``)."""
 
-    ``chunks`` yields as bytes arrive, so however slowly they trickle in the deadline is checked
-    at every one; a read that fails (a stall the watchdog cut, a dropped connection) is a timeout
-    when the deadline has passed and a broken connection otherwise.
-    """
-    if declared is not None and declared > max_bytes:
-        raise ReplyTooLarge(f"the provider's reply is {declared} bytes, over the limit of {max_bytes} "
-                            "(CHATQ_PROVIDER_MAX_REPLY_BYTES)")
-    parts: list[bytes] = []
-    size = 0
-    it = iter(chunks)
-    while True:
-        try:
-            chunk = next(it, None)
-        except Exception as exc:  # whatever the transport raises: only the deadline tells them apart
-            if clock() >= deadline:
-                raise _late(size, timeout) from exc
-            raise ReplyBroken(f"the connection to the provider broke while reading its reply: {exc!r}") from exc
-        if chunk is None:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > max_bytes:
-            raise ReplyTooLarge(f"the provider's reply is over the limit of {max_bytes} bytes "
-                                "(CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
-        if clock() >= deadline:
-            raise _late(size, timeout)
-        parts.append(chunk)
+    def __init__(self, *, declared: int | None, deadline: float, timeout: float, max_bytes: int,
+                 clock: Callable[[], float]):
+        self.declared, self.deadline, self.timeout = declared, deadline, timeout
+        self.max_bytes, self.clock = max_bytes, clock
+        self.size = 0
+
+    async def read(self, chunks: AsyncIterator[bytes]) -> bytes:
+        """The whole body, or a ``ReplyError`` the moment it runs past the deadline or the size cap.
+
+        ``chunks`` yields as bytes arrive, so however slowly they trickle in the deadline is checked
+        at every one; a read that fails (a dropped connection) is a timeout when the deadline has
+        passed and a broken connection otherwise.
+        """
+        if self.declared is not None and self.declared > self.max_bytes:
+            raise ReplyTooLarge(f"the provider's reply is {self.declared} bytes, over the limit of "
+                                f"{self.max_bytes} (CHATQ_PROVIDER_MAX_REPLY_BYTES)")
+        parts: list[bytes] = []
+        while True:
+            try:
+                chunk = await anext(chunks, None)
+            except Exception as exc:  # whatever the transport raises: only the deadline tells them apart
+                if self.clock() >= self.deadline:
+                    raise self.late() from exc
+                raise ReplyBroken(f"the connection to the provider broke while reading its reply: {exc!r}") from exc
+            if chunk is None:
+                return b"".join(parts)
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise ReplyTooLarge(f"the provider's reply is over the limit of {self.max_bytes} bytes "
+                                    "(CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
+            if self.clock() >= self.deadline:
+                raise self.late()
+            parts.append(chunk)
+
+    def late(self) -> ReplyTimeout:
+        return _late(self.size, self.timeout)
+
+
+async def read_body(chunks: AsyncIterator[bytes], **limits: Any) -> bytes:
+    """``BodyReader(**limits).read(chunks)``: the whole body under one deadline and a size cap."""
+    return await BodyReader(**limits).read(chunks)
 
 
 def _late(size: int, timeout: float) -> ReplyTimeout:

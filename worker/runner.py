@@ -1,20 +1,22 @@
 """The session runner: take a session's lease, run its FIFO head to tail, one job at a time.
 
 Any number of wake-ups for a session may arrive anywhere; only the lease holder works, so a
-session's turns run strictly in submission order while different sessions run in parallel.
+session's turns run strictly in submission order while different sessions run in parallel. Every
+session a process runs is a coroutine on its runtime's event loop (``runtime.py``): a turn waiting
+on the provider costs a socket, not a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import socket
-import threading
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from chatq.tasks.agent_profiles import AgentProfile, load_profiles
 from chatq.tasks.batch_expiry import turns_finished
@@ -22,18 +24,16 @@ from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
 from chatq.tasks.redis_pool import UNREACHABLE
-from chatq.tasks.session_machine import CommitOutcome, Committed, SessionMachine, Taken, TakeOutcome
-from chatq.tasks.session_store import SessionStore
+from chatq.tasks.session_machine import (AsyncSessionMachine, CommitOutcome, Committed, SessionMachine, Taken,
+                                         TakeOutcome)
 from chatq.tasks.settings import Settings
 from chatq.tasks.wakeups import WakePublisher
 from chatq.tasks.webhooks import WebhookSender
 
 from .agent import Agent, AgentError, Turn
-from .handoff import Handoff
 from .lease_keeper import LeaseKeeper
 from .provider import Provider
 from .rate_limit import RateLimiter
-from .sweeper import Sweeper
 from .tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -41,107 +41,66 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Space:
-    """One namespace's stores: the session state machine and the sessions' history."""
+    """One namespace's keys and its session state machine."""
 
     keys: Keys
-    machine: SessionMachine
-    sessions: SessionStore
+    machine: AsyncSessionMachine
 
 
 class SessionRunner:
-    """One per worker process, built and started by ``chatq.worker.celery`` at ``worker_init``."""
+    """One per worker process, on its runtime's loop. ``r`` is the loop's asyncio client; ``sync_r``
+    serves the few blocking steps (batch counts, webhooks, Celery wake-ups), run off the loop."""
 
-    def __init__(self, settings: Settings, r: redis.Redis, wakeups: WakePublisher):
+    def __init__(self, settings: Settings, r: aioredis.Redis, sync_r: redis.Redis, wakeups: WakePublisher,
+                 identity: str):
         self.settings = settings
         self.r = r
+        self.sync_r = sync_r
         self.wakeups = wakeups
+        self.identity = identity
         self._spaces: dict[str, Space] = {}
         home = self.space(settings.namespace)
         self.keys = home.keys
         self.lease_ms = int(settings.lease_seconds * 1000)
-        self.leases = LeaseKeeper(home.machine, self.lease_ms)
+        self.leases = LeaseKeeper(SessionMachine(sync_r, self.keys, settings.result_ttl, settings.session_ttl),
+                                  self.lease_ms)
         self.provider = Provider(settings)
         self.webhooks = WebhookSender(settings)
-        limiter = RateLimiter(self.r, settings.namespace)
+        limiter = RateLimiter(r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
         self.agents = {
             name: Agent(p, ToolRegistry.from_specs(p.tools), self.provider, limiter)
             for name, p in self.profiles.items()
         }
         self.history_limit = max(a.history_limit for a in self.agents.values())
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self.stopping = threading.Event()
-        self.handoff = Handoff(self.r, self.keys, self.identity, settings.idle_wait) if settings.idle_wait > 0 else None
-        # A chain of handed sessions keeps its first wake-up unacked: end it well inside the broker's
-        # visibility timeout, so the wake-up is never redelivered while its thread is still busy.
-        self.chain_seconds = min(600.0, settings.visibility_timeout / 4)
-
-    def start(self) -> None:
-        """What a worker process starts once, before it consumes: producers learn its agents, the
-        sweeper recovers sessions nobody holds, the lease keeper renews the leases it will hold."""
-        self.register_agents()
-        self.start_sweeper()
-        self.leases.start()
-
-    def register_agents(self) -> None:
-        """Tell producers which agents this fleet serves, so they can refuse unknown names."""
-        if self.profiles:
-            self.r.sadd(self.keys.agents, *self.profiles)
+        self.stopping = False
 
     def space(self, namespace: str | None = None) -> Space:
-        """The stores of one namespace (a tenant's, or the default)."""
+        """The state machine of one namespace (a tenant's, or the default)."""
         ns = namespace or self.settings.namespace
         found = self._spaces.get(ns)
         if found is None:
             keys, s = Keys(ns), self.settings
-            found = self._spaces[ns] = Space(keys, SessionMachine(self.r, keys, s.result_ttl, s.session_ttl),
-                                             SessionStore(self.r, keys, s.session_ttl))
+            found = self._spaces[ns] = Space(keys, AsyncSessionMachine(self.r, keys, s.result_ttl, s.session_ttl))
         return found
 
-    def namespaces(self) -> list[str]:
-        return [self.settings.namespace, *sorted(self.r.smembers(self.keys.namespaces))]
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking step (kombu, the blocking Redis client) in the loop's executor."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    def start_sweeper(self) -> Sweeper:
-        def spaces() -> list[tuple[SessionMachine, SessionStore]]:
-            return [(sp.machine, sp.sessions) for sp in map(self.space, self.namespaces())]
+    async def wake(self, session_id: str, namespace: str) -> None:
+        try:
+            await self.blocking(self.wakeups.wake, session_id, namespace)
+        except Exception:  # the session has queued work and no lease: the sweeper wakes it
+            log.exception("could not publish a wake-up for session %s; the sweeper will", session_id)
 
-        return Sweeper(self.r, self.keys, spaces, self.wakeups.wake, self.settings.sweep_interval).start()
-
-    def serve(self, session_id: str, namespace: str | None = None, queue: str | None = None,
-              job_id: str | None = None) -> int:
-        """Drain a woken session, then keep this thread serving sessions producers hand it directly
-        (``chatq.worker.handoff``) until none comes within ``idle_wait``. Returns the jobs run.
-
-        ``job_id``: the job the wake-up was for, the head the first take expects."""
-        ran = self.drain(session_id, namespace, job_id)
-        if self.handoff is None:
-            return ran
-        queue = queue or self.settings.queue
-        until = time.monotonic() + self.chain_seconds
-        while not self.stopping.is_set() and time.monotonic() < until:
-            try:
-                handed = self.handoff.next_sessions(queue)
-            except redis.RedisError as exc:  # a session lost in transit is the sweeper's
-                log.warning("waiting for a hand-off failed (%s); back to Celery", exc)
-                break
-            if not handed:
-                break
-            for h in handed:
-                ran += self.drain(h.session_id, h.namespace, h.job_id)
-        return ran
-
-    def stop(self) -> None:
-        """Warm shutdown: running turns finish, each session's remaining FIFO is released to other workers."""
-        self.stopping.set()
-        if self.handoff is not None:
-            self.handoff.release_all()
-
-    def drain(self, session_id: str, namespace: str | None = None, job_id: str | None = None) -> int:
-        """Run the session's jobs while this thread holds its lease. ``job_id``: the head expected
-        (a wrong or missing guess costs one more round trip: the take says which job is)."""
+    async def drain(self, session_id: str, namespace: str | None = None, job_id: str | None = None) -> int:
+        """Run the session's jobs while this coroutine holds its lease; returns the jobs run.
+        ``job_id``: the head expected (a wrong or missing guess costs one more round trip: the take
+        says which job is)."""
         sp = self.space(namespace)
-        if self.stopping.is_set():  # e.g. handed over just before a warm shutdown
-            self.wakeups.wake(session_id, sp.keys.ns)
+        if self.stopping:  # e.g. handed over just before a warm shutdown
+            await self.wake(session_id, sp.keys.ns)
             return 0
         token = f"{self.identity}:{uuid.uuid4().hex}"
         lease_key = sp.keys.lease(session_id)
@@ -150,23 +109,23 @@ class SessionRunner:
         ran = 0
         try:
             while True:
-                if self.stopping.is_set() and not acquire_ms:
-                    self.release(sp, session_id, token)
+                if self.stopping and not acquire_ms:
+                    await self.release(sp, session_id, token)
                     return ran
-                taken = sp.machine.take(session_id, token, head, self.settings.max_attempts, self.identity,
-                                        self.history_limit, acquire_ms)
+                taken = await sp.machine.take(session_id, token, head, self.settings.max_attempts, self.identity,
+                                              self.history_limit, acquire_ms)
                 if taken.outcome in (TakeOutcome.released, TakeOutcome.lost):
                     return ran
                 if acquire_ms:
                     acquire_ms = 0
                     self.leases.hold(lease_key, token)
                 if taken.outcome is TakeOutcome.exhausted:
-                    self.count_batch_turn(sp, taken.fields.get("batch_id"))
-                    self.notify(sp, taken.job_id)
+                    await self.count_batch_turn(sp, taken.fields.get("batch_id"))
+                    await self.notify(sp, taken.job_id)
                 if taken.outcome is not TakeOutcome.run:
                     head = taken.next_job
                     continue
-                committed = self.run_job(sp, decode_job(taken.fields), taken, token)
+                committed = await self.run_job(sp, decode_job(taken.fields), taken, token)
                 if committed.outcome is not CommitOutcome.ok:
                     return ran + (committed.outcome is CommitOutcome.released)
                 ran += 1
@@ -181,12 +140,12 @@ class SessionRunner:
         finally:
             self.leases.drop(lease_key, token)
 
-    def release(self, sp: Space, session_id: str, token: str) -> None:
+    async def release(self, sp: Space, session_id: str, token: str) -> None:
         """On warm shutdown: give the rest of the session's FIFO to another worker right away."""
-        if sp.machine.release(session_id, token):
-            self.wakeups.wake(session_id, sp.keys.ns)
+        if await sp.machine.release(session_id, token):
+            await self.wake(session_id, sp.keys.ns)
 
-    def run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
+    async def run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
         """Run one job and commit it: ``ok`` (with the next head), ``released`` (it was the last
         queued: the lease is given up with the commit) or why the commit was refused (the lease was lost)."""
         sid = job.session_id
@@ -196,15 +155,15 @@ class SessionRunner:
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
 
-        def save(t: Turn) -> None:
-            sp.machine.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
+        async def save(t: Turn) -> None:
+            await sp.machine.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
 
-        def on_retry(err: JobError, delay: float) -> None:
+        async def on_retry(err: JobError, delay: float) -> None:
             pipe = self.r.pipeline(transaction=False)
             pipe.hincrby(sp.keys.job(job.job_id), "provider_retries", 1)
             pipe.hset(sp.keys.job(job.job_id), "last_error", err.model_dump_json())
             try:
-                pipe.execute()
+                await pipe.execute()
             except UNREACHABLE as exc:  # bookkeeping only: the provider retry goes on without it
                 log.warning("could not record provider retry of job %s (%s)", job.job_id, exc)
 
@@ -212,53 +171,55 @@ class SessionRunner:
         try:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            turn = agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
+            turn = await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
         except AgentError as exc:
-            return self._commit_failure(sp, job, taken, token, exc.error, turn.usage)
+            return await self._commit_failure(sp, job, taken, token, exc.error, turn.usage)
         except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
             raise
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))
-            return self._commit_failure(sp, job, taken, token, error, turn.usage)
+            return await self._commit_failure(sp, job, taken, token, error, turn.usage)
         for m in turn.messages:
             m.metadata.setdefault("job_id", job.job_id)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
-        committed = sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
-                                      turn.usage, taken.created_at, result_json=result.model_dump_json())
-        return self._committed(sp, job, committed)
+        committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
+                                            turn.usage, taken.created_at, result_json=result.model_dump_json())
+        return await self._committed(sp, job, committed)
 
-    def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
-                        usage: Usage) -> Committed:
-        committed = sp.machine.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
-                                      taken.created_at, error_json=error.model_dump_json())
-        return self._committed(sp, job, committed)
+    async def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
+                              usage: Usage) -> Committed:
+        committed = await sp.machine.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
+                                            taken.created_at, error_json=error.model_dump_json())
+        return await self._committed(sp, job, committed)
 
-    def _committed(self, sp: Space, job: Job, committed: Committed) -> Committed:
+    async def _committed(self, sp: Space, job: Job, committed: Committed) -> Committed:
         if committed.outcome not in (CommitOutcome.ok, CommitOutcome.released):
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, committed.outcome, job.session_id)
             return committed
-        self.count_batch_turn(sp, job.batch_id)
+        await self.count_batch_turn(sp, job.batch_id)
         if job.callback_url:
-            self.notify(sp, job.job_id)
+            await self.notify(sp, job.job_id)
         return committed
 
-    def count_batch_turn(self, sp: Space, batch_id: str | None) -> None:
+    async def count_batch_turn(self, sp: Space, batch_id: str | None) -> None:
         """A batch job is final: count it down on its batch, which keeps the batch's record alive
         and expires it after the last one (``chatq.tasks.batch_expiry``). Never fails the session:
         a lost count only delays the batch's expiry."""
         if not batch_id:
             return
         try:
-            turns_finished(self.r, sp.keys, self.settings, batch_id)
+            await self.blocking(turns_finished, self.sync_r, sp.keys, self.settings, batch_id)
         except redis.RedisError:
             log.warning("could not count a finished turn of batch %s", batch_id, exc_info=True)
 
-    def notify(self, sp: Space, job_id: str) -> None:
+    async def notify(self, sp: Space, job_id: str | None) -> None:
         """Queue the job's webhook, if it asked for one; never blocks or fails the session."""
+        if not job_id:
+            return
         try:
-            self.webhooks.request_delivery(self.r, sp.keys, job_id)
+            await self.blocking(self.webhooks.request_delivery, self.sync_r, sp.keys, job_id)
         except Exception:
             log.exception("could not queue the webhook for job %s", job_id)

@@ -1,8 +1,11 @@
-"""Tools: plain functions whose type hints (or one pydantic model argument) give the OpenAI schema."""
+"""Tools: functions (plain or ``async def``) whose type hints (or one pydantic model argument) give the
+OpenAI schema."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import importlib
 import inspect
 import json
@@ -38,8 +41,11 @@ class Tool:
         """Built once: generating JSON schemas on every provider call was a worker hot spot."""
         return copy.deepcopy(self._schema)
 
-    def call(self, arguments: str) -> str:
-        """Run with the model's JSON arguments; raises ToolArgumentsError for bad input."""
+    async def call(self, arguments: str) -> str:
+        """Run with the model's JSON arguments; raises ToolArgumentsError for bad input.
+
+        An ``async def`` tool runs on the worker's event loop; a plain function runs in a thread
+        of the loop's executor, so a blocking tool never stalls the other sessions' calls."""
         try:
             raw = json.loads(arguments or "{}")
         except json.JSONDecodeError as exc:
@@ -51,9 +57,13 @@ class Tool:
         except ValidationError as exc:
             raise ToolArgumentsError(f"invalid arguments: {exc.errors(include_url=False)}") from exc
         if self.model_arg:
-            result = self.fn(**{self.model_arg: args})
+            kwargs = {self.model_arg: args}
         else:
-            result = self.fn(**{name: getattr(args, name) for name in type(args).model_fields})
+            kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+        if inspect.iscoroutinefunction(self.fn):
+            result = await self.fn(**kwargs)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, functools.partial(self.fn, **kwargs))
         return result if isinstance(result, str) else to_json(result).decode()
 
 

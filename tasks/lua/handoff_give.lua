@@ -1,6 +1,6 @@
--- handoff_give: hand a session that just got work to a waiting runner thread, instead of a Celery
--- wake-up, if more threads wait than sessions are already handed to them. Redis gives the pushed
--- item to the thread that has waited longest.
+-- handoff_give: hand a session that just got work to a waiting worker process, instead of a Celery
+-- wake-up, if more waiters (free slots) wait than sessions are already handed to them. Redis gives the pushed
+-- item to the process that has waited longest.
 --
 -- KEYS[1] idle
 -- KEYS[2] handed

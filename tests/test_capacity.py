@@ -1,0 +1,36 @@
+"""One default ``chatq worker`` holds far more calls in flight than a thread-per-call worker could.
+
+Counted where the calls arrive, at the test server (its highest number of requests open at once),
+never timed: a slow provider, a backlog of single-turn sessions, and one worker started exactly as a
+user's bare ``chatq worker``.
+"""
+
+from __future__ import annotations
+
+from chatq.testing.server import TestServer
+
+from .conftest import Fleet, wait_all
+
+SESSIONS = 1200
+LATENCY = 4.0
+
+
+def test_one_default_worker_holds_a_thousand_slow_calls_at_once(tmp_path):
+    with TestServer(latency=LATENCY) as slow:
+        fleet = Fleet(tmp_path, slow.base_url)
+        try:
+            worker = fleet.start_worker(None)  # `chatq worker`, its defaults
+            fleet.wait_ready(worker)
+            client = fleet.client()
+            assert client.chat("warm up", timeout=60).status == "succeeded"
+            slow.reset_stats()
+            submitted = [client.submit(f"slow call {n}").job_id for n in range(SESSIONS)]
+            jobs = wait_all(client, submitted, timeout=300)
+            assert {j.status for j in jobs} == {"succeeded"}, {str(j.error) for j in jobs if j.error}
+            assert {j.worker for j in jobs} == {jobs[0].worker}, "one worker process ran them all"
+            stats = slow.stats()
+            assert stats["requests"] == SESSIONS
+            # A thread per call held 200; the runtime holds every session it was given at once.
+            assert stats["max_in_flight"] >= 1000, stats
+        finally:
+            fleet.stop()
