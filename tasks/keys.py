@@ -5,7 +5,7 @@ Layout (``ns`` is a namespace: ``[A-Za-z0-9_.-]``, so never ``:``, ``{`` or ``}`
     ns:{t}:s:<session_id>:meta|msgs|fifo|lease     a session (hash, list of messages, list of job IDs, token)
     ns:{t}:j:<job_id>:rec|ck                       a job's record (hash) and its checkpoint
     ns:{<batch_id>}:batch:meta|convs               a batch (hash, list of conversations)
-    ns:{ns}:pending|sessions|agents|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
+    ns:{ns}:pending|woken|sessions|agents|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
                                                    the fleet's structures of the namespace
     ns:{rl:<model>}:<window>:r|t                   a rate-limit window (requests, tokens)
     ns:idem:<key>                                  an idempotency key, used alone
@@ -126,6 +126,11 @@ class Keys:
     def pending(self) -> str:
         """ZSET of sessions that were given work, scored by when (ms, Redis clock): the sweeper's input."""
         return self._fleet("pending")
+
+    @property
+    def woken(self) -> str:
+        """HASH of the stalled sessions the sweeper woke, with their back-off (``SessionMachine.sweep``)."""
+        return self._fleet("woken")
 
     @property
     def agents(self) -> str:

@@ -20,8 +20,15 @@ work or strands a session:
 * **Nothing on the hot path removes a pending mark**: a removal racing a concurrent submit could
   drop that submit's fresh mark. The sweeper alone does: it reads marks older than two intervals
   with their scores, looks at each session's FIFO and lease, and drops the idle ones by
-  compare-and-delete on the score it read (``unindex``). ``announce`` scores only grow (Redis's
-  clock, +1 ms on a tie), so a submit landing after the sweeper looked always keeps its mark.
+  compare-and-delete on the score it read (the ``sweep`` script). ``announce`` scores only grow
+  (Redis's clock, +1 ms on a tie), so a submit landing after the sweeper looked always keeps its mark.
+* **Re-wakes back off, out of the hot path.** The same script keeps, in ``woken`` (fleet tag), the
+  stalled sessions the sweeper woke and in what state (head job and its attempts): found stalled
+  in that state again, a session is re-woken only after a doubling back-off. Nothing else writes
+  ``woken``: what resets a back-off is the state changing (a take that runs the head counts an
+  attempt, a commit moves the head on) or a look finding the session held or idle, so a newly
+  stalled session's first wake stays as prompt as the sweep (a dead worker's: lease + 2 intervals).
+  An entry goes when a look finds its session idle or held, so ``woken`` never outgrows ``pending``.
 * **The listing** gains an entry in ``announce`` (if absent, before the session exists: a crash
   leaves an entry without a session, which pruning drops), and every commit re-asserts it (its
   pipeline is ``[ZADD sessions, commit]``). Pruning (``SessionStore``) drops entries whose session
@@ -203,7 +210,7 @@ class SessionMachine:
         self._commit = load(r, "commit")
         self._release = load(r, "release")
         self._renew = load(r, "renew")
-        self._unindex = load(r, "unindex")
+        self._sweep = load(r, "sweep")
 
     # producer side
     def announce(self, session_id: str, now: datetime, client: redis.client.Pipeline) -> None:
@@ -322,41 +329,51 @@ class SessionMachine:
         seconds, micros = self.r.time()
         return seconds * 1000 + micros // 1000
 
-    def sweep(self, older_than_s: float, limit: int = 1000) -> list[str]:
-        """Sessions with queued work, no lease and no recent mark: they need a new wake-up.
+    def sweep(self, older_than_s: float, max_backoff_s: float, limit: int = 1000,
+              now_ms: int | None = None) -> list[str]:
+        """Sessions with queued work, no lease and no recent mark that need a wake-up now.
 
         Marks of sessions with work are renewed (looked at again in ``older_than_s``); marks of
         idle sessions are dropped unless renewed since they were read (see the module's docstring).
+        A look cannot tell a lost wake-up from one still waiting in the broker behind a backlog, so
+        the first look that finds a session stalled wakes it (a dead worker's, a lost wake-up's:
+        recovered at once). A later look that finds it stalled in the same state (same head job,
+        same attempts: nobody ran it since) wakes it again only once that wake's back-off has run
+        out: ``2 × older_than_s``, doubling up to ``max_backoff_s``, so a backlog costs a few
+        wake-ups per session however long it lasts. Each woken session has one entry in
+        ``keys.woken``, dropped once a look finds the session idle or held. ``now_ms``: Redis's
+        clock (ms) unless given.
         """
         k = self.keys
-        now = self.redis_ms()
+        now = self.redis_ms() if now_ms is None else now_ms
         marks = self.r.zrangebyscore(k.pending, "-inf", now - int(older_than_s * 1000), start=0, num=limit,
                                      withscores=True)
         if not marks:
             return []
         pipe = self.r.pipeline(transaction=False)
         for sid, _ in marks:
-            pipe.llen(k.fifo(sid))
+            pipe.lindex(k.fifo(sid), 0)
             pipe.exists(k.lease(sid))
         seen = pipe.execute()
-        idle: list[str | float] = []
-        busy: dict[str, int] = {}
-        stalled = []
-        for i, (sid, score) in enumerate(marks):
-            queued, leased = seen[2 * i], seen[2 * i + 1]
-            if not queued:
-                idle += [sid, score]
-                continue
-            busy[sid] = now
-            if not leased:
-                stalled.append(sid)
+        heads, leased = seen[0::2], seen[1::2]
+        stalled = {sid: head for (sid, _), head, held in zip(marks, heads, leased) if head and not held}
+        attempts = self._attempts(stalled)
+        looks: list[str | float] = []
+        for (sid, score), head, held in zip(marks, heads, leased):
+            looks += [sid, score, "idle" if not head else "held" if held else f"{head}:{attempts[sid]}"]
+        first_ms = int(2 * older_than_s * 1000)
+        return self._sweep(keys=[k.pending, k.woken], args=[now, first_ms, int(max_backoff_s * 1000), *looks])
+
+    def _attempts(self, heads: dict[str, str]) -> dict[str, str]:
+        """How many times each session's head job was started ('' if unknown): one round trip."""
+        if not heads:
+            return {}
         pipe = self.r.pipeline(transaction=False)
-        if idle:
-            self._unindex(keys=[k.pending], args=idle, client=pipe)
-        if busy:
-            pipe.zadd(k.pending, busy, xx=True, gt=True)
-        pipe.execute()
-        return stalled
+        for head in heads.values():
+            if is_id(head):
+                pipe.hget(self.keys.job(head), "attempts")
+        found = iter(pipe.execute())
+        return {sid: (next(found) or "") if is_id(head) else "" for sid, head in heads.items()}
 
     def count_active(self, limit: int = 0) -> tuple[int, int]:
         """(jobs queued or running, sessions running one) over the sessions marked pending; with

@@ -174,7 +174,7 @@ TABLE = [
 def data_keys(r: redis.Redis, ns: str) -> set[str]:
     """The namespace's (and its tenants') data keys: not the workers' bookkeeping, which comes and goes."""
     keys = set(r.scan_iter(f"{ns}:*", count=1000)) | set(r.scan_iter(f"{ns}.t.*", count=1000))
-    return {k for k in keys if not (k.endswith((":sweep-lock", ":namespaces", ":agents", ":pending"))
+    return {k for k in keys if not (k.endswith((":sweep-lock", ":namespaces", ":agents", ":pending", ":woken"))
                                     or any(f":{part}:" in k for part in ("idle", "handed", "stop")))}
 
 

@@ -58,7 +58,7 @@ def every_key(keys: Keys) -> dict[str, tuple]:
     for batch_id in (uuid.uuid4().hex, bucket("q") * 8, HEX_NS):
         add(keys.batch(batch_id), "batch", batch_id)
         add(keys.batch_conversations(batch_id), "conversations", batch_id)
-    for name in ("sessions", "pending", "agents", "namespaces", "sweep_lock"):
+    for name in ("sessions", "pending", "woken", "agents", "namespaces", "sweep_lock"):
         add(getattr(keys, name), "fleet", name)
     for queue in QUEUES:
         add(keys.idle(queue), "idle", queue)
@@ -92,8 +92,8 @@ def test_a_sessions_keys_and_its_jobs_keys_share_its_bucket_tag():
                  keys.checkpoint(job_id)]
         assert {re.search(r"\{(.*?)\}", k)[1] for k in group} == {bucket(sid)}
         assert len({key_slot(k.encode()) for k in group}) == 1
-    fleet = [keys.sessions, keys.pending, keys.agents, keys.namespaces, keys.sweep_lock, keys.idle("q"),
-             keys.handed("q"), keys.stop("h:1")]
+    fleet = [keys.sessions, keys.pending, keys.woken, keys.agents, keys.namespaces, keys.sweep_lock,
+             keys.idle("q"), keys.handed("q"), keys.stop("h:1")]
     assert len({key_slot(k.encode()) for k in fleet}) == 1
     batch_id = uuid.uuid4().hex
     assert key_slot(keys.batch(batch_id).encode()) == key_slot(keys.batch_conversations(batch_id).encode())
@@ -189,7 +189,7 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         client.create_session("other", ttl=5)
         assert client.delete_session("other") is True
         BatchClient(client).submit([{"custom_id": "c", "messages": ["a", "b"]}])
-        machine.sweep(0)
+        machine.sweep(0, 0)
         client.machine.count_active()
         client.list_sessions()
     finally:
@@ -199,7 +199,7 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         redis.Redis.from_url(settings.broker).delete(tag)
     called = {name for name, _ in slots_seen}
     assert {"announce", "submit", "handoff_give", "cancel", "take", "checkpoint", "commit", "release", "create",
-            "delete", "unindex", "handoff_wait", "handoff_settle", "renew", "rate_limit",
+            "delete", "unindex", "sweep", "handoff_wait", "handoff_settle", "renew", "rate_limit",
             "webhook_claim"} <= called, called
     for name, keys in slots_seen:
         assert len({key_slot(k.encode()) for k in keys}) == 1, f"{name} touches several slots: {keys}"

@@ -336,9 +336,26 @@ def test_sweep_wakes_stalled_sessions_renews_busy_ones_and_drops_idle_marks(r, k
     queue_job(machine, "idle")
     start(machine, "idle")
     r.delete(keys.fifo("idle"))
-    assert machine.sweep(older_than_s=60) == [], "marks younger than that are left alone"
-    assert machine.sweep(older_than_s=0) == ["stalled"]
+    assert machine.sweep(60, 600) == [], "marks younger than that are left alone"
+    assert machine.sweep(0, 600) == ["stalled"]
     assert set(r.zrange(keys.pending, 0, -1)) == {"stalled", "held"}, "the idle session's mark is dropped"
+    assert r.hkeys(keys.woken) == ["stalled"], "what the sweeper woke is kept for its back-off"
+
+
+def test_sweep_script_drops_an_idle_mark_only_if_unchanged_and_wakes_a_stalled_state_once(r, keys):
+    sweep = scripts.load(r, "sweep")
+    r.zadd(keys.pending, {"idle": 1000, "renewed": 2000, "stalled": 1000})
+    looks = ["idle", 1000, "idle", "renewed", 1000, "idle", "stalled", 1000, "J:1"]
+    assert sweep(keys=[keys.pending, keys.woken], args=[5000, 4000, 60_000, *looks]) == ["stalled"]
+    assert r.zrange(keys.pending, 0, -1, withscores=True) == [("renewed", 2000), ("stalled", 5000)], \
+        "a mark renewed since the look stays; a stalled session's is renewed"
+    assert r.hget(keys.woken, "stalled") == "4000 9000 J:1"
+    assert sweep(keys=[keys.pending, keys.woken], args=[5001, 4000, 60_000, "stalled", 5000, "J:1"]) == [], \
+        "a sweep overlapping the last one does not wake it twice"
+    assert sweep(keys=[keys.pending, keys.woken], args=[9000, 4000, 6000, "stalled", 5001, "J:1"]) == ["stalled"]
+    assert r.hget(keys.woken, "stalled") == "6000 15000 J:1", "the back-off doubled, up to its cap"
+    assert sweep(keys=[keys.pending, keys.woken], args=[9001, 4000, 6000, "stalled", 9000, "J:2"]) == ["stalled"]
+    assert r.hget(keys.woken, "stalled") == "4000 13001 J:2", "another state: woken at once, back-off anew"
 
 
 def test_count_active_sums_the_fifos_of_pending_sessions(r, keys, machine):

@@ -2,6 +2,10 @@
 
 Runs in every worker; a short Redis lock makes one sweep per interval fleet-wide. It bounds how
 long a session can stall to about lease + 2 × interval, far below the broker's visibility timeout.
+A sweep cannot tell a lost wake-up from one waiting in the broker behind a backlog, so a session
+it finds stalled again, untouched since its wake-up, is woken again only after a back-off
+doubling from 4 intervals up to ``BACKOFF_CAP`` (``SessionMachine.sweep``): a backlog costs a few
+duplicate wake-ups per session, not one every 2 intervals for as long as it lasts.
 Each sweep also drops, a chunk at a time, listing entries of sessions that expired, so the
 listing does not keep them forever.
 """
@@ -26,16 +30,24 @@ log = logging.getLogger(__name__)
 PRUNE_CHUNK = 500
 """Listing entries checked per namespace and sweep: a million sessions take 2,000 sweeps."""
 
+BACKOFF_CAP = 64
+"""The longest wait, in intervals, before re-waking a session found stalled in the same state
+(5 min 20 s at the default 5 s): what a wake-up lost twice in a row can cost, and what a session
+stuck in a backlog costs, one duplicate wake-up per this. A multiple of the interval, so a fleet
+that sweeps more often for faster recovery also recovers a twice-lost wake-up faster."""
+
 
 class Sweeper:
     def __init__(self, r: redis.Redis, keys: Keys,
                  spaces: Callable[[], list[tuple[SessionMachine, SessionStore]]],
-                 wake: Callable[[str, str], None], interval: float):
+                 wake: Callable[[str, str], None], interval: float, clock: Callable[[], int] | None = None):
+        """``clock``: now in ms on Redis's clock, for tests; by default each sweep asks Redis."""
         self.r = r
         self.keys = keys
         self.spaces = spaces
         self.wake = wake
         self.interval = interval
+        self.clock = clock
         self._pruned_to: dict[str, int] = {}
         self._thread: threading.Thread | None = None
 
@@ -45,7 +57,8 @@ class Sweeper:
         woken = []
         for machine, sessions in self.spaces():
             ns = machine.keys.ns
-            for sid in machine.sweep(older_than_s=2 * self.interval):
+            now_ms = self.clock() if self.clock else None
+            for sid in machine.sweep(2 * self.interval, BACKOFF_CAP * self.interval, now_ms=now_ms):
                 log.info("waking stalled session %s in %s", sid, ns)
                 self.wake(sid, ns)
                 woken.append(sid)

@@ -1,7 +1,7 @@
 -- announce: tell the fleet a session is being given work. Runs just before the submit that gives
 -- it, in the same pipeline (a fleet key and a session's keys cannot share one script on a
 -- cluster): the session is marked pending for the sweeper, with a score that only ever grows, so
--- the sweeper's compare-and-delete (unindex) never drops a mark made after it looked; and it is
+-- the sweeper's compare-and-delete (sweep) never drops a mark made after it looked; and it is
 -- listed if it is not yet.
 --
 -- KEYS[1] pending    the namespace's sessions given work, scored by when (ms, Redis's clock)
