@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from chatq.tasks.client import ChatClient
+from chatq.worker.handoff import GRACE
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import Job
 from chatq.tasks.settings import Settings
@@ -184,7 +185,8 @@ class Burst:
                 self.pause()
             else:
                 client.app.control.cancel_consumer(queue_name, reply=True)
-            time.sleep(client.settings.idle_wait + 0.5)  # until no waiter for a hand-off is registered
+            # until no registration for hand-offs is live (renewed by each wait, outliving it by GRACE)
+            time.sleep(client.settings.idle_wait + GRACE + 0.5)
         spent: dict[str, list[float]] = {"new": [], "existing": []}
         cpu = time.thread_time()
         self.started = self.first = time.time()

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench import baseline_load, chatq_load, limit, report, workload  # noqa: E402
+from bench import baseline_load, chatq_load, limit, proc_stats, report, workload  # noqa: E402
 from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, start_testserver  # noqa: E402
 from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run  # noqa: E402
@@ -186,24 +186,36 @@ class Bench:
         self.r = redis.Redis.from_url(self.urls["store"])
         self.redis_pid = int(self.r.info("server")["process_id"])
         self.r_base = redis.Redis.from_url(self.urls["base_store"])
-        self._await_workers(self.client.app, [f"chatq-{p.pid}@" for p in self.workers], self.workers)
+        self._await_workers(self.client.app, self._node_names, self.workers)
         if self.baselines:
             self._await_workers(self.baselines[0].app.app, [f"{b.name}-{os.getpid()}@" for b in self.baselines],
                                 self.baseline_workers)
 
-    def _await_workers(self, app, names: list[str], procs: list) -> None:
-        """Until every one of ``names`` (node-name prefixes) answers a ping: the broker's DB may
-        hold other benchmark runs' workers, which also answer."""
+    def _node_names(self) -> list[str]:
+        """Celery node-name prefixes of the chatq node's processes: ``chatq-<pid>@`` for a worker of
+        one process, ``chatq-<pid>.<i>@`` for each process a ``chatq worker`` supervises."""
+        per = [proc_stats.tree(p.pid) for p in self.workers]
+        names = []
+        for p, tree in zip(self.workers, per):
+            children = len(tree) - 1
+            names += [f"chatq-{p.pid}.{i}@" for i in range(children)] if children else [f"chatq-{p.pid}@"]
+        return names
+
+    def _await_workers(self, app, names, procs: list) -> None:
+        """Until every one of ``names`` (node-name prefixes, or a function giving them: a node's
+        processes appear as it starts them) answers a ping: the broker's DB may hold other
+        benchmark runs' workers, which also answer."""
         deadline = time.monotonic() + 60
         while True:
             answered = {node for reply in app.control.ping(timeout=0.5) for node in reply}
-            if all(any(node.startswith(n) for node in answered) for n in names):
+            wanted = names() if callable(names) else names
+            if all(any(node.startswith(n) for node in answered) for n in wanted):
                 return
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"{p.name} exited:\n{self.procs.log_tail(p)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not answer a ping within 60 s: {names}")
+                raise RuntimeError(f"workers did not answer a ping within 60 s: {wanted}")
 
     def node(self) -> str:
         a = self.args
@@ -270,7 +282,7 @@ class Bench:
         if one did not answer in time."""
         from chatq.tasks.celery_app import RUN_SESSION
 
-        names = [f"chatq-{p.pid}@" for p in self.workers]
+        names = self._node_names()
         stats = self.client.app.control.inspect(timeout=3).stats() or {}
         mine = [v for node, v in stats.items() if any(node.startswith(n) for n in names)]
         if len(mine) < len(names):
@@ -382,8 +394,9 @@ class Bench:
             self._keep_median(runs)
 
     def _signal_workers(self, sig: int) -> None:
-        for p in self.workers:
-            os.kill(p.pid, sig)
+        for p in self.workers:  # the whole node: a `chatq worker` and the processes it supervises
+            for pid in proc_stats.tree(p.pid):
+                os.kill(pid, sig)
 
     def open_loop_phase(self) -> None:
         a = self.args

@@ -63,23 +63,45 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--concurrency", "-c", type=int, help="Sessions run at once (LLM calls in flight); default CHATQ_CONCURRENCY=5000.")
+@click.option("--concurrency", "-c", type=int,
+              help="Sessions each process runs at once (LLM calls in flight); default CHATQ_CONCURRENCY=5000.")
+@click.option("--processes", "-p", type=click.IntRange(min=1),
+              help="Worker processes; default CHATQ_PROCESSES, else one per CPU core.")
 @click.option("--queues", "-Q", help="Comma-separated queues; default CHATQ_QUEUE.")
 @click.option("--loglevel", "-l", default="INFO")
-def worker(concurrency: int | None, queues: str | None, loglevel: str) -> None:
-    """Start a worker: `celery -A chatq.worker worker -P threads` with chatq's defaults.
+@click.option("--node-name", hidden=True, help="Celery node name (the supervisor names its processes).")
+def worker(concurrency: int | None, processes: int | None, queues: str | None, loglevel: str,
+           node_name: str | None) -> None:
+    """Start a worker node: one process per core, each `celery -A chatq.worker worker -P threads`
+    with chatq's defaults.
 
-    The runtime starts in Celery's worker signals (chatq.worker.celery), so a worker started
+    The runtime starts in Celery's worker signals (chatq.worker.celery), so a process started
     with `celery worker` directly behaves the same.
     """
     from chatq.tasks.settings import get_settings
+
+    settings = get_settings()
+    processes = processes or settings.processes or os.cpu_count() or 1
+    if processes > 1:
+        from .supervisor import supervise
+
+        def child(i: int) -> list[str]:
+            return [sys.executable, "-m", "chatq", "worker", "--processes", "1", "--loglevel", loglevel,
+                    *(["-c", str(concurrency)] if concurrency else []), *(["-Q", queues] if queues else []),
+                    "--node-name", f"chatq-{os.getpid()}.{i}@%h"]
+
+        sys.exit(supervise(child, processes))
+    sys.exit(_run_worker(concurrency, queues or settings.queue, loglevel, node_name or f"chatq-{os.getpid()}@%h"))
+
+
+def _run_worker(concurrency: int | None, queues: str, loglevel: str, name: str) -> int:
     from chatq.worker.celery import app
 
-    argv = ["worker", "--pool", "threads", "-Q", queues or get_settings().queue, "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "-n", f"chatq-{os.getpid()}@%h"]
+    argv = ["worker", "--pool", "threads", "-Q", queues, "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle", "-n", name]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    sys.exit(_celery_worker(app, argv))
+    return _celery_worker(app, argv)
 
 
 def _celery_worker(app: Any, argv: list[str]) -> int:

@@ -146,15 +146,16 @@ class Keys:
         return self._fleet("sweep-lock")
 
     def idle(self, queue: str) -> str:
-        """ZSET of runner threads of a Celery queue waiting to be handed a session, scored by deadline."""
+        """ZSET of worker processes of a Celery queue waiting to be handed sessions (``<host:pid>#<room>``),
+        scored by deadline."""
         return self._fleet(f"idle:{queue}")
 
     def handed(self, queue: str) -> str:
-        """LIST of ``<namespace> <session_id> <job_id>`` handed to the queue's waiting threads."""
+        """LIST of ``<namespace> <session_id> <job_id>`` handed to the queue's waiting processes."""
         return self._fleet(f"handed:{queue}")
 
     def stop(self, worker: str) -> str:
-        """LIST a worker process pushes to on warm shutdown to wake its own waiting threads."""
+        """LIST a worker process pushes to on warm shutdown to wake its own hand-off listener."""
         return self._fleet(f"stop:{worker}")
 
     def rate(self, model: str, window: int) -> tuple[str, str]:

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         5000, ge=1, description="Sessions a worker process runs at once (LLM calls in flight), each a "
         "coroutine on its asyncio runtime.")
+    processes: int | None = Field(
+        None, ge=1, description="Worker processes `chatq worker` starts on a node; unset: one per CPU core.")
     redis_max_connections: int = Field(
         256, ge=4, description="Redis connections per process: a worker's sessions share them (one per command in "
         "flight); each waiter of a producer holds one."

@@ -77,15 +77,17 @@ class Fleet:
 
     def start_worker(self, concurrency: int | None = 20, how: str = "chatq", python: str = sys.executable,
                      cwd: Path = ROOT) -> subprocess.Popen:
-        """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would;
-        ``how="celery"`` the ordinary Celery way, ``celery -A chatq.worker worker``."""
+        """``concurrency=None`` starts it exactly as a user's bare ``chatq worker`` would (a process
+        per core); otherwise a ``chatq worker`` is one process. ``how="celery"`` the ordinary Celery
+        way, ``celery -A chatq.worker worker``."""
         log = open(self.log_path(len(self.workers)), "w")
+        env = dict(self.env) if concurrency is None else {**self.env, "CHATQ_PROCESSES": "1"}
         flags = ["-c", str(concurrency)] if concurrency else []
         command = {"chatq": [python, "-m", "chatq", "worker"],
                    "celery": [python, "-m", "celery", "-A", "chatq.worker", "worker"]}[how]
         proc = subprocess.Popen(
             [*command, *flags, "-l", "INFO"],
-            cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)
         return proc

@@ -164,9 +164,9 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         client.submit("again", "victim:messages")
         client.cancel(client.submit("never", "victim:messages").job_id)
         assert await runner.drain("victim:messages", client.namespace, job.job_id) == 2
-        r.zadd(runner.keys.idle(tag), {"h:1#0": 2**50})  # a waiter, so the next submit is handed
+        r.zadd(runner.keys.idle(tag), {"h:1#1": 2**50})  # a waiter, so the next submit is handed
         handed = client.submit("to a waiter", "x:lease")
-        r.zrem(runner.keys.idle(tag), "h:1#0")
+        r.zrem(runner.keys.idle(tag), "h:1#1")
         handoff = Handoff(ar, runner.keys, "h:1", tag, 0.1)
         got = await handoff.next_sessions(2)
         assert [(h.session_id, h.job_id) for h in got] == [("x:lease", handed.job_id)]
@@ -199,7 +199,7 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
         redis.Redis.from_url(settings.broker).delete(tag)
     called = {name for name, _ in slots_seen}
     assert {"announce", "submit", "handoff_give", "cancel", "take", "checkpoint", "commit", "release", "create",
-            "delete", "unindex", "sweep", "handoff_wait", "handoff_settle", "renew", "rate_limit",
+            "delete", "unindex", "sweep", "handoff_wait", "handoff_stop", "renew", "rate_limit",
             "webhook_claim"} <= called, called
     for name, keys in slots_seen:
         assert len({key_slot(k.encode()) for k in keys}) == 1, f"{name} touches several slots: {keys}"

@@ -123,13 +123,13 @@ def test_submit_refuses_a_job_id_without_its_sessions_bucket(machine):
 
 def test_submit_hands_a_created_session_only_to_a_live_waiter(r, keys, machine):
     assert queue_job(machine, "alone", hand_to=keys, queue="q")  # nobody waits: created
-    r.zadd(keys.idle("q"), {"h:1:1": int(time.time() * 1000) + 60_000})
+    r.zadd(keys.idle("q"), {"h:1#1": int(time.time() * 1000) + 60_000})  # a process with room for one
     job = Job(job_id=new_job_id("s2"), session_id="s2", message="hi")
     assert machine.submit(job.job_id, "s2", encode_job(job), hand_to=keys, queue="q") is SubmitOutcome.handed
     assert r.lrange(keys.handed("q"), 0, -1) == [f"{keys.ns} s2 {job.job_id}"]
     other = Job(job_id=new_job_id("s3"), session_id="s3", message="hi")
     assert machine.submit(other.job_id, "s3", encode_job(other), hand_to=keys, queue="q") is SubmitOutcome.created, \
-        "one waiter, one item already handed: the next one is published"
+        "room for one, one item already handed: the next one is published"
 
 
 # --- cancel -----------------------------------------------------------------------------------
@@ -403,24 +403,26 @@ def test_listing_drops_entries_of_sessions_that_expired(r, keys):
 # --- the other scripts: hand-offs, webhooks, rate limit ---------------------------------------
 
 def test_handoff_scripts(r, keys):
-    wait, settle, give, stop = (scripts.load(r, f"handoff_{n}") for n in ("wait", "settle", "give", "stop"))
+    wait, give, stop = (scripts.load(r, f"handoff_{n}") for n in ("wait", "give", "stop"))
     idle, handed = keys.idle("q"), keys.handed("q")
     assert give(keys=[idle, handed], args=["ns s j"]) == 0, "nobody waits"
-    assert wait(keys=[idle], args=[60_000, "p1#0"]) == 1
+    assert wait(keys=[idle], args=[60_000, "p1#1", ""]) == 1
     assert give(keys=[idle, handed], args=["ns s j"]) == 1
-    assert give(keys=[idle, handed], args=["ns t k"]) == 0, "as many handed as waiting"
-    assert settle(keys=[idle, handed], args=[5, "p1#0"]) == ["ns s j"], "p1 was counted but is leaving: it takes it"
-    assert settle(keys=[idle, handed], args=[5, "p1#0"]) == []
-    assert wait(keys=[idle], args=[60_000, "p2#0", "p2#1", "p2#2"]) == 3, "a waiter per free slot"
-    assert [give(keys=[idle, handed], args=[f"ns s{n} j"]) for n in range(4)] == [1, 1, 1, 0]
-    assert settle(keys=[idle, handed], args=[2, "p2#0", "p2#1", "p2#2"]) == ["ns s0 j", "ns s1 j"], "up to its room"
-    assert r.lrange(handed, 0, -1) == ["ns s2 j"]
+    assert give(keys=[idle, handed], args=["ns t k"]) == 0, "as many handed as it has room for"
+    wait(keys=[idle], args=[60_000, "p1#3", "p1#1"])
+    assert r.zrange(idle, 0, -1) == ["p1#3"], "a renewal replaces the process's registration"
+    assert wait(keys=[idle], args=[60_000, "p2#2", ""]) == 1
+    assert [give(keys=[idle, handed], args=[f"ns s{n} j"]) for n in range(5)] == [1, 1, 1, 1, 0], "room: 3 + 2"
     r.delete(handed)
-    wait(keys=[idle], args=[1, "w2#0"])
+    r.delete(idle)
+    wait(keys=[idle], args=[1, "w2#5", ""])
     time.sleep(0.01)
     assert give(keys=[idle, handed], args=["ns s j"]) == 0, "a registration past its deadline is not counted"
-    wait(keys=[idle], args=[60_000, "w3#0", "w3#1"])
-    assert stop(keys=[idle, keys.stop("host:1")], args=["w3#0", "w3#1"]) == 2
+    wait(keys=[idle], args=[60_000, "w3#4", ""])
+    assert stop(keys=[idle, keys.stop("host:1")], args=["0", "w3#4"]) == 1
+    assert r.zcard(idle) == 0 and not r.exists(keys.stop("host:1")), "a pause wakes nobody"
+    wait(keys=[idle], args=[60_000, "w3#4", ""])
+    assert stop(keys=[idle, keys.stop("host:1")], args=["1", "w3#4"]) == 1
     assert r.zcard(idle) == 0 and r.lrange(keys.stop("host:1"), 0, -1) == ["-"]
 
 

@@ -18,6 +18,7 @@ blocks green threads.
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -98,6 +99,9 @@ def start(worker: Any) -> Runtime:
         traceback.print_exc()
         _refuse(f"{type(exc).__name__}: {exc}")
     _runtime = runtime
+    # A wake-up is not a job: Celery's two INFO lines per task would be most of a worker's log.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
     model = "embedded offline" if settings.offline else settings.model
     print(f"chatq worker: up to {settings.concurrency} sessions at once, pool {pool}, queue {queue}, "
           f"model {model}", file=sys.stderr, flush=True)

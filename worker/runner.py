@@ -52,7 +52,7 @@ class SessionRunner:
     serves the few blocking steps (batch counts, webhooks, Celery wake-ups), run off the loop."""
 
     def __init__(self, settings: Settings, r: aioredis.Redis, sync_r: redis.Redis, wakeups: WakePublisher,
-                 identity: str):
+                 identity: str, max_connections: int = 1000):
         self.settings = settings
         self.r = r
         self.sync_r = sync_r
@@ -64,7 +64,7 @@ class SessionRunner:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.leases = LeaseKeeper(SessionMachine(sync_r, self.keys, settings.result_ttl, settings.session_ttl),
                                   self.lease_ms)
-        self.provider = Provider(settings)
+        self.provider = Provider(settings, max_connections)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)

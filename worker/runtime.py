@@ -50,9 +50,11 @@ class Runtime:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.sync_r = get_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
         # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
-        self.r = get_async_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout + s.idle_wait)
-        self.runner = SessionRunner(s, self.r, self.sync_r, wakeups, self.identity)
-        self.handoff = (Handoff(self.r, self.runner.keys, self.identity, self.queue, s.idle_wait)
+        self.r = get_async_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
+        self.runner = SessionRunner(s, self.r, self.sync_r, wakeups, self.identity, max_connections=self.capacity)
+        # The listener's BLPOP holds a connection: its own client, never waiting behind the sessions'.
+        self.handoff = (Handoff(get_async_redis(s.redis_url, 2, s.redis_socket_timeout + s.idle_wait),
+                                self.runner.keys, self.identity, self.queue, s.idle_wait)
                         if s.idle_wait > 0 else None)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="chatq-runtime", daemon=True)
@@ -149,6 +151,8 @@ class Runtime:
         await asyncio.gather(*self._services, return_exceptions=True)
         await self.runner.provider.aclose()
         await self.r.aclose()
+        if self.handoff is not None:
+            await self.handoff.r.aclose()
         return True
 
     # -- taking sessions -----------------------------------------------------------------------------
@@ -194,11 +198,12 @@ class Runtime:
         assert self.handoff is not None
         while not self.stopping:
             room = self.capacity - self._in_flight
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
             try:
+                if room <= 0:
+                    await self.handoff.pause()
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 handed = await self.handoff.next_sessions(room)
             except UNREACHABLE as exc:  # a session lost in transit is the sweeper's
                 log.warning("waiting for hand-offs failed (%s); retrying in 1 s", exc)
