@@ -167,6 +167,7 @@ class Bench:
         if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
             # The setting rather than `-c`: read at start-up whatever the CLI's import order.
             chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
+            chatq_env["CHATQ_PROCESSES"] = "1"  # the node's shape as given: --workers processes
         self.workers = [
             self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
             for i in range(a.workers)
