@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from typing import Any
@@ -24,7 +25,12 @@ log = logging.getLogger(__name__)
 _listeners: dict[tuple[int, str], DoneListener] = {}
 _listeners_lock = threading.Lock()
 _JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
-_CHECK_EVERY = 5.0  # seconds between a waiter's re-reads while notifications flow
+_CHECK_EVERY = 60.0
+"""Longest a waiter goes without re-reading its job while notifications flow (jittered down to half
+of it): a safety net for a notification lost without the listener's connection noticing (a silent
+network drop); every reconnect wakes all waiters anyway. Each re-read of each waiting thread costs a
+wake-up and the GIL, so waiters that re-read often and in step (thousands of threads) starve the
+process: measured with ``bench/wait_cost.py``."""
 _RETRY_EVERY = 1.0  # seconds between retries while Redis is unreachable
 
 
@@ -76,6 +82,10 @@ class JobStore:
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job finishes: woken by the commit's PUBLISH, not by polling.
 
+        The job is read once, then only when the shared listener says it may have finished (its
+        notification, or a resubscribe after which one may have been missed) and every
+        ``_CHECK_EVERY`` seconds or so: a waiting thread costs nothing while it waits.
+
         A Redis outage is waited out until ``timeout``: reads are retried and the shared listener
         resubscribes. A timeout during an outage says for how long Redis was unreachable. A read on
         a stalled Redis takes up to ``CHATQ_REDIS_SOCKET_TIMEOUT``, so the timeout can overrun by that.
@@ -107,8 +117,9 @@ class JobStore:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeout(f"job {job_id} still {status.value} after {timeout}s")
-                # A bounded wait also notices a record that expired, or a notification lost to a reconnect.
-                done.wait(_CHECK_EVERY if remaining is None else min(remaining, _CHECK_EVERY))
+                # Woken by the job's notification or a resubscribe; the bounded wait is only a safety net.
+                check = _CHECK_EVERY * random.uniform(0.5, 1.0)  # spread, so thousands never re-read at once
+                done.wait(check if remaining is None else min(remaining, check))
                 done.clear()
         finally:
             self._done.unregister(job_id, done)
@@ -119,8 +130,10 @@ class DoneListener:
 
     A connection per wait cost a TCP connect, a pooled connection held for the whole wait, and a
     socket per thread to poll; here one listener thread sets the waiters' events. It outlives Redis
-    outages: it keeps (re)subscribing, and wakes every waiter when notifications may have been
-    missed (an error, a resubscribe), so each re-reads its job instead of waiting for its next check.
+    outages: it keeps (re)subscribing, and wakes every waiter whenever Redis confirms a subscription
+    (the first, and every resubscribe after a reconnect, including those redis-py makes silently
+    inside a read), since notifications published before it went unseen: each waiter then re-reads
+    its job instead of waiting for its safety check.
     """
 
     def __init__(self, r: redis.Redis, pattern: str):
@@ -128,7 +141,8 @@ class DoneListener:
         self._lock = threading.Lock()
         self._pattern = pattern
         self._prefix = pattern.removesuffix("*")
-        self._pubsub = r.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are wanted: each says "from here on nothing is missed".
+        self._pubsub = r.pubsub(ignore_subscribe_messages=False)
         self._thread = threading.Thread(target=self._run, name="chatq-job-notifications", daemon=True)
         self._thread.start()
 
@@ -147,26 +161,25 @@ class DoneListener:
                     del self._waiters[job_id]
 
     def _run(self) -> None:
-        missed = True  # anything published before the first subscribe went unseen
         down = False
         while True:
             try:
                 if not self._pubsub.subscribed:
                     self._pubsub.psubscribe(**{self._pattern: self._on_message})
                 # redis-py reconnects and resubscribes inside this call once Redis answers again.
-                self._pubsub.get_message(timeout=1.0)
+                message = self._pubsub.get_message(timeout=1.0)
             except Exception as exc:  # the thread must live on, or every waiter falls back to slow checks
                 if not down:  # waiters see the outage themselves; this only explains slower wake-ups
                     log.log(logging.INFO if isinstance(exc, UNREACHABLE) else logging.ERROR,
                             "job notifications interrupted (%s); resubscribing until Redis answers", exc,
                             exc_info=not isinstance(exc, UNREACHABLE))
-                down = missed = True
+                down = True
                 time.sleep(_RETRY_EVERY)
                 continue
-            if missed:
+            if message is not None and message["type"] == "psubscribe":
                 if down:
                     log.info("job notifications resumed")
-                down = missed = False
+                    down = False
                 self._wake_all()
 
     def _wake_all(self) -> None:
