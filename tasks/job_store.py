@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -32,6 +33,7 @@ network drop); every reconnect wakes all waiters anyway. Each re-read of each wa
 wake-up and the GIL, so waiters that re-read often and in step (thousands of threads) starve the
 process: measured with ``bench/wait_cost.py``."""
 _RETRY_EVERY = 1.0  # seconds between retries while Redis is unreachable
+_READ_BATCH = 500  # notified jobs read in one pipeline by the listener
 
 
 def encode_job(job: Job) -> dict[str, str]:
@@ -76,7 +78,7 @@ class JobStore:
         with _listeners_lock:
             key = (id(self.r), self.keys.ns)
             if key not in _listeners:
-                _listeners[key] = DoneListener(self.r, self.keys.done_channel("*"))
+                _listeners[key] = DoneListener(self.r, self.keys.done_channel("*"), self.keys.job)
             return _listeners[key]
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -93,22 +95,23 @@ class JobStore:
         if not is_id(job_id):
             raise JobNotFound(f"unknown or expired job: {job_id}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = self._done.register(job_id)
+        waiter = self._done.register(job_id)
         down_since: float | None = None
+        fields: dict[str, str] | None = None
         try:
             while True:
-                try:
-                    fields = self.r.hgetall(self.keys.job(job_id))
-                except UNREACHABLE as exc:
-                    now = time.monotonic()
-                    down_since = now if down_since is None else down_since
-                    if deadline is not None and now >= deadline:
-                        raise WaitTimeout(f"gave up waiting for job {job_id} after {timeout:g} s: "
-                                          f"Redis unreachable for {now - down_since:.0f} s ({exc})") from exc
-                    done.wait(_RETRY_EVERY if deadline is None else min(deadline - now, _RETRY_EVERY))
-                    done.clear()
-                    continue
-                down_since = None
+                if fields is None:
+                    try:
+                        fields = self.r.hgetall(self.keys.job(job_id))
+                    except UNREACHABLE as exc:
+                        now = time.monotonic()
+                        down_since = now if down_since is None else down_since
+                        if deadline is not None and now >= deadline:
+                            raise WaitTimeout(f"gave up waiting for job {job_id} after {timeout:g} s: "
+                                              f"Redis unreachable for {now - down_since:.0f} s ({exc})") from exc
+                        fields = waiter.wait(_RETRY_EVERY if deadline is None else min(deadline - now, _RETRY_EVERY))
+                        continue
+                    down_since = None
                 if "status" not in fields:
                     raise JobNotFound(f"unknown or expired job: {job_id}")
                 status = JobStatus(fields["status"])
@@ -119,25 +122,53 @@ class JobStore:
                     raise WaitTimeout(f"job {job_id} still {status.value} after {timeout}s")
                 # Woken by the job's notification or a resubscribe; the bounded wait is only a safety net.
                 check = _CHECK_EVERY * random.uniform(0.5, 1.0)  # spread, so thousands never re-read at once
-                done.wait(check if remaining is None else min(remaining, check))
-                done.clear()
+                fields = waiter.wait(check if remaining is None else min(remaining, check))
         finally:
-            self._done.unregister(job_id, done)
+            self._done.unregister(job_id, waiter)
+
+
+class Waiter:
+    """One ``JobStore.wait`` call as the listener sees it: an event, and the job's record when the
+    listener read it for the waiter after its notification."""
+
+    __slots__ = ("_event", "_fields")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._fields: dict[str, str] | None = None
+
+    def wake(self, fields: dict[str, str] | None = None) -> None:
+        self._fields = fields
+        self._event.set()
+
+    def wait(self, timeout: float) -> dict[str, str] | None:
+        """The record the listener read, or None (woken without it, or timed out): read it yourself."""
+        self._event.wait(timeout)
+        self._event.clear()
+        fields, self._fields = self._fields, None
+        return fields
 
 
 class DoneListener:
     """One pub/sub connection per process and namespace, shared by every waiting thread.
 
     A connection per wait cost a TCP connect, a pooled connection held for the whole wait, and a
-    socket per thread to poll; here one listener thread sets the waiters' events. It outlives Redis
-    outages: it keeps (re)subscribing, and wakes every waiter whenever Redis confirms a subscription
-    (the first, and every resubscribe after a reconnect, including those redis-py makes silently
-    inside a read), since notifications published before it went unseen: each waiter then re-reads
-    its job instead of waiting for its safety check.
+    socket per thread to poll; here one listener thread wakes the waiters. After a burst of
+    notifications it reads the finished jobs that this process waits for in one pipeline and
+    hands each waiter its record: a woken thread then only decodes it, instead of thousands taking
+    turns at the GIL and the connection pool for a read each (``bench/wait_cost.py``).
+
+    It outlives Redis outages: it keeps (re)subscribing, and wakes every waiter whenever Redis
+    confirms a subscription (the first, and every resubscribe after a reconnect, including those
+    redis-py makes silently inside a read), since notifications published before it went unseen:
+    each waiter then re-reads its job instead of waiting for its safety check. A failed read wakes
+    the waiters without their records; they read for themselves and ride the outage out.
     """
 
-    def __init__(self, r: redis.Redis, pattern: str):
-        self._waiters: dict[str, set[threading.Event]] = {}
+    def __init__(self, r: redis.Redis, pattern: str, record_key: Callable[[str], str]):
+        self._r = r
+        self._record_key = record_key
+        self._waiters: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
         self._pattern = pattern
         self._prefix = pattern.removesuffix("*")
@@ -146,18 +177,18 @@ class DoneListener:
         self._thread = threading.Thread(target=self._run, name="chatq-job-notifications", daemon=True)
         self._thread.start()
 
-    def register(self, job_id: str) -> threading.Event:
-        event = threading.Event()
+    def register(self, job_id: str) -> Waiter:
+        waiter = Waiter()
         with self._lock:
-            self._waiters.setdefault(job_id, set()).add(event)
-        return event
+            self._waiters.setdefault(job_id, set()).add(waiter)
+        return waiter
 
-    def unregister(self, job_id: str, event: threading.Event) -> None:
+    def unregister(self, job_id: str, waiter: Waiter) -> None:
         with self._lock:
-            events = self._waiters.get(job_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
                     del self._waiters[job_id]
 
     def _run(self) -> None:
@@ -165,9 +196,8 @@ class DoneListener:
         while True:
             try:
                 if not self._pubsub.subscribed:
-                    self._pubsub.psubscribe(**{self._pattern: self._on_message})
-                # redis-py reconnects and resubscribes inside this call once Redis answers again.
-                message = self._pubsub.get_message(timeout=1.0)
+                    self._pubsub.psubscribe(self._pattern)
+                finished, confirmed = self._drain()
             except Exception as exc:  # the thread must live on, or every waiter falls back to slow checks
                 if not down:  # waiters see the outage themselves; this only explains slower wake-ups
                     log.log(logging.INFO if isinstance(exc, UNREACHABLE) else logging.ERROR,
@@ -176,20 +206,50 @@ class DoneListener:
                 down = True
                 time.sleep(_RETRY_EVERY)
                 continue
-            if message is not None and message["type"] == "psubscribe":
+            if confirmed:
                 if down:
                     log.info("job notifications resumed")
                     down = False
                 self._wake_all()
+            elif finished:
+                self._deliver(finished)
+
+    def _drain(self) -> tuple[list[str], bool]:
+        """The jobs announced (waiting up to a second for the first, then taking what has arrived,
+        up to a batch), and whether a subscription was confirmed meanwhile."""
+        finished: list[str] = []
+        confirmed = False
+        # redis-py reconnects and resubscribes inside this call once Redis answers again.
+        message = self._pubsub.get_message(timeout=1.0)
+        while message is not None:
+            if message["type"] == "pmessage":
+                finished.append(message["channel"].removeprefix(self._prefix))
+            elif message["type"] == "psubscribe":
+                confirmed = True
+            if len(finished) >= _READ_BATCH:
+                break
+            message = self._pubsub.get_message(timeout=0)
+        return finished, confirmed
+
+    def _deliver(self, finished: list[str]) -> None:
+        with self._lock:
+            wanted = [job_id for job_id in dict.fromkeys(finished) if job_id in self._waiters]
+        if not wanted:
+            return
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for job_id in wanted:
+                pipe.hgetall(self._record_key(job_id))
+            records: list[dict[str, str] | None] = pipe.execute()
+        except Exception:  # the waiters read for themselves, and see the outage if it is one
+            records = [None] * len(wanted)
+        with self._lock:
+            for job_id, fields in zip(wanted, records):
+                for waiter in self._waiters.get(job_id, ()):
+                    waiter.wake(fields)
 
     def _wake_all(self) -> None:
         with self._lock:
-            for events in self._waiters.values():
-                for event in events:
-                    event.set()
-
-    def _on_message(self, message: dict[str, Any]) -> None:
-        job_id = message["channel"].removeprefix(self._prefix)
-        with self._lock:
-            for event in self._waiters.get(job_id, ()):
-                event.set()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.wake()

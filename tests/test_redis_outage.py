@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -265,6 +266,31 @@ def test_wait_keeps_waiting_through_an_outage_until_the_job_finishes(outage_flee
 
 
 # The pieces, directly.
+
+def test_a_notification_lost_with_the_listeners_connection_is_made_up_by_its_resubscribe(outage_fleet, private_redis):
+    """Redis drops the waiters' shared listener and, in the same transaction, finishes the job and
+    announces it to nobody: the listener's resubscribe wakes the waiter to re-read, long before
+    its timeout (20 s, under the 30-60 s of its safety re-read)."""
+    private_redis.start()
+    client = outage_fleet.client()
+    job = client.submit("nobody runs this")
+    client.r.config_resetstat()
+    waited: dict[str, object] = {}
+    waiter = threading.Thread(target=lambda: waited.update(job=client.wait(job.job_id, 20)), daemon=True)
+    waiter.start()
+    _wait_until(lambda: client.r.pubsub_numpat() == 1 and "cmdstat_hgetall" in client.r.info("commandstats"),
+                10, "the waiter to read its job and the listener to subscribe")
+    time.sleep(0.5)  # the listener's first subscribe has woken the waiter and it waits again
+    assert waiter.is_alive()
+    finish = client.r.pipeline(transaction=True)
+    finish.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    finish.hset(client.keys.job(job.job_id), "status", "cancelled")
+    finish.publish(client.keys.done_channel(job.job_id), "cancelled")
+    assert finish.execute()[-1] == 0  # the notification reached no one
+    waiter.join(10)  # at its timeout it would re-read anyway: it must be woken long before
+    assert not waiter.is_alive(), "the resubscribe did not wake the waiter"
+    assert waited["job"].status == "cancelled"
+
 
 def test_wait_for_redis_logs_one_line_every_few_seconds_and_gives_up_at_its_timeout(caplog):
     now = [0.0]
