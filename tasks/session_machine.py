@@ -15,8 +15,9 @@ work or strands a session:
 
 * **submit** is one pipeline, ``[announce (fleet), submit (session)]``: the pending mark comes
   first, so a producer dying between the two leaves a mark without work (the sweeper drops it),
-  never work without a mark. A ``created`` session then costs a second call, ``handoff_give``, or
-  a Celery wake-up; a producer dying before either leaves a marked session the sweeper wakes.
+  never work without a mark. A ``created`` session then costs a second call: ``handoff_give`` if
+  the pipeline saw workers registered for one, else (or if it gave nothing) a Celery wake-up;
+  a producer dying before either leaves a marked session the sweeper wakes.
 * **Nothing on the hot path removes a pending mark**: a removal racing a concurrent submit could
   drop that submit's fresh mark. The sweeper alone does: it reads marks older than two intervals
   with their scores, looks at each session's FIFO and lease, and drops the idle ones by
@@ -236,8 +237,9 @@ class SessionMachine:
         With ``client`` (a pipeline) the commands are only queued into it (and ``announce=False``
         leaves out the fleet's side, for a caller that queued ``announce`` once for the session,
         with the same ``now``) and None is returned; the caller wakes the sessions. Otherwise one round trip, and for a
-        ``created`` session with ``hand_to`` (the fleet's keys) a second: hand it to a thread
-        waiting on Celery queue ``queue`` (``handed``), else the caller publishes a wake-up.
+        ``created`` session with ``hand_to`` (the fleet's keys), when that round trip saw workers
+        registered for hand-offs on Celery queue ``queue``, a second: hand it to one with room
+        (``handed``); else the caller publishes a wake-up.
         """
         if not is_id(job_id) or job_id[:4] != bucket(session_id):
             raise ValueError(f"job ID {job_id!r} does not carry session {session_id!r}'s bucket (keys.new_job_id)")
@@ -255,8 +257,15 @@ class SessionMachine:
         )
         if client is not None:
             return None
-        outcome = SubmitOutcome(pipe.execute()[-1])
-        if outcome is SubmitOutcome.created and hand_to is not None:
+        if hand_to is None:
+            return SubmitOutcome(pipe.execute()[-1])
+        # Whether any worker is registered for hand-offs, in the same round trip: in a busy fleet
+        # none is, and a new session then costs no second call that could only give nothing. Expired
+        # registrations still count here, so this errs towards trying the hand-off.
+        pipe.zcard(hand_to.idle(queue))
+        *_, outcome, waiting = pipe.execute()
+        outcome = SubmitOutcome(outcome)
+        if outcome is SubmitOutcome.created and waiting:
             item = f"{k.ns} {session_id} {job_id}"
             if self._give(keys=[hand_to.idle(queue), hand_to.handed(queue)], args=[item]):
                 return SubmitOutcome.handed
