@@ -1,8 +1,9 @@
 """How long submitting a batch of N one-turn conversations takes, by phase; no worker needed.
 
-Compares three ways of publishing the wake-ups: ``ChatClient.wake`` per conversation, one reused
-producer, and what ``BatchClient.wake_all`` does (``WakePublisher.wake_many``: one producer plus
-kombu's ``Producer.batch`` and precomputed reprs). Uses a throwaway namespace and queue, removed afterwards.
+Compares three ways of publishing the wake-ups: ``ChatClient.wake`` per conversation (on a Redis
+broker one LPUSH each), Celery's ``send_task`` through one reused producer, and what
+``BatchClient.wake_all`` does (``WakePublisher.wake_many``: on a Redis broker one LPUSH per 2,000
+wake-ups; otherwise one producer plus kombu's ``Producer.batch`` and precomputed reprs). Uses a throwaway namespace and queue, removed afterwards.
 
     python bench/batch_submit.py [--n 10000] [--repeat 3] [--redis redis://127.0.0.1:6379/13]
 
@@ -64,8 +65,8 @@ def wake_one_producer(self: BatchClient, sessions: list[tuple[str, str]]) -> Non
 
 VARIANTS = {
     "ChatClient.wake per conversation": wake_each,
-    "one producer": wake_one_producer,
-    "one producer + Producer.batch (BatchClient)": BatchClient.wake_all,
+    "send_task, one producer": wake_one_producer,
+    "BatchClient.wake_all": BatchClient.wake_all,
 }
 
 

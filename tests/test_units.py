@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-
+import base64
+import json
 import uuid
 
 import openai
@@ -22,7 +23,7 @@ from chatq.worker.provider import Provider, ProviderError, _clip, _retry_after, 
 from chatq.worker.rate_limit import RateLimiter
 from chatq.worker.tools import ToolImportError, ToolRegistry, import_tool, make_tool, tool
 
-from .conftest import REDIS_URL
+from .conftest import BROKER_URL, REDIS_URL
 
 
 def user(text: str) -> Message:
@@ -198,3 +199,46 @@ def test_window_over_the_tail_read_equals_window_over_everything():
     for budget in (5, 40, 120, 333, 900):
         limit = budget // 4 + 1
         assert window(history[-limit:], [user("now")], budget) == window(history, [user("now")], budget)
+
+
+def test_a_wake_up_pushed_directly_is_the_message_celery_sends_but_for_its_ids():
+    """What ``WakePublisher`` pushes to a Redis broker, and what ``send_task`` pushes for the same
+    wake-up, decoded: equal once the per-message IDs are set aside."""
+    from chatq.tasks.celery_app import RUN_SESSION, make_app
+    from chatq.tasks.wakeups import WakePublisher
+
+    queue = f"wake{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_url=REDIS_URL, broker_url=BROKER_URL, queue=queue)
+    app = make_app(settings)
+    publisher = WakePublisher(app, queue)
+    assert publisher.broker is not None  # a redis:// broker: pushed directly
+    broker = redis.Redis.from_url(BROKER_URL)
+    try:
+        for job_id in ("ab" * 16, None):  # a producer's wake-up names the head; the sweeper's does not
+            publisher.wake("s:1", "ns.t.a", job_id)
+            args, kwargs = ["s:1"], {"job_id": job_id, "namespace": "ns.t.a"}
+            app.send_task(RUN_SESSION, args=args, kwargs=kwargs, queue=queue)
+            ours = json.loads(broker.rpop(queue))  # the oldest first, as a worker takes them
+            celerys = json.loads(broker.rpop(queue))
+            for message in (ours, celerys):
+                headers, props = message["headers"], message["properties"]
+                assert headers["id"] == headers["root_id"] == props["correlation_id"]
+                assert uuid.UUID(props.pop("delivery_tag")) and uuid.UUID(headers.pop("root_id"))
+                del headers["id"], props["correlation_id"]
+                message["body"] = json.loads(base64.b64decode(message["body"]))
+            assert ours == celerys
+            assert ours["body"][:2] == [args, kwargs]
+    finally:
+        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        broker.close()
+
+
+def test_a_broker_a_direct_push_would_not_reproduce_goes_through_celery():
+    from chatq.tasks.celery_app import make_app
+    from chatq.tasks.wakeups import WakePublisher, redis_broker
+
+    app = make_app(Settings(redis_url=REDIS_URL, broker_url=BROKER_URL))
+    assert redis_broker(app) == BROKER_URL
+    app.conf.broker_transport_options = {"global_keyprefix": "x:"}
+    assert redis_broker(app) is None and WakePublisher(app, "q").broker is None
+    assert redis_broker(make_app(Settings(broker_url="amqp://guest@localhost//"))) is None
