@@ -5,7 +5,7 @@ The jobs are submitted to N new sessions and finished the way the commit script 
 then ``PUBLISH`` on the job's done channel), all in one script call whose client-side CPU is
 subtracted. Runs on a private redis-server, so ``INFO commandstats`` counts this process's reads.
 
-    python -m bench.wait_cost [--waiters 3000] [--idle 30] [--redis URL]
+    python -m bench.wait_cost [--waiters 3000] [--idle 90] [--redis URL]
 
 A wait that costs nothing while idle shows ~0 reads and ~0 CPU per waiter-minute, and ~1 read per
 job when the jobs finish.
@@ -85,7 +85,8 @@ def run(client: ChatClient, waiters: int, idle: float, settle: float) -> None:
     cpu, wall = time.process_time(), time.monotonic()
     time.sleep(idle)
     idle_cpu, idle_wall = time.process_time() - cpu, time.monotonic() - wall
-    idle_reads = command_calls(client.r).get("hgetall", 0)
+    idle_calls = command_calls(client.r)
+    idle_reads, idle_checks = idle_calls.get("hgetall", 0), idle_calls.get("hget", 0)
 
     client.r.config_resetstat()
     finish = client.r.register_script(FINISH)
@@ -107,7 +108,8 @@ def run(client: ChatClient, waiters: int, idle: float, settle: float) -> None:
     per_wait_min = 1000 * idle_cpu / waiters / minutes
     print(f"{waiters} threads in ChatClient.wait, {idle_wall:.0f} s idle: "
           f"{1000 * idle_cpu:.0f} ms CPU ({per_wait_min:.3f} ms per waiter-minute), "
-          f"{idle_reads} job-record reads ({idle_reads / waiters / minutes:.2f} per waiter-minute)")
+          f"{idle_reads} job-record reads ({idle_reads / waiters / minutes:.2f} per waiter-minute), "
+          f"{idle_checks} status reads ({idle_checks / waiters / minutes:.2f} per waiter-minute)")
     print(f"all {waiters} jobs finished at once: {1000 * done_cpu / waiters:.3f} ms CPU per job, "
           f"{done_reads / waiters:.2f} reads per job, last waiter returned after {done_wall:.2f} s")
     for latency in (1, 5, 30):
@@ -118,8 +120,9 @@ def run(client: ChatClient, waiters: int, idle: float, settle: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--waiters", type=int, default=3000)
-    ap.add_argument("--idle", type=float, default=30.0, help="seconds the waiters wait, measured")
-    ap.add_argument("--settle", type=float, default=2.0, help="seconds to let the start-up settle after every waiter's first read")
+    ap.add_argument("--idle", type=float, default=90.0, help="seconds the waiters wait, measured")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds to let the start-up settle after every waiter's first read")
     ap.add_argument("--redis", help="an existing Redis to use (default: a private redis-server; the read "
                                     "counts then include everyone else's)")
     args = ap.parse_args()

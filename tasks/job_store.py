@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +26,13 @@ _listeners: dict[tuple[int, str], DoneListener] = {}
 _listeners_lock = threading.Lock()
 _JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
 _CHECK_EVERY = 60.0
-"""Longest a waiter goes without re-reading its job while notifications flow (jittered down to half
-of it): a safety net for a notification lost without the listener's connection noticing (a silent
-network drop); every reconnect wakes all waiters anyway. Each re-read of each waiting thread costs a
-wake-up and the GIL, so waiters that re-read often and in step (thousands of threads) starve the
-process: measured with ``bench/wait_cost.py``."""
+"""Seconds between the listener's checks of every job its process waits for (one pipelined status
+read each): a safety net for a notification lost without the listener's connection noticing (a
+silent network drop); every reconnect wakes all waiters anyway. Waiting threads never wake on a
+timer themselves: 3,000 threads each re-reading every 5 s burned more than a core, and even spread
+out a thread's wake-up costs ~0.5 ms among thousands (``bench/wait_cost.py``)."""
 _RETRY_EVERY = 1.0  # seconds between retries while Redis is unreachable
-_READ_BATCH = 500  # notified jobs read in one pipeline by the listener
+_READ_BATCH = 500  # jobs read in one pipeline by the listener
 
 
 def encode_job(job: Job) -> dict[str, str]:
@@ -84,9 +83,9 @@ class JobStore:
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job finishes: woken by the commit's PUBLISH, not by polling.
 
-        The job is read once, then only when the shared listener says it may have finished (its
-        notification, or a resubscribe after which one may have been missed) and every
-        ``_CHECK_EVERY`` seconds or so: a waiting thread costs nothing while it waits.
+        The job is read once; after that the waiting thread sleeps until the shared listener wakes
+        it, usually with the job's record (``DoneListener``), or until ``timeout``: a waiting thread
+        costs nothing while it waits.
 
         A Redis outage is waited out until ``timeout``: reads are retried and the shared listener
         resubscribes. A timeout during an outage says for how long Redis was unreachable. A read on
@@ -95,7 +94,8 @@ class JobStore:
         if not is_id(job_id):
             raise JobNotFound(f"unknown or expired job: {job_id}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiter = self._done.register(job_id)
+        listener = self._done
+        waiter = listener.register(job_id)
         down_since: float | None = None
         fields: dict[str, str] | None = None
         try:
@@ -105,7 +105,8 @@ class JobStore:
                         fields = self.r.hgetall(self.keys.job(job_id))
                     except UNREACHABLE as exc:
                         now = time.monotonic()
-                        down_since = now if down_since is None else down_since
+                        if down_since is None:  # the listener may have lost Redis while this slept
+                            down_since = min(now, listener.down_since or now)
                         if deadline is not None and now >= deadline:
                             raise WaitTimeout(f"gave up waiting for job {job_id} after {timeout:g} s: "
                                               f"Redis unreachable for {now - down_since:.0f} s ({exc})") from exc
@@ -120,11 +121,9 @@ class JobStore:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeout(f"job {job_id} still {status.value} after {timeout}s")
-                # Woken by the job's notification or a resubscribe; the bounded wait is only a safety net.
-                check = _CHECK_EVERY * random.uniform(0.5, 1.0)  # spread, so thousands never re-read at once
-                fields = waiter.wait(check if remaining is None else min(remaining, check))
+                fields = waiter.wait(remaining)
         finally:
-            self._done.unregister(job_id, waiter)
+            listener.unregister(job_id, waiter)
 
 
 class Waiter:
@@ -141,7 +140,7 @@ class Waiter:
         self._fields = fields
         self._event.set()
 
-    def wait(self, timeout: float) -> dict[str, str] | None:
+    def wait(self, timeout: float | None) -> dict[str, str] | None:
         """The record the listener read, or None (woken without it, or timed out): read it yourself."""
         self._event.wait(timeout)
         self._event.clear()
@@ -156,22 +155,29 @@ class DoneListener:
     socket per thread to poll; here one listener thread wakes the waiters. After a burst of
     notifications it reads the finished jobs that this process waits for in one pipeline and
     hands each waiter its record: a woken thread then only decodes it, instead of thousands taking
-    turns at the GIL and the connection pool for a read each (``bench/wait_cost.py``).
+    turns at the GIL and the connection pool for a read each (``bench/wait_cost.py``). Every
+    ``check_every`` seconds (``_CHECK_EVERY``; tests shorten it) it also reads the status of every
+    job waited for, pipelined, and wakes the waiters of those that finished or are gone without a
+    notification.
 
     It outlives Redis outages: it keeps (re)subscribing, and wakes every waiter whenever Redis
     confirms a subscription (the first, and every resubscribe after a reconnect, including those
     redis-py makes silently inside a read), since notifications published before it went unseen:
-    each waiter then re-reads its job instead of waiting for its safety check. A failed read wakes
-    the waiters without their records; they read for themselves and ride the outage out.
+    each waiter then re-reads its job. A failed read wakes the waiters without their records; they
+    read for themselves and ride the outage out.
     """
 
-    def __init__(self, r: redis.Redis, pattern: str, record_key: Callable[[str], str]):
+    def __init__(self, r: redis.Redis, pattern: str, record_key: Callable[[str], str],
+                 check_every: float = _CHECK_EVERY):
         self._r = r
+        self._check_every = check_every
         self._record_key = record_key
         self._waiters: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
         self._pattern = pattern
         self._prefix = pattern.removesuffix("*")
+        self.down_since: float | None = None
+        """When (monotonic) the listener lost Redis, while it has not resubscribed since."""
         # Subscribe confirmations are wanted: each says "from here on nothing is missed".
         self._pubsub = r.pubsub(ignore_subscribe_messages=False)
         self._thread = threading.Thread(target=self._run, name="chatq-job-notifications", daemon=True)
@@ -192,27 +198,38 @@ class DoneListener:
                     del self._waiters[job_id]
 
     def _run(self) -> None:
-        down = False
+        failing = False
+        next_check = time.monotonic() + self._check_every
         while True:
             try:
                 if not self._pubsub.subscribed:
                     self._pubsub.psubscribe(self._pattern)
                 finished, confirmed = self._drain()
-            except Exception as exc:  # the thread must live on, or every waiter falls back to slow checks
-                if not down:  # waiters see the outage themselves; this only explains slower wake-ups
+            except Exception as exc:  # the thread must live on, or every waiter waits for its timeout
+                if not failing:  # waiters see the outage themselves; this explains slower wake-ups
                     log.log(logging.INFO if isinstance(exc, UNREACHABLE) else logging.ERROR,
                             "job notifications interrupted (%s); resubscribing until Redis answers", exc,
                             exc_info=not isinstance(exc, UNREACHABLE))
-                down = True
+                failing = True
+                if isinstance(exc, UNREACHABLE) and self.down_since is None:
+                    self.down_since = time.monotonic()
                 time.sleep(_RETRY_EVERY)
                 continue
             if confirmed:
-                if down:
+                if failing:
                     log.info("job notifications resumed")
-                    down = False
+                failing, self.down_since = False, None
                 self._wake_all()
-            elif finished:
-                self._deliver(finished)
+                continue
+            if failing and self.down_since is None:  # an error that was not an outage, and it passed
+                failing = False
+            self._deliver(finished)
+            if time.monotonic() >= next_check:
+                try:
+                    self._deliver(self._unannounced())
+                except Exception as exc:  # an outage: the subscription's errors tell it, and waiters' reads
+                    log.debug("could not check the jobs waited for: %s", exc)
+                next_check = time.monotonic() + self._check_every
 
     def _drain(self) -> tuple[list[str], bool]:
         """The jobs announced (waiting up to a second for the first, then taking what has arrived,
@@ -231,22 +248,37 @@ class DoneListener:
             message = self._pubsub.get_message(timeout=0)
         return finished, confirmed
 
+    def _unannounced(self) -> list[str]:
+        """The jobs waited for that finished (or are gone) though no notification said so."""
+        with self._lock:
+            waited = list(self._waiters)
+        found = []
+        for i in range(0, len(waited), _READ_BATCH):
+            chunk = waited[i:i + _READ_BATCH]
+            pipe = self._r.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hget(self._record_key(job_id), "status")
+            found += [job_id for job_id, status in zip(chunk, pipe.execute())
+                      if status is None or JobStatus(status).finished]
+        return found
+
     def _deliver(self, finished: list[str]) -> None:
+        """Read the finished jobs that have waiters, pipelined, and wake each waiter with its record."""
         with self._lock:
             wanted = [job_id for job_id in dict.fromkeys(finished) if job_id in self._waiters]
-        if not wanted:
-            return
-        try:
-            pipe = self._r.pipeline(transaction=False)
-            for job_id in wanted:
-                pipe.hgetall(self._record_key(job_id))
-            records: list[dict[str, str] | None] = pipe.execute()
-        except Exception:  # the waiters read for themselves, and see the outage if it is one
-            records = [None] * len(wanted)
-        with self._lock:
-            for job_id, fields in zip(wanted, records):
-                for waiter in self._waiters.get(job_id, ()):
-                    waiter.wake(fields)
+        for i in range(0, len(wanted), _READ_BATCH):
+            chunk = wanted[i:i + _READ_BATCH]
+            try:
+                pipe = self._r.pipeline(transaction=False)
+                for job_id in chunk:
+                    pipe.hgetall(self._record_key(job_id))
+                records: list[dict[str, str] | None] = pipe.execute()
+            except Exception:  # the waiters read for themselves, and see the outage if it is one
+                records = [None] * len(chunk)
+            with self._lock:
+                for job_id, fields in zip(chunk, records):
+                    for waiter in self._waiters.get(job_id, ()):
+                        waiter.wake(fields)
 
     def _wake_all(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from chatq.tasks.broker_transport import transport_for
+from chatq.tasks.job_store import DoneListener
 from chatq.tasks.redis_pool import RedisUnusable, wait_for_redis
 
 from .conftest import ROOT, Fleet, wait_all
@@ -290,6 +291,24 @@ def test_a_notification_lost_with_the_listeners_connection_is_made_up_by_its_res
     waiter.join(10)  # at its timeout it would re-read anyway: it must be woken long before
     assert not waiter.is_alive(), "the resubscribe did not wake the waiter"
     assert waited["job"].status == "cancelled"
+
+
+def test_the_listener_finds_a_job_that_finished_without_a_notification(outage_fleet, private_redis):
+    """The safety net for a notification lost with no reconnect to tell (a silent network drop):
+    the listener's periodic check reads the job and hands its waiter the record; a job still
+    queued is left waiting."""
+    private_redis.start()
+    client = outage_fleet.client()
+    finished, queued = client.submit("nobody runs this"), client.submit("nor this")
+    listener = DoneListener(client.r, client.keys.done_channel("*"), client.keys.job, check_every=0.5)
+    finished_waiter, queued_waiter = listener.register(finished.job_id), listener.register(queued.job_id)
+    client.r.hset(client.keys.job(finished.job_id), "status", "failed")  # and no PUBLISH
+    deadline = time.monotonic() + 10
+    fields = None
+    while fields is None and time.monotonic() < deadline:  # woken once at the first subscribe, empty
+        fields = finished_waiter.wait(deadline - time.monotonic())
+    assert fields is not None and fields["status"] == "failed" and fields["message"] == "nobody runs this"
+    assert queued_waiter.wait(2) is None  # at most the subscribe's wake-up: nothing read for it
 
 
 def test_wait_for_redis_logs_one_line_every_few_seconds_and_gives_up_at_its_timeout(caplog):
