@@ -38,6 +38,16 @@ class RedisUnusable(Exception):
     waiting will not help, so a worker exits non-zero instead."""
 
 
+_RETRY = (ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3, (redis.ConnectionError,))
+"""Backoff, retries and retried errors, for both clients' ``Retry``."""
+
+
+def _pool_options(max_connections: int, socket_timeout: float) -> dict[str, object]:
+    return dict(max_connections=max_connections, timeout=30, decode_responses=True,
+                socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
+                socket_keepalive=True, health_check_interval=30)
+
+
 def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) -> redis.Redis:
     """The process's client for ``url``.
 
@@ -55,12 +65,7 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
         client = _clients.get(key)
         if client is None:
             pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=30, decode_responses=True,
-                socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
-                socket_keepalive=True, health_check_interval=30,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3,
-                            supported_errors=(redis.ConnectionError,)),
-            )
+                url, retry=Retry(*_RETRY), **_pool_options(max_connections, socket_timeout))
             client = _clients[key] = redis.Redis(connection_pool=pool)
         return client
 
@@ -73,12 +78,7 @@ def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float =
     only for its round trip, so a burst waits briefly for one instead of opening thousands.
     """
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, decode_responses=True,
-        socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
-        socket_keepalive=True, health_check_interval=30,
-        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3,
-                         supported_errors=(redis.ConnectionError,)),
-    )
+        url, retry=AsyncRetry(*_RETRY), **_pool_options(max_connections, socket_timeout))
     return aioredis.Redis(connection_pool=pool)
 
 

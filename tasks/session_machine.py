@@ -1,7 +1,7 @@
 """The session state machine: per-session order in Redis, one Lua script per transition.
 
 A session has a FIFO of job IDs and a lease on its head. Celery only delivers wake-ups ("session S
-has work"), and only when no idle runner thread can be handed the session directly
+has work"), and only when no worker process waiting with room can be handed the session directly
 (``handoff_give``; ``chatq.worker.handoff`` is the waiting side); whoever holds the lease runs the
 FIFO head to tail, one job at a time. Each transition is one script in ``lua/``, so a job's history
 append, its result and its removal from the FIFO commit together, fenced by the lease token: a
@@ -63,7 +63,7 @@ COUNT_CHUNK = 500
 
 class SubmitOutcome(StrEnum):
     created = "created"              # alone and unheld: the caller wakes it (Celery)
-    handed = "handed"                # alone and unheld, given to a waiting runner thread: no wake-up
+    handed = "handed"                # alone and unheld, given to a waiting worker process: no wake-up
     held = "held"                    # alone, but a lease holder will reach it before it can release
     queued_behind = "queued-behind"  # an earlier job's holder or wake-up will reach it
     existing = "existing"            # a job with this ID exists (idempotent resubmission)

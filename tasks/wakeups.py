@@ -1,8 +1,9 @@
 """Wake-ups: the one way anything tells Celery that a session has queued work.
 
 A wake-up is ``chatq.run_session(session_id, job_id=..., namespace=...)``, JSON, with no message
-content or secrets; ``job_id`` names the head the woken runner's first take expects. Producers publish one when the submit script found no idle runner thread to hand the
-session to; the sweeper and warm shutdown publish them for sessions nobody holds. Whoever
+content or secrets; ``job_id`` names the head the woken runner's first take expects. Producers
+publish one when the submit found no worker process waiting to be handed the session; the sweeper
+and warm shutdown publish them for sessions nobody holds. Whoever
 publishes decides what a failed publish means: the job is safely queued in Redis either way, and
 the sweeper wakes any session with queued work and no lease.
 
