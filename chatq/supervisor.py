@@ -43,7 +43,8 @@ def supervise(argv: Callable[[int], list[str]], processes: int, sleep: Callable[
                 if status is None:
                     continue
                 if stopping or status == REFUSED:
-                    code = code or status
+                    # One still starting when the signal came dies of it, before Celery handles it: clean.
+                    code = code or (0 if stopping and status == -stopping[0] else status)
                     del children[i]
                     if status == REFUSED and not stopping:
                         forward(signal.SIGTERM, None)
