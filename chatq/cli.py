@@ -81,7 +81,7 @@ def worker(concurrency: int | None, processes: int | None, queues: str | None, l
     from chatq.tasks.settings import get_settings
 
     settings = get_settings()
-    processes = processes or settings.processes or os.cpu_count() or 1
+    processes = processes or settings.processes or _cores()
     if processes > 1:
         from .supervisor import supervise
 
@@ -92,6 +92,14 @@ def worker(concurrency: int | None, processes: int | None, queues: str | None, l
 
         sys.exit(supervise(child, processes))
     sys.exit(_run_worker(concurrency, queues or settings.queue, loglevel, node_name or f"chatq-{os.getpid()}@%h"))
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _run_worker(concurrency: int | None, queues: str, loglevel: str, name: str) -> int:
