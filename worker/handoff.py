@@ -55,7 +55,7 @@ class Handoff:
         self.queue = queue
         self.wait_seconds = wait_seconds
         self._wait = load(r, "handoff_wait")
-        self._stop = load(r, "handoff_stop")
+        self._leave = load(r, "handoff_stop")
         self._waiter = ""  # this process's registration, "<host:pid>#<room>"
         self.stopped = False
 
@@ -90,5 +90,5 @@ class Handoff:
 
     async def _deregister(self, wake: bool) -> None:
         waiter, self._waiter = self._waiter, ""
-        await self._stop(keys=[self.keys.idle(self.queue), self.keys.stop(self.identity)],
+        await self._leave(keys=[self.keys.idle(self.queue), self.keys.stop(self.identity)],
                          args=["1" if wake else "0", *([waiter] if waiter else [])])

@@ -85,10 +85,17 @@ class Runtime:
         home = self.runner.keys
         s = self.settings
 
+        made: dict[str, tuple[SessionMachine, SessionStore]] = {}  # one per namespace, not per sweep
+
+        def space(ns: str) -> tuple[SessionMachine, SessionStore]:
+            if ns not in made:
+                keys = Keys(ns)
+                made[ns] = (SessionMachine(self.sync_r, keys, s.result_ttl, s.session_ttl),
+                            SessionStore(self.sync_r, keys, s.session_ttl))
+            return made[ns]
+
         def spaces() -> list[tuple[SessionMachine, SessionStore]]:
-            namespaces = [s.namespace, *sorted(self.sync_r.smembers(home.namespaces))]
-            return [(SessionMachine(self.sync_r, keys, s.result_ttl, s.session_ttl),
-                     SessionStore(self.sync_r, keys, s.session_ttl)) for keys in map(Keys, namespaces)]
+            return [space(ns) for ns in [s.namespace, *sorted(self.sync_r.smembers(home.namespaces))]]
 
         return Sweeper(self.sync_r, home, spaces, self.wakeups.wake, s.sweep_interval).start()
 
@@ -109,6 +116,8 @@ class Runtime:
         """Warm shutdown begins (any thread, never blocks): no new sessions, running ones release
         their FIFO after their current turn."""
         with self._slots:
+            if self.stopping:  # Celery signals both the start and the end of a shutdown
+                return
             self.stopping = True
             self._slots.notify_all()
         self.loop.call_soon_threadsafe(self._stop_on_loop)
