@@ -12,16 +12,18 @@ import math
 import re
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Any, Literal, overload
 
 from celery import Celery
 
 from . import batch_expiry
 from .agent_profiles import load_profiles
 from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
+from .events import EventLog
 from .job_store import JobStore, encode_job
 from .keys import Keys, new_job_id
-from .models import Job, JobStatus, Session
+from .models import CancelMode, Job, JobEvent, JobStatus, Session
 from .redis_pool import get_redis
 from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
 from .session_store import SessionStore
@@ -36,6 +38,11 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 LOOKUP_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 """What a job or batch ID can look like at all; anything else (odd bytes, spaces) names nothing."""
 MAX_SESSION_TTL = 10 * 365 * 86400
+OnBusy = Literal["enqueue", "reject", "interrupt", "rollback"]
+ON_BUSY = ("enqueue", "reject", "interrupt", "rollback")
+"""What a message does when its session is busy: queue behind (``enqueue``), be refused
+(``reject``), or stop the session's running and queued jobs and run next (``interrupt`` keeps the
+stopped turn so far in the history, ``rollback`` leaves no trace of it)."""
 
 
 def new_id() -> str:
@@ -137,11 +144,13 @@ class ChatClient:
         if tenant is not None:
             self.r.sadd(Keys(s.namespace).namespaces, self.namespace)
         self.jobs = JobStore(self.r, self.keys)
+        self.events = EventLog(self.r, self.keys, block_seconds=min(2.0, s.redis_socket_timeout / 2))
         self.sessions = SessionStore(self.r, self.keys, s.session_ttl)
-        self.machine = SessionMachine(self.r, self.keys, s.result_ttl, s.session_ttl)
+        self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
+        self.machine = SessionMachine(self.r, self.keys, s.result_ttl, s.session_ttl, s.events_maxlen,
+                                      fleet=self._fleet_keys)
         self._local_agents = set(load_profiles(s))
         self._fleet_agents: tuple[float, set[str]] = (0.0, set())
-        self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
         self.wakeups = wakeups or WakePublisher.shared(s)
 
     @property
@@ -200,24 +209,33 @@ class ChatClient:
         agent: str | None = None,
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
-        on_busy: Literal["enqueue", "reject"] = "enqueue",
+        on_busy: OnBusy = "enqueue",
         callback_url: str | None = None,
         session_ttl: int | None = None,
     ) -> Job:
         """Queue a message behind its session's earlier ones and return the job without waiting.
 
-        ``session_ttl`` sets the session's own retention (seconds it is kept once idle; 0 keeps it).
+        ``on_busy``: see ``ON_BUSY``. ``session_ttl`` sets the session's own retention (seconds it
+        is kept once idle; 0 keeps it).
         """
-        if not (isinstance(on_busy, str) and on_busy in ("enqueue", "reject")):
-            raise InvalidRequest(f"on_busy must be 'enqueue' or 'reject', not {shown(on_busy)}")
+        if not (isinstance(on_busy, str) and on_busy in ON_BUSY):
+            raise InvalidRequest(f"on_busy must be one of {', '.join(ON_BUSY)}; not {shown(on_busy)}")
         session_ttl = validate_ttl(session_ttl)
         job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
         if idempotency_key is not None:
             job, written = self._claim(idempotency_key, job)
             if written:
                 return job
-        outcome = self.machine.submit(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
-                                      hand_to=self._fleet_keys, queue=self.settings.queue)
+        if on_busy in ("interrupt", "rollback"):
+            submitted = self.machine.interrupt(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
+                                               hand_to=self._fleet_keys, queue=self.settings.queue)
+            if submitted.outcome is SubmitOutcome.stale:
+                raise SessionBusy(f"session {job.session_id}'s queue kept changing while interrupting it; try again")
+            self._finished_elsewhere(submitted.cancelled)
+            outcome = submitted.outcome
+        else:
+            outcome = self.machine.submit(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
+                                          hand_to=self._fleet_keys, queue=self.settings.queue)
         if outcome is SubmitOutcome.busy:
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
         if outcome is SubmitOutcome.existing:
@@ -265,22 +283,56 @@ class ChatClient:
             raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
         return self.jobs.wait(job_id, timeout)
 
-    def chat(self, message: str, session_id: str | None = None, agent: str | None = None,
-             timeout: float | None = None, **kwargs: Any) -> Job:
-        return self.wait(self.submit(message, session_id, agent, **kwargs).job_id, timeout)
+    def stream(self, job_id: str, after: int | None = None, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's events after seq ``after`` (from the first if None) as they are written, each
+        once and in order, ending with the terminal one (``job.succeeded``, ``job.failed`` or
+        ``job.cancelled``). ``EventsGone`` if the log expired or was trimmed past ``after``;
+        ``WaitTimeout`` if no terminal event came within ``timeout`` seconds."""
+        if not looks_like_id(job_id):
+            raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
+        return self.events.follow(job_id, after or 0, timeout)
 
-    def cancel(self, job_id: str) -> Job:
+    @overload
+    def chat(self, message: str, session_id: str | None = ..., agent: str | None = ...,
+             timeout: float | None = ..., *, stream: Literal[False] = ..., **kwargs: Any) -> Job: ...
+
+    @overload
+    def chat(self, message: str, session_id: str | None = ..., agent: str | None = ...,
+             timeout: float | None = ..., *, stream: Literal[True], **kwargs: Any) -> Iterator[JobEvent]: ...
+
+    def chat(self, message: str, session_id: str | None = None, agent: str | None = None,
+             timeout: float | None = None, *, stream: bool = False, **kwargs: Any) -> Job | Iterator[JobEvent]:
+        """Submit and wait for the finished job; with ``stream=True``, submit (at once, refusing bad
+        input before the first event) and return the job's events as they come."""
+        job = self.submit(message, session_id, agent, **kwargs)
+        if stream:
+            return self.stream(job.job_id, timeout=timeout)
+        return self.wait(job.job_id, timeout)
+
+    def cancel(self, job_id: str, rollback: bool = False) -> Job:
+        """Cancel a queued job, or stop a running one: its worker ends it ``cancelled`` within a
+        second, keeping the user's message and the partial reply in the history (``rollback``: no
+        trace of the turn). Returns the job as it is now: ``cancelled``, or still ``running`` with
+        ``cancel`` set (``wait`` for the end). A repeat is fine; a finished job is NotCancellable."""
         job = self.get(job_id)
         if job is None:
             raise JobNotFound(f"unknown or expired job: {id_text(job_id)}")
-        outcome, status = self.machine.cancel(job_id, job.session_id)
+        mode = CancelMode.rollback if rollback else CancelMode.keep
+        outcome, status = self.machine.cancel(job_id, job.session_id, mode.value)
         if outcome is CancelOutcome.unknown:
             raise JobNotFound(f"unknown or expired job: {job_id}")
-        if outcome is not CancelOutcome.cancelled and status != JobStatus.cancelled:  # a repeat is fine
-            raise NotCancellable(f"job {job_id} is {status}; only queued jobs can be cancelled")
-        if outcome is CancelOutcome.cancelled and job.batch_id:
-            batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
+        if outcome is CancelOutcome.finished and status != JobStatus.cancelled:  # a repeat is fine
+            raise NotCancellable(f"job {job_id} has finished ({status}); there is nothing to cancel")
+        if outcome is CancelOutcome.cancelled:
+            self._finished_elsewhere([job_id], [job])
         return self.get(job_id) or job
+
+    def _finished_elsewhere(self, job_ids: list[str], jobs: list[Job | None] | None = None) -> None:
+        """Queued jobs this client cancelled: count them down on their batches (a worker does that
+        for the jobs it finishes)."""
+        for job in jobs if jobs is not None else self.jobs.get_many(job_ids):
+            if job is not None and job.batch_id:
+                batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
 
     def create_session(self, session_id: str | None = None, ttl: int | None = None) -> Session:
         """Get or create a session; ``ttl`` sets its own retention (seconds kept once idle; 0 keeps it)."""

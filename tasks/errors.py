@@ -23,3 +23,8 @@ class NotCancellable(ChatQError):
 
 class WaitTimeout(ChatQError, TimeoutError):
     """``wait`` gave up before the job finished."""
+
+
+class EventsGone(ChatQError, LookupError):
+    """The job's event log expired, or was trimmed past the events asked for; the job itself may
+    still be readable (``get``)."""

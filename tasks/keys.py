@@ -3,7 +3,7 @@
 Layout (``ns`` is a namespace: ``[A-Za-z0-9_.-]``, so never ``:``, ``{`` or ``}``)::
 
     ns:{t}:s:<session_id>:meta|msgs|fifo|lease     a session (hash, list of messages, list of job IDs, token)
-    ns:{t}:j:<job_id>:rec|ck                       a job's record (hash) and its checkpoint
+    ns:{t}:j:<job_id>:rec|ck|ev                    a job's record (hash), its checkpoint and its event log (stream)
     ns:{<batch_id>}:batch:meta|convs               a batch (hash, list of conversations)
     ns:{ns}:pending|woken|sessions|agents|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
                                                    the fleet's structures of the namespace
@@ -93,6 +93,11 @@ class Keys:
         _checked(job_id, "job")
         return f"{self.ns}:{{{job_id[:4]}}}:j:{job_id}:ck"
 
+    def events(self, job_id: str) -> str:
+        """Stream of the job's events; entry ``<seq>-0`` is event ``seq`` (``chatq.tasks.events``)."""
+        _checked(job_id, "job")
+        return f"{self.ns}:{{{job_id[:4]}}}:j:{job_id}:ev"
+
     @property
     def job_pattern(self) -> str:
         """SCAN pattern of every job record of the namespace."""
@@ -101,6 +106,12 @@ class Keys:
     def done_channel(self, job_id: str) -> str:
         """Pub/sub channel (not a key) announcing that a job finished; ``*`` makes the pattern."""
         return f"{self.ns}:done:{job_id}"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel (not a key) telling every worker process of the fleet that a running job
+        was asked to stop; the message is ``<job ID> <mode>`` (``CancelMode``)."""
+        return f"{self.ns}:cancel"
 
     # a batch: its own tag
     def batch(self, batch_id: str) -> str:

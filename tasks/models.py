@@ -25,6 +25,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class CancelMode(StrEnum):
+    """How a running job that is asked to stop leaves the history: ``keep`` the user's message and the
+    partial reply (a stop button, ``on_busy="interrupt"``), or ``rollback``: no trace of the turn."""
+
+    keep = "keep"
+    rollback = "rollback"
+
+
 class FunctionCall(BaseModel):
     name: str
     arguments: str
@@ -113,6 +121,35 @@ class Job(BaseModel):
     batch_id: str | None = None
     callback_url: str | None = None
     webhook: dict[str, Any] | None = None
+    cancel: CancelMode | None = Field(
+        None, description="Set when the job was asked to stop while running; the worker ends it `cancelled`.")
+
+
+EVENT_TYPES = ("job.started", "job.restarted", "message.delta", "provider.retry", "tool.call", "tool.result",
+               "job.succeeded", "job.failed", "job.cancelled")
+TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's event log. ``seq`` counts from 1 with no gaps over all the job's attempts.
+
+    Types and their ``data``: ``job.started`` / ``job.restarted`` ``{attempt, worker}`` (restarted: a
+    redelivered job starts over after its worker died, so a reader drops the partial text it showed;
+    the checkpoint's finished tool steps are sent again after it, marked ``replayed``);
+    ``message.delta`` ``{text, call}`` (assistant text, coalesced; ``call`` counts the turn's provider
+    calls); ``provider.retry`` ``{call, attempt, error, delay}`` (the call's text so far is void: the
+    retried call streams it again); ``tool.call`` ``{id, name, arguments}``; ``tool.result`` ``{id,
+    name, output, ok}``; and one terminal event, ``job.succeeded`` / ``job.failed`` /
+    ``job.cancelled``, whose data is the finished job.
+    """
+
+    seq: int
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
 
 
 class Session(BaseModel):

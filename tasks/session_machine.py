@@ -59,6 +59,10 @@ from .scripts import load
 
 COUNT_CHUNK = 500
 """Sessions per pipelined read when counting active jobs."""
+EVENTS_MAXLEN = 10_000
+"""Entries a job's event log is trimmed to (about): far more than a turn writes, with deltas coalesced."""
+INTERRUPT_TRIES = 10
+"""Reads of a session's FIFO an interrupting submit makes before giving up on a FIFO that keeps moving."""
 
 
 class SubmitOutcome(StrEnum):
@@ -68,6 +72,7 @@ class SubmitOutcome(StrEnum):
     queued_behind = "queued-behind"  # an earlier job's holder or wake-up will reach it
     existing = "existing"            # a job with this ID exists (idempotent resubmission)
     busy = "busy"                    # on_busy="reject" and the session has work: nothing written
+    stale = "stale"                  # interrupting: the FIFO moved since it was read; nothing written
 
 
 class TakeOutcome(StrEnum):
@@ -88,14 +93,20 @@ class CommitOutcome(StrEnum):
 
 
 class CancelOutcome(StrEnum):
-    cancelled = "cancelled"
+    cancelled = "cancelled"    # it was queued: done
+    requested = "requested"    # it is running: its worker stops it (or the job's next take does)
     unknown = "unknown"
-    not_queued = "not-queued"  # it started or finished: nothing changed
+    finished = "finished"      # it had finished: nothing changed
 
 
 class Cancelled(NamedTuple):
     outcome: CancelOutcome
-    status: str | None = None  # the job's status when not queued
+    status: str | None = None  # the job's status when finished
+
+
+class Submitted(NamedTuple):
+    outcome: SubmitOutcome
+    cancelled: list[str] = []  # interrupting: the queued jobs it cancelled
 
 
 class Committed(NamedTuple):
@@ -133,10 +144,11 @@ class Calls:
     """The worker-side transitions' KEYS and ARGV, built once for the blocking machine (producers,
     tests, tools) and the asyncio one (the worker runtime): each call, and how its reply reads."""
 
-    def __init__(self, keys: Keys, result_ttl: int, default_ttl: str):
+    def __init__(self, keys: Keys, result_ttl: int, default_ttl: str, events_maxlen: int = EVENTS_MAXLEN):
         self.keys = keys
         self.result_ttl = result_ttl
         self.default_ttl = default_ttl
+        self.maxlen = events_maxlen
 
     def take(self, session_id: str, token: str, job_id: str | None, max_attempts: int, worker: str,
              history_limit: int, acquire_ms: int) -> tuple[list[str], list[object]]:
@@ -145,7 +157,7 @@ class Calls:
             job_id = None  # not one of this session's: ask which is
         keys = [k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
         if job_id is not None:
-            keys += [k.job(job_id), k.checkpoint(job_id)]
+            keys += [k.job(job_id), k.checkpoint(job_id), k.events(job_id)]
         error = JobError(
             type="WorkerLost",
             message=f"the job's worker died {max_attempts} times; giving up so the session can move on",
@@ -153,7 +165,7 @@ class Calls:
         )
         return keys, [token, acquire_ms, job_id or "", utcnow().isoformat(), max_attempts, self.result_ttl,
                       error.model_dump_json(), worker, history_limit,
-                      k.done_channel(job_id) if job_id else "", self.default_ttl]
+                      k.done_channel(job_id) if job_id else "", self.default_ttl, self.maxlen]
 
     def checkpoint(self, session_id: str, job_id: str, token: str,
                    checkpoint: Checkpoint) -> tuple[list[str], list[object]]:
@@ -163,10 +175,17 @@ class Calls:
                usage: Usage, result_json: str, error_json: str) -> tuple[list[str], list[object]]:
         k = self.keys
         return ([k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
-                 k.messages(session_id), k.checkpoint(job_id)],
+                 k.messages(session_id), k.checkpoint(job_id), k.events(job_id)],
                 [token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
-                 k.done_channel(job_id), self.default_ttl, *(m.model_dump_json() for m in messages)])
+                 k.done_channel(job_id), self.default_ttl, self.maxlen, *(m.model_dump_json() for m in messages)])
+
+    def emit(self, session_id: str, job_id: str, token: str,
+             events: list[tuple[str, str]]) -> tuple[list[str], list[object]]:
+        """Events (type, JSON data) of a running job, fenced by the lease."""
+        k = self.keys
+        return ([k.lease(session_id), k.job(job_id), k.events(job_id)],
+                [token, self.maxlen, *(x for event in events for x in event)])
 
     def release(self, session_id: str, token: str) -> tuple[list[str], list[object]]:
         return [self.keys.lease(session_id), self.keys.fifo(session_id)], [token]
@@ -186,6 +205,11 @@ def read_take(res: list) -> Taken:
                  [Message.model_validate_json(m) for m in res[5 + n:]], res[3])
 
 
+def read_emit(res: list) -> tuple[bool, str]:
+    """Whether the events were written (the lease still held), and the job's stop mode or ''."""
+    return (res[0] == "ok", res[2] if res[0] == "ok" else "")
+
+
 def read_commit(res: list) -> Committed:
     return Committed(CommitOutcome(res[0]), res[1] if len(res) > 1 else None)
 
@@ -196,18 +220,21 @@ def read_release(res: object) -> int | None:
 
 
 class SessionMachine:
-    def __init__(self, r: redis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None):
+    def __init__(self, r: redis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None,
+                 events_maxlen: int = EVENTS_MAXLEN, fleet: Keys | None = None):
         self.r = r
         self.keys = keys
+        self.fleet = fleet or keys  # whose cancel channel the fleet's workers listen on
         self.result_ttl = result_ttl
         self.default_ttl = str(session_ttl or 0)
-        self.calls = Calls(keys, result_ttl, self.default_ttl)
+        self.calls = Calls(keys, result_ttl, self.default_ttl, events_maxlen)
         self._announce = load(r, "announce")
         self._submit = load(r, "submit")
         self._give = load(r, "handoff_give")
         self._cancel = load(r, "cancel")
         self._take = load(r, "take")
         self._checkpoint = load(r, "checkpoint")
+        self._emit = load(r, "emit")
         self._commit = load(r, "commit")
         self._release = load(r, "release")
         self._renew = load(r, "renew")
@@ -241,41 +268,70 @@ class SessionMachine:
         registered for hand-offs on Celery queue ``queue``, a second: hand it to one with room
         (``handed``); else the caller publishes a wake-up.
         """
+        pipe = client if client is not None else self.r.pipeline(transaction=False)
+        self._queue_submit(pipe, job_id, session_id, fields, on_busy, session_ttl, announce, now or utcnow())
+        if client is not None:
+            return None
+        return self._submitted(pipe, session_id, job_id, hand_to, queue).outcome
+
+    def interrupt(self, job_id: str, session_id: str, fields: dict[str, str], mode: str,
+                  session_ttl: int | None = None, hand_to: Keys | None = None, queue: str = "") -> Submitted:
+        """``submit`` with on_busy ``interrupt`` or ``rollback``: in the same step, the session's
+        running job is asked to stop (``keep`` or ``rollback``) and its queued ones are cancelled.
+        The script must name every job's keys, so the FIFO is read first; if it moved meanwhile
+        the script writes nothing and it is read again."""
+        for _ in range(INTERRUPT_TRIES):
+            stopping = self.r.lrange(self.keys.fifo(session_id), 0, -1)
+            pipe = self.r.pipeline(transaction=False)
+            self._queue_submit(pipe, job_id, session_id, fields, mode, session_ttl, True, utcnow(), stopping)
+            submitted = self._submitted(pipe, session_id, job_id, hand_to, queue)
+            if submitted.outcome is not SubmitOutcome.stale:
+                return submitted
+        return submitted
+
+    def _queue_submit(self, pipe: redis.client.Pipeline, job_id: str, session_id: str, fields: dict[str, str],
+                      on_busy: str, session_ttl: int | None, announce: bool, now: datetime,
+                      stopping: list[str] = ()) -> None:  # type: ignore[assignment]
         if not is_id(job_id) or job_id[:4] != bucket(session_id):
             raise ValueError(f"job ID {job_id!r} does not carry session {session_id!r}'s bucket (keys.new_job_id)")
         k = self.keys
-        now = now or utcnow()
-        pipe = client if client is not None else self.r.pipeline(transaction=False)
         if announce:
             self.announce(session_id, now, pipe)
+        keys = [k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
+        for other in stopping:
+            keys += [k.job(other), k.events(other)]
         self._submit(
-            keys=[k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
-                  k.messages(session_id)],
-            args=[job_id, on_busy, now.isoformat(), ttl_arg(session_ttl),
+            keys=keys,
+            args=[job_id, on_busy, now.isoformat(), ttl_arg(session_ttl), self.result_ttl, self.calls.maxlen,
+                  k.done_channel(""), self.fleet.cancel_channel, len(stopping), *stopping,
                   *(x for pair in fields.items() for x in pair)],
             client=pipe,
         )
-        if client is not None:
-            return None
+
+    def _submitted(self, pipe: redis.client.Pipeline, session_id: str, job_id: str, hand_to: Keys | None,
+                   queue: str) -> Submitted:
         if hand_to is None:
-            return SubmitOutcome(pipe.execute()[-1])
+            res = pipe.execute()[-1]
+            return Submitted(SubmitOutcome(res[0]), res[1:])
         # Whether any worker is registered for hand-offs, in the same round trip: in a busy fleet
         # none is, and a new session then costs no second call that could only give nothing. Expired
         # registrations still count here, so this errs towards trying the hand-off.
         pipe.zcard(hand_to.idle(queue))
-        *_, outcome, waiting = pipe.execute()
-        outcome = SubmitOutcome(outcome)
+        *_, res, waiting = pipe.execute()
+        outcome = SubmitOutcome(res[0])
         if outcome is SubmitOutcome.created and waiting:
-            item = f"{k.ns} {session_id} {job_id}"
+            item = f"{self.keys.ns} {session_id} {job_id}"
             if self._give(keys=[hand_to.idle(queue), hand_to.handed(queue)], args=[item]):
-                return SubmitOutcome.handed
-        return outcome
+                outcome = SubmitOutcome.handed
+        return Submitted(outcome, res[1:])
 
-    def cancel(self, job_id: str, session_id: str) -> Cancelled:
+    def cancel(self, job_id: str, session_id: str, mode: str = "keep") -> Cancelled:
+        """Cancel a queued job, or ask a running one to stop (``keep`` its turn so far, or ``rollback``)."""
         k = self.keys
         res = self._cancel(
-            keys=[k.job(job_id), k.fifo(session_id), k.session(session_id), k.messages(session_id)],
-            args=[job_id, utcnow().isoformat(), self.result_ttl, k.done_channel(job_id), self.default_ttl],
+            keys=[k.job(job_id), k.fifo(session_id), k.session(session_id), k.messages(session_id), k.events(job_id)],
+            args=[job_id, utcnow().isoformat(), self.result_ttl, k.done_channel(job_id), self.default_ttl,
+                  self.calls.maxlen, mode, self.fleet.cancel_channel],
         )
         return Cancelled(CancelOutcome(res[0]), res[1] if len(res) > 1 else None)
 
@@ -295,6 +351,11 @@ class SessionMachine:
     def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
         keys, args = self.calls.checkpoint(session_id, job_id, token, checkpoint)
         return bool(self._checkpoint(keys=keys, args=args))
+
+    def emit(self, session_id: str, job_id: str, token: str, events: list[tuple[str, str]]) -> tuple[bool, str]:
+        """Append a running job's events (type, JSON data): whether written, and its stop mode or ''."""
+        keys, args = self.calls.emit(session_id, job_id, token, events)
+        return read_emit(self._emit(keys=keys, args=args))
 
     def commit(
         self,
@@ -410,12 +471,14 @@ class AsyncSessionMachine:
     """The lease holder's transitions on ``redis.asyncio``, for the worker's event loop: the same
     scripts and calls as ``SessionMachine``'s, awaited."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None):
+    def __init__(self, r: aioredis.Redis, keys: Keys, result_ttl: int = 86400, session_ttl: int | None = None,
+                 events_maxlen: int = EVENTS_MAXLEN):
         self.r = r
         self.keys = keys
-        self.calls = Calls(keys, result_ttl, str(session_ttl or 0))
+        self.calls = Calls(keys, result_ttl, str(session_ttl or 0), events_maxlen)
         self._take = load(r, "take")
         self._checkpoint = load(r, "checkpoint")
+        self._emit = load(r, "emit")
         self._commit = load(r, "commit")
         self._release = load(r, "release")
 
@@ -427,6 +490,11 @@ class AsyncSessionMachine:
     async def save_checkpoint(self, session_id: str, job_id: str, token: str, checkpoint: Checkpoint) -> bool:
         keys, args = self.calls.checkpoint(session_id, job_id, token, checkpoint)
         return bool(await self._checkpoint(keys=keys, args=args))
+
+    async def emit(self, session_id: str, job_id: str, token: str,
+                   events: list[tuple[str, str]]) -> tuple[bool, str]:
+        keys, args = self.calls.emit(session_id, job_id, token, events)
+        return read_emit(await self._emit(keys=keys, args=args))
 
     async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                      usage: Usage, created_at: str | None = None, result_json: str = "",

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
         "answer a model can give is this large, and asking again pays for it again.")
     provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts/bad replies.")
     provider_backoff_max: float = Field(60.0, gt=0)
+    stream: bool = Field(
+        True, description="Ask the provider to stream its replies (`stream=True`), so a job's text reaches its "
+        "event log as the model writes it. A provider that answers a streamed request with a whole reply "
+        "still works; false asks for whole replies.")
+    stream_flush_ms: float = Field(
+        25.0, ge=0, description="Text deltas are written to a job's event log at most this often (ms): the "
+        "first after a pause at once, the rest coalesced, so a long answer does not cost a write per token.")
+    events_maxlen: int = Field(
+        10_000, ge=100, description="Entries a job's event log is trimmed to (about); a reader asking for "
+        "trimmed events is told so.")
 
     # Webhooks: signed by whichever process finishes the job (a worker, or the API on cancel), so
     # both read these.

@@ -138,12 +138,26 @@ def test_cancel_outcomes(r, keys, machine):
     running = queue_job(machine, "s")
     queued = queue_job(machine, "s")
     start(machine, "s")
-    assert machine.cancel(running, "s") == (CancelOutcome.not_queued, "running")
+    stops = r.pubsub(ignore_subscribe_messages=True)
+    stops.subscribe(keys.cancel_channel)
+    assert machine.cancel(running, "s", mode="rollback") == (CancelOutcome.requested, None)
+    assert r.hget(keys.job(running), "status") == "running", "its worker ends it"
+    assert r.hget(keys.job(running), "cancel") == "rollback"
+    assert next_message(stops) == f"{running} rollback", "every worker process is told"
     assert machine.cancel(queued, "s") == (CancelOutcome.cancelled, None)
     assert r.lrange(keys.fifo("s"), 0, -1) == [running]
     assert r.hget(keys.job(queued), "status") == "cancelled" and 0 < r.ttl(keys.job(queued)) <= TTL
-    assert machine.cancel(queued, "s") == (CancelOutcome.not_queued, "cancelled")
+    assert machine.cancel(queued, "s") == (CancelOutcome.finished, "cancelled")
     assert machine.cancel(new_job_id("s"), "s").outcome is CancelOutcome.unknown
+    stops.close()
+
+
+def next_message(pubsub, timeout: float = 2.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (m := pubsub.get_message(timeout=0.1)) is not None:
+            return m["data"]
+    return None
 
 
 # --- take -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion
 from chatq.tasks.agent_profiles import AgentProfile
 from chatq.tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
 
+from .event_writer import EventWriter
 from .history_window import window
 from .provider import Provider, ProviderError
 from .rate_limit import RateLimiter
@@ -43,6 +44,8 @@ class Turn:
 
     messages: list[Message]
     usage: Usage = field(default_factory=Usage)
+    partial: list[str] = field(default_factory=list)
+    """The text of the provider call streaming now (what a stop keeps of it)."""
 
     @property
     def tool_rounds(self) -> int:
@@ -54,6 +57,23 @@ class Turn:
             return []
         done = {m.tool_call_id for m in self.messages if m.role == "tool"}
         return [tc for tc in last_call.tool_calls or [] if tc.id not in done]
+
+    def stopped(self, metadata: dict[str, Any]) -> list[Message]:
+        """What the history keeps of a turn stopped midway: its messages and the partial reply (marked
+        with ``metadata``), never a tool call without its result -- the next provider call must stay
+        valid -- so calls that never ran are dropped from their assistant message."""
+        done = {m.tool_call_id for m in self.messages if m.role == "tool"}
+        kept: list[Message] = []
+        for m in self.messages:
+            if m.role == "assistant" and m.tool_calls and any(tc.id not in done for tc in m.tool_calls):
+                calls = [tc for tc in m.tool_calls if tc.id in done] or None
+                m = m.model_copy(update={"tool_calls": calls, "metadata": {**m.metadata, **metadata}})
+                if not calls and not m.content:
+                    continue
+            kept.append(m)
+        if text := "".join(self.partial):
+            kept.append(Message(role="assistant", content=text, metadata=dict(metadata)))
+        return kept
 
 
 class Agent:
@@ -104,26 +124,48 @@ class Agent:
                       "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
 
-    async def complete(self, request: dict[str, Any], on_retry: OnRetry | None) -> ChatCompletion:
+    async def complete(self, request: dict[str, Any], on_retry: OnRetry | None, turn: Turn,
+                       events: EventWriter | None = None) -> ChatCompletion:
         if self.limiter:
             estimate = sum(estimate_tokens(m) for m in request["messages"]) + (self.profile.max_output_tokens or 0)
             await self.limiter.acquire(self.profile.model, self.profile.rpm, self.profile.tpm, estimate)
+        turn.partial = []
+        if events is not None:
+            events.next_call()
+
+        def on_delta(text: str) -> None:
+            turn.partial.append(text)
+            if events is not None:
+                events.delta(text)
+
+        async def retried(error: JobError, delay: float) -> None:
+            turn.partial = []  # the next call streams its text again from the start
+            if events is not None:
+                events.event("provider.retry", {"call": events.call, "error": error.model_dump(), "delay": delay})
+            if on_retry:
+                await on_retry(error, delay)
+
         try:
-            return await self.provider.complete(request, on_retry=on_retry)
+            return await self.provider.complete(request, on_retry=retried,
+                                                on_delta=on_delta if events is not None else None)
         except ProviderError as exc:
             raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
 
     async def run(self, history: list[Message], turn: Turn, save: Save | None = None,
-                  on_retry: OnRetry | None = None) -> Turn:
+                  on_retry: OnRetry | None = None, events: EventWriter | None = None) -> Turn:
         while True:
             pending = turn.pending_tool_calls()
             if pending:
                 for call in pending:
-                    turn.messages.append(await self.run_tool(call))
+                    result = await self.run_tool(call)
+                    turn.messages.append(result)
+                    if events is not None:
+                        events.event("tool.result", tool_result_data(result))
                     if save:
                         await save(turn)
                 continue
-            completion = await self.complete(self.request(history, turn), on_retry)
+            completion = await self.complete(self.request(history, turn), on_retry, turn, events)
+            turn.partial = []
             if completion.usage:
                 turn.usage = turn.usage + Usage(
                     prompt_tokens=completion.usage.prompt_tokens,
@@ -148,5 +190,19 @@ class Agent:
             turn.messages.append(reply)
             if not tool_calls:
                 return turn
+            if events is not None:
+                for tc in tool_calls:
+                    events.event("tool.call", tool_call_data(tc))
             if save:
                 await save(turn)
+
+
+def tool_call_data(call: ToolCall) -> dict[str, Any]:
+    """A ``tool.call`` event's data."""
+    return {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+
+
+def tool_result_data(result: Message) -> dict[str, Any]:
+    """A ``tool.result`` event's data."""
+    return {"id": result.tool_call_id, "name": result.metadata.get("tool"), "output": result.content,
+            "ok": result.metadata.get("ok", False)}

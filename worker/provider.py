@@ -16,17 +16,22 @@ from typing import Any
 
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
-from openai.types.chat import ChatCompletion
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatq.tasks.models import JobError
 from chatq.tasks.settings import Settings
 
 from . import offline_model
-from .reply import BodyReader, ReplyError, parse_completion
+from .reply import BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, parse_completion
 
 log = logging.getLogger(__name__)
 
+OnDelta = Callable[[str], None]
+"""Told each piece of the reply's text as it streams in (never blocks: the event writer buffers it)."""
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+CHUNK_OVERHEAD = 100
+"""Bytes a streamed chunk counts for besides its text, against the reply's size limit."""
 MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in every failed job
 
 
@@ -108,7 +113,7 @@ class Provider:
                 http_client=openai.DefaultAioHttpClient(timeout=s.provider_timeout, limits=limits),
             )
 
-    async def _call(self, request: dict[str, Any]) -> ChatCompletion:
+    async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> ChatCompletion:
         """POST the request as built: it is already plain JSON, and ``chat.completions.create``
         would re-walk every message and tool schema through the SDK's TypedDict transform (a quarter
         of a worker's CPU at zero latency). ``client.post`` is the SDK's documented way to send a
@@ -118,8 +123,14 @@ class Provider:
         -- runs under one ``asyncio.timeout``; the reply comes back unread (the SDK's raw streamed
         response) so its body is read under the size cap, then judged by ``parse_completion``."""
         if self.client is None:
-            return ChatCompletion.model_validate(offline_model.complete(request))
+            completion = ChatCompletion.model_validate(offline_model.complete(request))
+            if on_delta and completion.choices[0].message.content:
+                on_delta(completion.choices[0].message.content)
+            return completion
         s = self.settings
+        streamed = on_delta is not None and s.stream
+        if streamed:
+            request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         deadline = time.monotonic() + s.provider_timeout
         reader = BodyReader(declared=None, deadline=deadline, timeout=s.provider_timeout,
                             max_bytes=s.provider_max_reply_bytes, clock=time.monotonic)
@@ -130,6 +141,9 @@ class Provider:
                     options={"security": {"bearer_auth": True}, "headers": {RAW_RESPONSE_HEADER: "stream"}})
                 response = raw.http_response
                 try:
+                    content_type = response.headers.get("content-type", "")
+                    if streamed and content_type.startswith("text/event-stream"):
+                        return await self._read_stream(response, reader, on_delta)  # type: ignore[arg-type]
                     length = response.headers.get("content-length")
                     reader.declared = int(length) if length and length.isdigit() else None
                     body = await reader.read(response.aiter_bytes())
@@ -137,7 +151,45 @@ class Provider:
                     await response.aclose()
         except TimeoutError as exc:  # the deadline, wherever the call was: headers or body
             raise reader.late() from exc
-        return parse_completion(body, response.headers.get("content-type", ""))
+        completion = parse_completion(body, content_type)
+        if on_delta and completion.choices[0].message.content:  # asked to stream, answered whole
+            on_delta(completion.choices[0].message.content)
+        return completion
+
+    async def _read_stream(self, response: Any, reader: BodyReader, on_delta: OnDelta) -> ChatCompletion:
+        """A streamed reply, parsed by the SDK (``AsyncStream`` of chunks) and assembled by the SDK's
+        own ``ChatCompletionStreamState`` (tool-call deltas, usage): the text goes to ``on_delta`` as
+        it comes; the whole is the same completion a non-streamed call returns. The size limit counts
+        each chunk's text plus ``CHUNK_OVERHEAD``."""
+        assert self.client is not None
+        state = ChatCompletionStreamState()
+        chunks = 0
+        try:
+            async for chunk in openai.AsyncStream(cast_to=ChatCompletionChunk, response=response, client=self.client):
+                state.handle_chunk(chunk)
+                chunks += 1
+                reader.size += CHUNK_OVERHEAD
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta is None:
+                        continue
+                    reader.size += len(delta.content or "") + sum(
+                        len(tc.function.arguments or "") for tc in delta.tool_calls or [] if tc.function)
+                    if delta.content and choice.index == 0:
+                        on_delta(delta.content)
+                if reader.size > reader.max_bytes:
+                    raise ReplyTooLarge(f"the provider's streamed reply is over the limit of {reader.max_bytes} "
+                                        "bytes (CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
+        except (openai.APIError, ReplyError):
+            raise
+        except Exception as exc:  # whatever the transport raises mid-stream
+            raise ReplyBroken(f"the provider's stream broke after {chunks} chunks: {exc!r}") from exc
+        if not chunks:
+            raise BadReply("the provider's stream ended without a single chunk")
+        completion = state.current_completion_snapshot
+        if not completion.choices:
+            raise BadReply("the provider's streamed reply has no choices")
+        return completion
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max
@@ -150,12 +202,15 @@ class Provider:
         request: dict[str, Any],
         on_retry: Callable[[JobError, float], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_delta: OnDelta | None = None,
     ) -> ChatCompletion:
-        """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff."""
+        """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff.
+        With ``on_delta``, streamed (unless ``CHATQ_STREAM`` is off); a retry is announced through
+        ``on_retry`` before the new call streams its text again from the start."""
         attempt = 0
         while True:
             try:
-                return await self._call(request)
+                return await self._call(request, on_delta)
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from chatq.tasks.agent_profiles import AgentProfile, load_profiles
 from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
-from chatq.tasks.models import Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
+from chatq.tasks.models import CancelMode, Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
 from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import (AsyncSessionMachine, CommitOutcome, Committed, SessionMachine, Taken,
                                          TakeOutcome)
@@ -30,13 +31,33 @@ from chatq.tasks.settings import Settings
 from chatq.tasks.wakeups import WakePublisher
 from chatq.tasks.webhooks import WebhookSender
 
-from .agent import Agent, AgentError, Turn
+from .agent import Agent, AgentError, Turn, tool_call_data, tool_result_data
+from .event_writer import EventWriter
 from .lease_keeper import LeaseKeeper
 from .provider import Provider
 from .rate_limit import RateLimiter
 from .tools import ToolRegistry
 
 log = logging.getLogger(__name__)
+
+
+EARLY_STOP_SECONDS = 30.0
+"""How long a stop request for a job this process is not (yet) running is remembered: one can
+arrive while the take that starts the job is still on its way back."""
+
+
+class Live:
+    """A job running on this process: its agent's task, and how it was asked to stop, if it was."""
+
+    def __init__(self, task: asyncio.Task, namespace: str):
+        self.task = task
+        self.namespace = namespace
+        self.mode: CancelMode | None = None
+
+    def stop(self, mode: str) -> None:
+        if self.mode is None:
+            self.mode = CancelMode.rollback if mode == CancelMode.rollback else CancelMode.keep
+            self.task.cancel()
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,8 @@ class SessionRunner:
         home = self.space(settings.namespace)
         self.keys = home.keys
         self.lease_ms = int(settings.lease_seconds * 1000)
-        self.leases = LeaseKeeper(SessionMachine(sync_r, self.keys, settings.result_ttl, settings.session_ttl),
+        self.leases = LeaseKeeper(SessionMachine(sync_r, self.keys, settings.result_ttl, settings.session_ttl,
+                                                 settings.events_maxlen),
                                   self.lease_ms)
         self.provider = Provider(settings, max_connections)
         self.webhooks = WebhookSender(settings)
@@ -74,6 +96,8 @@ class SessionRunner:
         }
         self.history_limit = max(a.history_limit for a in self.agents.values())
         self.stopping = False
+        self.live: dict[str, Live] = {}
+        self._early: dict[str, tuple[str, float]] = {}
 
     def space(self, namespace: str | None = None) -> Space:
         """The state machine of one namespace (a tenant's, or the default)."""
@@ -81,8 +105,36 @@ class SessionRunner:
         found = self._spaces.get(ns)
         if found is None:
             keys, s = Keys(ns), self.settings
-            found = self._spaces[ns] = Space(keys, AsyncSessionMachine(self.r, keys, s.result_ttl, s.session_ttl))
+            found = self._spaces[ns] = Space(keys, AsyncSessionMachine(self.r, keys, s.result_ttl, s.session_ttl,
+                                                                          s.events_maxlen))
         return found
+
+    def stop_job(self, job_id: str, mode: str) -> bool:
+        """A job was asked to stop (``chatq.tasks.client.ChatClient.cancel``): if this process runs
+        it, its agent task is cancelled -- a provider stream is closed, a back-off or tool wait cut
+        short -- and the job ends ``cancelled``. Whether it runs here."""
+        live = self.live.get(job_id)
+        if live is None:
+            now = time.monotonic()
+            if len(self._early) > 1000:
+                self._early = {j: e for j, e in self._early.items() if now - e[1] < EARLY_STOP_SECONDS}
+            self._early[job_id] = (mode, now)
+            return False
+        live.stop(mode)
+        return True
+
+    async def check_stops(self) -> None:
+        """Stop the running jobs whose stop flag was set while this process could not hear (its
+        listener was reconnecting): one pipelined read."""
+        running = list(self.live)
+        if not running:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in running:
+            pipe.hget(self.space(self.live[job_id].namespace).keys.job(job_id), "cancel")
+        for job_id, mode in zip(running, await pipe.execute()):
+            if mode:
+                self.stop_job(job_id, mode)
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking step (kombu, the blocking Redis client) in the loop's executor."""
@@ -154,6 +206,11 @@ class SessionRunner:
             turn = Turn(checkpoint.messages, checkpoint.usage)
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
+        live: Live | None = None
+        events = EventWriter(sp.machine, sid, job.job_id, token, self.settings.stream_flush_ms / 1000,
+                             on_stop=lambda mode: live.stop(mode) if live else None)
+        if checkpoint and job.attempts > 1:
+            replay(turn, events)
 
         async def save(t: Turn) -> None:
             await sp.machine.save_checkpoint(sid, job.job_id, token, Checkpoint(messages=t.messages, usage=t.usage))
@@ -168,24 +225,62 @@ class SessionRunner:
                 log.warning("could not record provider retry of job %s (%s)", job.job_id, exc)
 
         agent = self.agents.get(job.agent)
-        try:
+
+        async def run() -> Turn:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            turn = await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry)
+            return await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry, events=events)
+
+        live = self.live[job.job_id] = Live(asyncio.ensure_future(run()), sp.keys.ns)
+        early = self._early.pop(job.job_id, None)
+        if job.cancel or early:
+            live.stop(job.cancel or early[0])  # type: ignore[index]
+        try:
+            turn = await live.task
+        except asyncio.CancelledError:
+            if live.mode is None:  # not a stop: this coroutine itself is being cancelled
+                live.task.cancel()
+                raise
+            await events.close()
+            return await self._commit_stopped(sp, job, taken, token, turn, live.mode)
         except AgentError as exc:
+            await events.close()
             return await self._commit_failure(sp, job, taken, token, exc.error, turn.usage)
         except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
             raise
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))
+            await events.close()
             return await self._commit_failure(sp, job, taken, token, error, turn.usage)
+        finally:
+            self.live.pop(job.job_id, None)
+        await events.close()
         for m in turn.messages:
             m.metadata.setdefault("job_id", job.job_id)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                             turn.usage, taken.created_at, result_json=result.model_dump_json())
+        return await self._committed(sp, job, committed)
+
+    async def _commit_stopped(self, sp: Space, job: Job, taken: Taken, token: str, turn: Turn,
+                              mode: CancelMode) -> Committed:
+        """End a job that was asked to stop: ``cancelled``, the history keeping the turn so far
+        (``keep``: the user's message, finished tool steps, the partial reply marked ``cancelled``)
+        or nothing of it (``rollback``); the result holds the partial reply, if any."""
+        messages = [] if mode is CancelMode.rollback else turn.stopped({"cancelled": True})
+        for m in messages:
+            m.metadata.setdefault("job_id", job.job_id)
+        partial = "".join(turn.partial) or None
+        last = messages[-1] if messages and messages[-1].role == "assistant" else None
+        result = JobResult(content=partial, message=last, usage=turn.usage,
+                           tool_calls=turn.tool_rounds) if last is not None else None
+        error = JobError(type="Cancelled", message="the job was stopped on request"
+                         + (" and its turn rolled back" if mode is CancelMode.rollback else ""))
+        committed = await sp.machine.commit(
+            job.session_id, job.job_id, token, JobStatus.cancelled.value, messages, turn.usage, taken.created_at,
+            result_json=result.model_dump_json() if result else "", error_json=error.model_dump_json())
         return await self._committed(sp, job, committed)
 
     async def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
@@ -223,3 +318,14 @@ class SessionRunner:
             await self.blocking(self.webhooks.request_delivery, self.sync_r, sp.keys, job_id)
         except Exception:
             log.exception("could not queue the webhook for job %s", job_id)
+
+
+def replay(turn: Turn, events: EventWriter) -> None:
+    """A restarted job resumes from its checkpoint: its finished tool steps are told again, after
+    ``job.restarted``, so a reader that dropped what it showed has the whole turn."""
+    for m in turn.messages:
+        if m.role == "assistant" and m.tool_calls:
+            for tc in m.tool_calls:
+                events.event("tool.call", {**tool_call_data(tc), "replayed": True})
+        elif m.role == "tool":
+            events.event("tool.result", {**tool_result_data(m), "replayed": True})

@@ -101,6 +101,7 @@ class Runtime:
 
     async def _start_services(self) -> None:
         self._room.set()
+        self._services.append(asyncio.create_task(self._listen_stops(), name="chatq-stops"))
         if self.handoff is not None:
             self._services.append(asyncio.create_task(self._listen(), name="chatq-handoff"))
 
@@ -201,6 +202,25 @@ class Runtime:
             self._in_flight -= 1
             self._slots.notify()
         self._room.set()
+
+    async def _listen_stops(self) -> None:
+        """Stop requests for running jobs (``ChatClient.cancel``, interrupting submits), told to every
+        process of the fleet; the one running the job stops it. After each (re)subscription the
+        running jobs' flags are read once, so a request made while deaf is not missed."""
+        channel = self.runner.keys.cancel_channel
+        while True:
+            try:
+                async with self.r.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(channel)
+                    await self.runner.check_stops()
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None and isinstance(message.get("data"), str):
+                            job_id, _, mode = message["data"].partition(" ")
+                            self.runner.stop_job(job_id, mode)
+            except UNREACHABLE as exc:
+                log.warning("listening for stop requests failed (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
 
     async def _listen(self) -> None:
         """The hand-off listener: while the process has room, wait for handed sessions, start each."""

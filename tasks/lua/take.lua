@@ -10,6 +10,7 @@
 -- KEYS[4] msgs
 -- KEYS[5] job              the expected head's record (only when ARGV[3] names one)
 -- KEYS[6] ck               the expected head's checkpoint (likewise)
+-- KEYS[7] events           the expected head's event log (likewise)
 -- ARGV[1] token            the caller's lease token
 -- ARGV[2] acquire_ms       lease time to take a free lease for, or '0' (the caller holds it already)
 -- ARGV[3] job_id           the head the caller expects, or ''
@@ -22,6 +23,7 @@
 -- ARGV[10] channel         the expected head's done channel
 -- ARGV[11] default_ttl     the session's retention unless it has its own ('0' keeps it), from
 --                          when a popped job leaves the FIFO empty
+-- ARGV[12] maxlen          entries the event log is trimmed to (about)
 --
 -- Returns {'lost'} (another worker holds the lease, or the caller's expired), {'released'} (the
 -- FIFO is empty: the lease is given up), {'head', job_id} (the head is this other job), {'skip',
@@ -29,7 +31,10 @@
 -- batch_id} (failed after max_attempts: popped), where next is the new head or '' and batch_id the
 -- job's batch or '', or {'run', job_id,
 -- checkpoint or '', session created_at, n, the job's n fields and values..., history messages...}.
+-- A started job's log gets job.started, or job.restarted from its second run on (its worker died
+-- or lost the session mid-run); an exhausted one's gets job.failed.
 --#include lib/session.lua
+--#include lib/events.lua
 local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
   if holder or ARGV[2] == '0' then return {'lost'} end
@@ -51,6 +56,7 @@ elseif redis.call('HINCRBY', KEYS[5], 'attempts', 1) > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[5], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[7])
   redis.call('EXPIRE', KEYS[5], ARGV[6])
   redis.call('DEL', KEYS[6])
+  emit_finished(KEYS[5], KEYS[7], ARGV[12], 'failed', ARGV[6])
   redis.call('PUBLISH', ARGV[10], 'failed')
 end
 if outcome then
@@ -62,6 +68,9 @@ end
 ensure_session(KEYS[3], ARGV[4])
 redis.call('HSETNX', KEYS[5], 'started_at', ARGV[4])
 redis.call('HSET', KEYS[5], 'status', 'running', 'worker', ARGV[8])
+local attempt = tonumber(redis.call('HGET', KEYS[5], 'attempts'))
+emit_event(KEYS[7], ARGV[12], attempt > 1 and 'job.restarted' or 'job.started',
+           cjson.encode({attempt = attempt, worker = ARGV[8]}))
 local fields = redis.call('HGETALL', KEYS[5])
 local out = {'run', head, redis.call('GET', KEYS[6]) or '', redis.call('HGET', KEYS[3], 'created_at'), #fields}
 for _, v in ipairs(fields) do table.insert(out, v) end
