@@ -14,6 +14,19 @@ Bad 200 replies (always, unless ``n=``): ``[[fault:html]]``, ``[[fault:text]]`` 
 says so), ``[[fault:notchat]]`` (JSON, not a completion), ``[[fault:nochoices]]``,
 ``[[fault:huge bytes=N]]`` (a valid completion of N bytes, chunked), ``[[fault:drip bps=N]]`` (a valid
 completion, N bytes a second).
+
+Streaming: a body with ``"stream": true`` is answered as OpenAI does, ``text/event-stream`` with one
+``data: {ChatCompletionChunk}`` event per chunk and ``data: [DONE]``; the SDK's assembler rebuilds exactly
+the plain reply (``stream_chunks``). The headers go out at once, then ``latency`` passes before the first
+chunk (time to first token) and ``chunk_delay`` between chunks. Each streamed response is recorded with
+its emission log (``GET /streams``), and a client that hangs up is noticed at once, even mid-sleep.
+Stream directives, checked only for stream requests (except ``words``): ``[[stream delay=S]]`` (seconds
+between chunks for this message), ``[[stream words=N]]`` (the reply padded to at least N words, streamed
+or not, so both paths agree), ``[[nostream]]`` (always, unless ``n=``: the plain JSON completion, as a
+provider that cannot stream answers), ``[[cut after=N n=1]]`` (the role chunk and N more, then the
+connection drops without ``[DONE]``). ``[[nostream]]`` and ``[[cut]]`` are checked in order after the
+faults above, and the first that fires decides.
+
 Replies come from the embedded offline model, with these directives left out of its echoes
 (``complete``, ``echo_reply``): the directives belong to this server, not to the model.
 """
@@ -46,8 +59,13 @@ from chatq.worker import offline_model
 from chatq.worker.tokens import text_of
 
 DIRECTIVE = re.compile(r"\[\[(fault|stall|drop)(?::([\w.]+))?((?:\s+\w+=[\w.]+)*)\s*\]\]")
+STREAM_DIRECTIVE = re.compile(r"\[\[(stream|nostream|cut)((?:\s+\w+=[\w.]+)*)\s*\]\]")
 PARAM = re.compile(r"(\w+)=([\w.]+)")
-STRIPPED = re.compile(r"\[\[(?:fault|stall|drop)\b[^\]]*\]\]")
+STRIPPED = re.compile(r"\[\[(?:fault|stall|drop|stream|nostream|cut)\b[^\]]*\]\]")
+WORDS = re.compile(r"\s*\S+|\s+")  # a word with the whitespace before it: the pieces join to the text
+TOKENS = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")  # finer, for tool-call arguments: '{"', 'q', '":', ' 1', '}'
+FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
+          "et dolore magna aliqua").split()
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 DROP_LOG = "ASGI callable returned without completing response."
 
@@ -74,9 +92,79 @@ def echo_reply(messages: list[dict[str, Any]]) -> str:
     return offline_model.echo_reply(messages, strip_directives)
 
 
+def stream_params(text: str) -> dict[str, str]:
+    """The parameters of a message's ``[[stream ...]]`` directives, merged (later ones win)."""
+    params: dict[str, str] = {}
+    for m in STREAM_DIRECTIVE.finditer(text):
+        if m.group(1) == "stream":
+            params.update(PARAM.findall(m.group(2)))
+    return params
+
+
+def pad(text: str, words: int) -> str:
+    """``text`` with filler words after it until it has at least ``words`` words."""
+    missing = words - len(text.split())
+    if missing <= 0:
+        return text
+    return " ".join([*([text] if text else []), *(FILLER[i % len(FILLER)] for i in range(missing))])
+
+
 def complete(body: dict[str, Any]) -> dict[str, Any]:
-    """The server's answer to a request that no directive intercepts."""
-    return offline_model.complete(body, strip_directives)
+    """The server's answer to a request that no directive intercepts, streamed or not.
+
+    ``[[stream words=N]]`` lengthens the text reply here, so a benchmark gets long replies from short
+    prompts and the streamed and plain answers stay the same.
+    """
+    completion = offline_model.complete(body, strip_directives)
+    words = int(float(stream_params(last_user_text(body)).get("words", 0)))
+    message = completion["choices"][0]["message"]
+    if words and message["content"] is not None:
+        message["content"] = pad(message["content"], words)
+        usage = completion["usage"]  # recounted as the offline model counts: a token per four characters
+        usage["completion_tokens"] = max(1, math.ceil(len(message["content"]) / 4))
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return completion
+
+
+def stream_chunks(completion: dict[str, Any], include_usage: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """The ``ChatCompletionChunk`` bodies OpenAI would stream for ``completion``, and how many of them
+    carry the reply (the role chunk and the content or tool-call deltas) before the finish chunk.
+
+    Text comes about a word a chunk; a tool call's first delta names it (index, id, type, name, empty
+    arguments) and further deltas append its arguments a token or so at a time. With ``include_usage``
+    every chunk says ``"usage": null`` and a last one with no choices carries the usage, as OpenAI's do.
+    """
+    choice = completion["choices"][0]
+    message = choice["message"]
+    content, calls = message.get("content"), message.get("tool_calls") or []
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"],
+            "choices": [] if delta is None else [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            out["usage"] = completion["usage"] if delta is None else None
+        return out
+
+    deltas: list[dict[str, Any]] = [{"content": piece} for piece in WORDS.findall(content or "")]
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": call["type"],
+                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas += [{"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                   for piece in TOKENS.findall(function.get("arguments") or "")]
+    first: dict[str, Any] = {"role": "assistant", "content": "" if content is not None else None}
+    if content is None and deltas:  # OpenAI names the first tool call in the role chunk
+        first.update(deltas.pop(0))
+    chunks = [chunk(first), *map(chunk, deltas)]
+    reply = len(chunks)
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append(chunk(None))
+    return chunks, reply
 
 
 async def _chunks(data: bytes, size: int, pause: float = 0.0) -> AsyncIterator[bytes]:
@@ -134,6 +222,13 @@ class _State:
     faults: int = 0
     counters: dict[tuple[str, str], int] = field(default_factory=dict)
     recorded: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+    chunk_delay: float = 0.0
+    streaming: bool = True
+    streams: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def streamed(self, contains: str = "") -> list[dict[str, Any]]:
+        """Copies of the streamed responses whose last user message contains ``contains``."""
+        return [{**s, "emissions": list(s["emissions"])} for s in list(self.streams) if contains in s["text"]]
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "in_flight": self.in_flight,
@@ -190,6 +285,66 @@ def validate(body: Any) -> tuple[str, str | None] | None:
     return None
 
 
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client hangs up (uvicorn answers ``receive`` only then, once the body is read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Stream:
+    """A streamed answer as an ASGI app: the headers at once, then the chunks at their pace.
+
+    A task waits for the client's hang-up while the chunks go out, so a client that closes the stream
+    is recorded the moment its connection goes, even mid-sleep (uvicorn's ``send`` to a closed
+    connection silently does nothing, so the writes alone would never tell).
+    """
+
+    def __init__(self, state: _State, text: str, chunks: list[dict[str, Any]], reply: int,
+                 delay: float, cut: int | None):
+        self.state, self.text, self.chunks, self.delay = state, text, chunks, delay
+        self.stop = len(chunks) if cut is None else min(1 + cut, reply)
+        self.cut = cut is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record: dict[str, Any] = {"text": self.text, "started": time.time(), "ended": None,
+                                  "outcome": "streaming", "chunks": 0, "emissions": []}
+        self.state.streams.append(record)
+        gone = asyncio.ensure_future(_disconnect(receive))
+        chars = 0
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]})
+            for i, chunk in enumerate(self.chunks[:self.stop]):
+                pause = self.state.latency if i == 0 else self.delay
+                if pause > 0:
+                    await asyncio.wait({gone}, timeout=pause)
+                else:
+                    await asyncio.sleep(0)  # hundreds of streams take turns
+                if gone.done():
+                    record["outcome"] = "closed"
+                    return
+                data = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+                await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
+                for choice in chunk["choices"]:
+                    chars += len(choice["delta"].get("content") or "")
+                record["chunks"] += 1
+                record["emissions"].append([chars, time.time()])
+            if self.cut:  # returning with the response unfinished: uvicorn closes the connection
+                record["outcome"] = "cut"
+                return
+            await asyncio.sleep(0)
+            if gone.done():
+                record["outcome"] = "closed"
+                return
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            record["outcome"] = "done"
+        except OSError:
+            record["outcome"] = "closed"
+        finally:
+            gone.cancel()
+            record["ended"] = time.time()
+
+
 async def _drop(send: Send) -> None:
     """Promise a body, then let uvicorn close the connection: the client sees a dropped connection."""
     await send({"type": "http.response.start", "status": 200,
@@ -216,7 +371,29 @@ class ChatCompletions:
         finally:
             st.in_flight -= 1
 
-    async def respond(self, request: Request) -> Response | None:
+    def stream_plan(self, text: str) -> tuple[float, int | None] | None:
+        """For a stream request: the seconds between chunks and the chunks before a cut (None: no cut),
+        or None to answer with the plain JSON completion, as a provider that cannot stream does."""
+        st = self.state
+        if not st.streaming:
+            return None
+        delay, cut = float(stream_params(text).get("delay", st.chunk_delay)), None
+        for m in STREAM_DIRECTIVE.finditer(text):
+            kind, params = m.group(1), dict(PARAM.findall(m.group(2)))
+            if kind == "stream":
+                continue
+            key = (text, m.group(0))
+            st.counters[key] = st.counters.get(key, 0) + 1
+            if st.counters[key] > float(params.get("n", math.inf if kind == "nostream" else 1)):
+                continue
+            st.faults += 1
+            if kind == "nostream":
+                return None
+            cut = int(float(params.get("after", 0)))
+            break
+        return delay, cut
+
+    async def respond(self, request: Request) -> Response | _Stream | None:
         st = self.state
         try:
             body = json.loads(await request.body())
@@ -247,6 +424,11 @@ class ChatCompletions:
             if params.get("html"):  # a gateway's error page, not the provider's JSON error
                 return Response(ERROR_PAGE.format(status=status), status_code=status, media_type="text/html")
             return error(status, kind=arg if arg == "quota" else status, headers=headers)
+        if body.get("stream") is True and (plan := self.stream_plan(text)) is not None:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            chunks, reply = stream_chunks(complete(body), include_usage)
+            return _Stream(st, text, chunks, reply, *plan)
         if st.latency > 0:
             await asyncio.sleep(st.latency)
         return JSONResponse(complete(body))
@@ -267,13 +449,21 @@ def create_app(state: _State) -> Starlette:
         body = await request.json()
         if "latency" in body:
             state.latency = float(body["latency"])
+        if "chunk_delay" in body:
+            state.chunk_delay = float(body["chunk_delay"])
+        if "streaming" in body:
+            state.streaming = bool(body["streaming"])
         if body.get("reset"):
             state.reset()
-        return JSONResponse({**state.stats(), "latency": state.latency})
+        return JSONResponse({**state.stats(), "latency": state.latency, "chunk_delay": state.chunk_delay,
+                             "streaming": state.streaming})
 
     async def requests(request: Request) -> Response:
         contains = request.query_params.get("contains", "")
         return JSONResponse([b for b in list(state.recorded) if contains in last_user_text(b)])
+
+    async def streams(request: Request) -> Response:
+        return JSONResponse(state.streamed(request.query_params.get("contains", "")))
 
     return Starlette(routes=[
         Route("/v1/chat/completions", ChatCompletions(state), methods=["POST"]),
@@ -282,6 +472,7 @@ def create_app(state: _State) -> Starlette:
         Route("/stats", stats),
         Route("/control", control, methods=["POST"]),
         Route("/requests", requests),
+        Route("/streams", streams),
     ])
 
 
@@ -290,9 +481,10 @@ class TestServer:
 
     __test__ = False
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
+                 chunk_delay: float = 0.0, streaming: bool = True):
         self.host, self.port = host, port
-        self._state = _State(latency=latency)
+        self._state = _State(latency=latency, chunk_delay=chunk_delay, streaming=streaming)
         self.app = create_app(self._state)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -310,6 +502,24 @@ class TestServer:
         self._state.latency = value
 
     @property
+    def chunk_delay(self) -> float:
+        """Seconds between a streamed answer's chunks (``[[stream delay=S]]`` overrides it per message)."""
+        return self._state.chunk_delay
+
+    @chunk_delay.setter
+    def chunk_delay(self, value: float) -> None:
+        self._state.chunk_delay = value
+
+    @property
+    def streaming(self) -> bool:
+        """False: stream requests get the plain JSON completion, as from a provider that cannot stream."""
+        return self._state.streaming
+
+    @streaming.setter
+    def streaming(self, value: bool) -> None:
+        self._state.streaming = value
+
+    @property
     def stats(self) -> dict[str, int]:
         return self._state.stats()
 
@@ -319,6 +529,16 @@ class TestServer:
     def recorded(self, contains: str = "") -> list[dict[str, Any]]:
         """Request bodies whose last user message contains ``contains`` (same as ``GET /requests``)."""
         return [b for b in list(self._state.recorded) if contains in last_user_text(b)]
+
+    def streams(self, contains: str = "") -> list[dict[str, Any]]:
+        """Streamed responses whose last user message contains ``contains`` (same as ``GET /streams``).
+
+        Each: ``text`` (that message), ``outcome`` (``streaming``, ``done`` once ``[DONE]`` is sent,
+        ``closed`` when the client hung up first, ``cut`` by ``[[cut]]``), ``chunks`` sent, ``started``
+        and ``ended`` (``time.time()``), and ``emissions``: ``[content characters sent so far,
+        time.time()]`` as each chunk is written.
+        """
+        return self._state.streamed(contains)
 
     def _bind(self) -> socket.socket:
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and
@@ -371,8 +591,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8399)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to sleep before each reply")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between a streamed reply's chunks")
     args = parser.parse_args(argv)
-    server = TestServer(args.host, args.port, args.latency)
+    server = TestServer(args.host, args.port, args.latency, args.chunk_delay)
     sock = server._bind()
     print(server.base_url, flush=True)
     server._uvicorn(log_config=uvicorn.config.LOGGING_CONFIG).run(sockets=[sock])
