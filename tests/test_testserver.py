@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -11,6 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion
 
 from chatq.testing.server import TestServer, complete, echo_reply
 from chatq.worker.offline_model import history_hash
@@ -202,3 +206,184 @@ def test_drip_feeds_a_valid_completion(server):
     assert int(r.headers["content-length"]) == len(body) and len(chunks) > 10
     assert time.monotonic() - started >= (len(body) - 10) / 100  # the server kept to its rate
     assert json.loads(body)["choices"][0]["message"]["content"].startswith("echo #1")
+
+
+# Streaming: the SDK's own assembler must rebuild exactly what the plain reply says.
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def assemble(chunks, tools=()) -> ChatCompletion:
+    state = ChatCompletionStreamState(input_tools=list(tools))
+    for c in chunks:
+        state.handle_chunk(c)
+    return state.get_final_completion()
+
+
+def settled(server: TestServer, text: str) -> dict:
+    """The one stream recorded for ``text``, once it has ended (the server records it on its own thread)."""
+    deadline = time.monotonic() + 5
+    while not ((found := server.streams(text)) and found[0]["ended"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(found) == 1
+    return found[0]
+
+
+def sse(server: TestServer, body: dict) -> tuple[httpx.Response, list[bytes]]:
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=10) as r:
+        return r, r.read().split(b"\n\n")
+
+
+def test_stream_is_openai_sse_and_assembles_to_the_plain_reply(server, sdk):
+    text = tag("stream me [[stream words=40]]")
+    plain = chat(sdk, text)
+    assert len(plain.choices[0].message.content.split()) == 40 and "[[stream" not in plain.choices[0].message.content
+    chunks = list(chat(sdk, text, stream=True, stream_options={"include_usage": True}))
+    got = assemble(chunks)
+    assert got.choices[0].message.content == plain.choices[0].message.content
+    assert got.choices[0].finish_reason == "stop" and got.choices[0].message.tool_calls is None
+    assert (got.id, got.model, got.usage) == (plain.id, plain.model, plain.usage)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert len(chunks) == 1 + 40 + 2  # role, a word each (the echo's own words count), finish, usage
+
+    r, events = sse(server, {"model": "m", "messages": user(text), "stream": True})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert events[-2:] == [b"data: [DONE]", b""] and all(e.startswith(b"data: {") for e in events[:-2])
+    assert "usage" not in json.loads(events[-3][6:])  # asked for no usage: none, not even null
+    record = server.streams(text)[-1]
+    assert (record["outcome"], record["chunks"]) == ("done", len(events) - 2)
+    assert record["emissions"][-1][0] == len(plain.choices[0].message.content)
+
+
+def test_usage_chunk_comes_last_and_only_when_asked(sdk):
+    text = tag("usage")
+    plain = chat(sdk, text)
+    asked = list(chat(sdk, text, stream=True, stream_options={"include_usage": True}))
+    assert asked[-1].choices == [] and asked[-1].usage == plain.usage
+    assert all(c.usage is None for c in asked[:-1]) and asked[-2].choices[0].finish_reason == "stop"
+    unasked = list(chat(sdk, text, stream=True))
+    assert unasked[-1].choices[0].finish_reason == "stop" and all(c.usage is None for c in unasked)
+    assert assemble(unasked).choices[0].message.content == plain.choices[0].message.content
+
+
+def test_tool_calls_stream_as_openai_deltas(sdk):
+    text = tag('[[tool:lookup {"q": "two words", "n": [1, 2]}]] [[tool:noargs]]')
+    plain = chat(sdk, text).choices[0].message
+    chunks = list(chat(sdk, text, stream=True))
+    heads = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls
+             and c.choices[0].delta.tool_calls[0].id]
+    assert [(h.index, h.id, h.type, h.function.name, h.function.arguments) for h in heads] == [
+        (i, call.id, "function", call.function.name, "") for i, call in enumerate(plain.tool_calls)]
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.tool_calls == [heads[0]]
+    assert len(chunks) > 8  # the arguments came in fragments
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+             for n in ("lookup", "noargs")]
+    with sdk.chat.completions.stream(model="gpt-test", messages=user(text), tools=tools) as stream:
+        for _ in stream:
+            pass
+        got = stream.get_final_completion().choices[0]
+    assert got.finish_reason == "tool_calls" and got.message.content is None
+    assert [(c.id, c.function.name, c.function.arguments) for c in got.message.tool_calls] == [
+        (c.id, c.function.name, c.function.arguments) for c in plain.tool_calls]
+
+
+def test_async_sdk_streams_the_same_reply(server):
+    text = tag("async [[stream words=25]]")
+
+    async def run() -> tuple[str | None, str | None]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0, timeout=5)
+        async with client:
+            plain = await client.chat.completions.create(model="gpt-test", messages=user(text))
+            async with client.chat.completions.stream(model="gpt-test", messages=user(text)) as stream:
+                got = await stream.get_final_completion()
+        return plain.choices[0].message.content, got.choices[0].message.content
+
+    plain, streamed = asyncio.run(run())
+    assert streamed == plain and len(plain.split()) == 25
+
+
+def gaps(record: dict) -> list[float]:
+    times = [t for _, t in record["emissions"]]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def test_latency_before_the_first_chunk_and_delay_between_chunks():
+    with TestServer(latency=0.3, chunk_delay=0.05) as server:
+        sdk = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0, timeout=5)
+        text = tag("paced a b c")
+        content = assemble(chat(sdk, text, stream=True)).choices[0].message.content
+        record = settled(server, text)
+        assert record["emissions"][0][1] - record["started"] >= 0.3 * 0.9
+        assert min(gaps(record)) >= 0.05 * 0.9 and record["chunks"] == len(record["emissions"])
+        chars = [n for n, _ in record["emissions"]]
+        assert chars == sorted(chars) and chars[0] == 0 and chars[-1] == len(content)
+
+        slow = tag("[[stream delay=0.2]] per message")  # the directive overrides the server's delay
+        assert assemble(chat(sdk, slow, stream=True)).choices[0].message.content.startswith("echo #1: per message")
+        assert min(gaps(settled(server, slow))) >= 0.2 * 0.9
+
+        root = server.base_url.removesuffix("/v1")
+        assert httpx.post(f"{root}/control", json={"chunk_delay": 0.1, "latency": 0}).json()["chunk_delay"] == 0.1
+        assert server.chunk_delay == 0.1
+        text = tag("controlled")
+        list(chat(sdk, text, stream=True))
+        assert min(gaps(settled(server, text))) >= 0.1 * 0.9
+        assert httpx.get(f"{root}/streams", params={"contains": text}).json() == server.streams(text)
+
+
+def test_nostream_answers_a_stream_request_with_plain_json(server, sdk):
+    text = tag("[[nostream n=1]] plain please")
+    stream = chat(sdk, text, stream=True)
+    assert stream.response.headers["content-type"] == "application/json"
+    reply = ChatCompletion.model_validate_json(stream.response.read())
+    assert reply.choices[0].message.content == chat(sdk, text).choices[0].message.content
+    assert server.streams(text) == []
+    assert assemble(chat(sdk, text, stream=True)).choices[0].message.content == reply.choices[0].message.content
+
+    root = server.base_url.removesuffix("/v1")
+    assert httpx.post(f"{root}/control", json={"streaming": False}).json()["streaming"] is False
+    try:
+        text = tag("server cannot stream")
+        r, _ = sse(server, {"model": "m", "messages": user(text), "stream": True})
+        assert r.headers["content-type"] == "application/json" and server.streams(text) == []
+    finally:
+        server.streaming = True
+
+
+def test_cut_drops_the_stream_mid_reply(server, sdk):
+    text = tag("[[cut after=3]] one two three four five")
+    seen: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        for c in chat(sdk, text, stream=True):
+            seen.append(c.choices[0].delta.content)
+    assert seen == ["", "echo", " #1:", " one"]
+    record = settled(server, text)
+    assert (record["outcome"], record["chunks"]) == ("cut", 4)
+    full = assemble(chat(sdk, text, stream=True)).choices[0].message.content  # n=1: once only
+    assert full == chat(sdk, text).choices[0].message.content and full.startswith("echo #1: one two three four five")
+    assert server.streams(text)[-1]["outcome"] == "done"
+
+
+def test_client_closing_early_is_recorded_at_once(server, sdk):
+    text = tag("[[stream delay=1]] hang up")
+    stream = chat(sdk, text, stream=True)
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    stream.close()
+    record = settled(server, text)
+    assert (record["outcome"], record["chunks"]) == ("closed", 2)
+    assert record["ended"] < record["emissions"][-1][1] + 1  # noticed while sleeping, not at the next write
+
+    async def run(text: str) -> None:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0, timeout=5) as client:
+            stream = await client.chat.completions.create(model="m", messages=user(text), stream=True)
+            async for _ in stream:
+                break
+            await stream.close()
+
+    text = tag("[[stream delay=1]] async hang up")
+    asyncio.run(run(text))
+    record = settled(server, text)
+    assert (record["outcome"], record["chunks"]) == ("closed", 1)
+    assert record["ended"] < record["emissions"][-1][1] + 1
