@@ -16,7 +16,7 @@ import redis
 from chatq.tasks import scripts
 from chatq.tasks.job_store import encode_job
 from chatq.tasks.keys import Keys, new_job_id
-from chatq.tasks.models import Checkpoint, Job, Message, Usage, utcnow
+from chatq.tasks.models import Checkpoint, Job, JobResult, Message, Usage, utcnow
 from chatq.tasks.session_machine import (CancelOutcome, CommitOutcome, SessionMachine, SubmitOutcome,
                                          TakeOutcome, listing_score)
 from chatq.tasks.session_store import SessionStore
@@ -327,6 +327,69 @@ def test_renew_extends_held_leases_and_reports_lost_ones(r, keys, machine):
     lost = machine.renew([(keys.lease("a"), "mine"), (keys.lease("b"), "mine")], 60_000)
     assert lost == [keys.lease("b")]
     assert r.pttl(keys.lease("a")) > 30_000 and r.pttl(keys.lease("b")) <= 1000
+
+
+# --- the event log: take, emit, commit, cancel, interrupt ------------------------------------
+
+def events_of(machine: SessionMachine, job_id: str) -> list:
+    from chatq.tasks.events import EventLog
+
+    return EventLog(machine.r, machine.keys).read(job_id)
+
+
+def test_the_event_log_counts_on_over_attempts_and_ends_with_the_finished_record(r, keys, machine):
+    from chatq.tasks.job_store import decode_job
+
+    job_id = queue_job(machine, "s")
+    start(machine, "s", token="w1", lease_ms=50)
+    assert machine.emit("s", job_id, "w1", [("message.delta", '{"text":"par"}')]) == (True, "")
+    time.sleep(0.1)  # the first worker's lease runs out
+    assert machine.emit("s", job_id, "w1", [("message.delta", '{"text":"zombie"}')]) == (False, ""), \
+        "a worker that lost the session writes nothing"
+    taken = start(machine, "s", token="w2")
+    assert machine.emit("s", job_id, "w2", [("message.delta", '{"text":"whole"}')]) == (True, "")
+    result = JobResult(content="re: x", message=turn("x")[1], usage=Usage(total_tokens=3))
+    machine.commit("s", job_id, "w2", "succeeded", turn("x"), Usage(total_tokens=3), taken.created_at,
+                   result_json=result.model_dump_json())
+    events = events_of(machine, job_id)
+    assert [(e.seq, e.type) for e in events] == [(1, "job.started"), (2, "message.delta"), (3, "job.restarted"),
+                                                 (4, "message.delta"), (5, "job.succeeded")]
+    assert events[2].data == {"attempt": 2, "worker": "w"}
+    record = decode_job(r.hgetall(keys.job(job_id)))
+    assert Job.model_validate(events[4].data) == record and record.result == result, \
+        "the terminal event is the record, every field as stored"
+    assert 0 < r.ttl(keys.events(job_id)) <= TTL, "the log expires with the record"
+
+
+def test_emit_tells_the_writer_its_job_was_asked_to_stop(keys, machine):
+    job_id = queue_job(machine, "s")
+    start(machine, "s")
+    machine.cancel(job_id, "s")
+    assert machine.emit("s", job_id, "w1", []) == (True, "keep")
+
+
+def test_cancel_of_a_queued_job_ends_its_log(keys, machine):
+    first, second = queue_job(machine, "s"), queue_job(machine, "s")
+    machine.cancel(second, "s")
+    assert [e.type for e in events_of(machine, second)] == ["job.cancelled"]
+    assert events_of(machine, first) == []
+
+
+def test_interrupting_submit_stops_the_running_job_and_cancels_the_queued(r, keys, machine):
+    running, queued = queue_job(machine, "s"), queue_job(machine, "s")
+    start(machine, "s")
+    job = Job(job_id=new_job_id("s"), session_id="s", message="now")
+    stale = machine._submit(keys=[keys.job(job.job_id), keys.fifo("s"), keys.lease("s"), keys.session("s"),
+                                  keys.messages("s"), keys.job(running), keys.events(running)],
+                            args=[job.job_id, "rollback", "now", "", TTL, 100, keys.done_channel(""),
+                                  keys.cancel_channel, 1, running, "message", "now"])
+    assert stale == ["stale"] and not r.exists(keys.job(job.job_id)), "a FIFO read before it moved: nothing written"
+    submitted = machine.interrupt(job.job_id, "s", encode_job(job), "rollback")
+    assert submitted == (SubmitOutcome.queued_behind, [queued])
+    assert r.lrange(keys.fifo("s"), 0, -1) == [running, job.job_id]
+    assert r.hget(keys.job(running), "cancel") == "rollback" and r.hget(keys.job(running), "status") == "running"
+    assert r.hget(keys.job(queued), "status") == "cancelled"
+    assert [e.type for e in events_of(machine, queued)] == ["job.cancelled"]
 
 
 # --- the fleet's indexes: announce, unindex, sweep --------------------------------------------

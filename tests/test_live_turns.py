@@ -1,0 +1,241 @@
+"""Live turns through real workers and the real SDK against the test server's streams: a job's
+events as they happen, resumed from any seq, a worker killed mid-stream, a running turn stopped,
+and the double-texting strategies (interrupt, rollback)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from chatq.tasks.errors import EventsGone
+from chatq.tasks.models import FunctionCall, Message, ToolCall
+from chatq.worker.agent import Turn
+
+SLOW = "[[stream delay=0.05 words=200]]"  # about 10 s of streaming: long enough to stop or kill midway
+
+
+def sid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def first_event(client, job_id: str, type: str, timeout: float = 30):
+    for event in client.stream(job_id, timeout=timeout):
+        if event.type == type:
+            return event
+    raise AssertionError(f"no {type} event")
+
+
+def deltas(events) -> str:
+    return "".join(e.data["text"] for e in events if e.type == "message.delta")
+
+
+def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, client):
+    job = client.submit("tell me a story [[stream delay=0.02 words=80]]", sid("live"))
+    seen, running_at_first_delta = [], None
+    for event in client.stream(job.job_id, timeout=60):
+        if event.type == "message.delta" and running_at_first_delta is None:
+            running_at_first_delta = client.get(job.job_id).status
+        seen.append(event)
+    assert running_at_first_delta == "running", "text reaches readers while the model writes it"
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1)), "seq counts 1, 2, 3... with no gap"
+    assert seen[0].type == "job.started" and seen[0].data["attempt"] == 1
+    assert seen[-1].type == "job.succeeded" and seen[-1].data["status"] == "succeeded"
+    final = client.get(job.job_id)
+    assert deltas(seen) == final.result.content == seen[-1].data["result"]["content"]
+    assert len(final.result.content.split()) >= 80
+    pieces = sum(1 for e in seen if e.type == "message.delta")
+    assert pieces < 80, "deltas are coalesced, not one write per token"
+
+
+def test_a_reader_resuming_after_event_k_sees_the_rest_exactly_once(fleet, client):
+    job = client.submit("resume me [[stream delay=0.02 words=40]]", sid("resume"))
+    head = []
+    for event in client.stream(job.job_id, timeout=60):
+        head.append(event)
+        if len(head) == 3:
+            break  # the reader disconnects after event 3
+    rest = list(client.stream(job.job_id, after=3, timeout=60))
+    assert [e.seq for e in rest] == list(range(4, 4 + len(rest)))
+    whole = list(client.stream(job.job_id))
+    assert head + rest == whole, "nothing missed, nothing repeated"
+    assert list(client.stream(job.job_id, after=whole[-1].seq, timeout=5)) == [], "nothing after the end"
+    assert client.events.read(job.job_id, after=1, count=2) == whole[1:3]
+
+
+def test_chat_stream_and_a_provider_that_cannot_stream(fleet, client):
+    events = list(client.chat("whole please [[nostream]]", session_id=sid("whole"), stream=True, timeout=60))
+    assert [e.type for e in events] == ["job.started", "message.delta", "job.succeeded"]
+    assert deltas(events) == events[-1].data["result"]["content"]
+
+
+def test_a_retried_call_announces_itself_so_text_is_not_doubled(fleet, client):
+    events = list(client.chat("cut me off [[cut after=4 n=1]] [[stream delay=0.01]]", session_id=sid("cut"),
+                              stream=True, timeout=60))
+    retry = next(i for i, e in enumerate(events) if e.type == "provider.retry")
+    assert events[retry].data["error"]["type"] == "ProviderConnectionError"
+    assert deltas(events[:retry]), "some text came before the stream broke"
+    assert deltas(events[retry:]) == events[-1].data["result"]["content"], "after the retry: the whole reply once"
+    assert events[-1].data["provider_retries"] == 1
+
+
+def test_tool_calls_and_results_are_events(fleet, client):
+    events = list(client.chat('[[tool:add {"a": 2, "b": 3}]]', session_id=sid("tools"), stream=True, timeout=60))
+    call = next(e for e in events if e.type == "tool.call")
+    result = next(e for e in events if e.type == "tool.result")
+    assert call.data["name"] == "add" and call.data["id"] == result.data["id"]
+    assert result.data["output"] == "5.0" and result.data["ok"] is True
+    assert call.seq < result.seq < events[-1].seq
+
+
+def test_an_expired_log_is_a_clear_error_and_the_job_is_still_there(fleet, client):
+    job = client.chat("short-lived log", session_id=sid("gone"), timeout=60)
+    client.r.delete(client.keys.events(job.job_id))
+    with pytest.raises(EventsGone, match="expired"):
+        list(client.stream(job.job_id, timeout=5))
+    assert client.get(job.job_id).status == "succeeded"
+
+
+def test_a_worker_killed_mid_stream_restarts_the_job_once(make_fleet):
+    fleet = make_fleet()
+    doomed = fleet.start_worker(4)
+    fleet.wait_ready(doomed)
+    client = fleet.client()
+    s = sid("kill")
+    job = client.submit(f"survive this {SLOW}", s)
+    first_event(client, job.job_id, "message.delta")
+    fleet.kill(doomed)
+    fleet.start_worker(4)
+    events = list(client.stream(job.job_id, timeout=90))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    restart = next(i for i, e in enumerate(events) if e.type == "job.restarted")
+    assert events[restart].data["attempt"] == 2
+    assert deltas(events[:restart]), "the first attempt had shown text"
+    assert events[-1].type == "job.succeeded"
+    assert deltas(events[restart:]) == events[-1].data["result"]["content"], "the second attempt is whole"
+    history = client.get_session(s).messages
+    assert [m.role for m in history] == ["user", "assistant"], "the turn is appended once"
+    assert history[1].content == events[-1].data["result"]["content"]
+
+
+def test_stopping_a_running_turn_closes_the_provider_stream_and_keeps_the_partial_reply(fleet, client, fake_openai):
+    s = sid("stop")
+    text = f"stop me {uuid.uuid4().hex[:6]} {SLOW}"
+    job = client.submit(text, s)
+    later = client.submit("and then this", s)
+    first_event(client, job.job_id, "message.delta")
+    asked = time.time()
+    assert client.cancel(job.job_id).cancel == "keep"
+    done = client.wait(job.job_id, 10)
+    assert done.status == "cancelled" and done.error.type == "Cancelled"
+    stream = _closed_stream(fake_openai, text)
+    assert stream["ended"] - asked < 1.0, "the provider call is stopped within a second"
+    events = list(client.stream(job.job_id))
+    assert events[-1].type == "job.cancelled" and events[-1].data["status"] == "cancelled"
+    assert client.wait(later.job_id, 30).status == "succeeded", "the session's next message runs"
+    history = client.get_session(s).messages
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    partial = history[1]
+    assert partial.metadata["cancelled"] is True and partial.content == deltas(events) == done.result.content
+    assert 0 < len(partial.content) < len(client.get(later.job_id).result.content) * 10
+    assert client.cancel(job.job_id).status == "cancelled", "a repeat is fine"
+
+
+def _closed_stream(server, text: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [s for s in server.streams(text) if s["outcome"] == "closed"]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"the test server never saw the stream closed: {server.streams(text)}")
+
+
+def test_stopping_during_a_retry_back_off(make_fleet):
+    fleet = make_fleet(provider_backoff_max="30")
+    fleet.wait_ready(fleet.start_worker(4))
+    client = fleet.client()
+    job = client.submit("[[fault:429 n=50 retry_after=20]] wait for it", sid("backoff"))
+    deadline = time.monotonic() + 30
+    while client.get(job.job_id).provider_retries < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.cancel(job.job_id, rollback=True)
+    done = client.wait(job.job_id, 5)
+    assert done.status == "cancelled" and "rolled back" in done.error.message
+    assert client.get_session(job.session_id).messages == [], "rollback: no trace of the turn"
+
+
+@pytest.mark.parametrize("mode", ["interrupt", "rollback"])
+def test_double_texting_interrupt_and_rollback(fleet, client, mode):
+    s = sid(mode)
+    client.chat("first, finished", session_id=s, timeout=60)
+    running = client.submit(f"second, to be stopped {SLOW}", s)
+    queued = client.submit("third, never run", s)
+    first_event(client, running.job_id, "message.delta")
+    newest = client.submit("fourth, instead", s, on_busy=mode)
+    assert client.wait(newest.job_id, 30).status == "succeeded"
+    assert client.get(running.job_id).status == "cancelled"
+    assert client.get(queued.job_id).status == "cancelled"
+    assert list(client.stream(queued.job_id))[-1].type == "job.cancelled"
+    history = client.get_session(s).messages
+    contents = [(m.role, m.content.split(" [[")[0] if m.role == "user" else None) for m in history]
+    if mode == "interrupt":
+        assert contents[:3] == [("user", "first, finished"), ("assistant", None), ("user", "second, to be stopped")]
+        assert history[3].role == "assistant" and history[3].metadata["cancelled"] is True
+        assert contents[4:] == [("user", "fourth, instead"), ("assistant", None)]
+    else:
+        assert contents == [("user", "first, finished"), ("assistant", None), ("user", "fourth, instead"),
+                            ("assistant", None)]
+
+
+def test_a_stopped_turn_never_keeps_a_tool_call_without_its_result():
+    asked = Message(role="assistant", content=None, tool_calls=[
+        ToolCall(id="a", function=FunctionCall(name="add", arguments="{}")),
+        ToolCall(id="b", function=FunctionCall(name="slow", arguments="{}"))])
+    turn = Turn([Message(role="user", content="hi"), asked,
+                 Message(role="tool", content="5", tool_call_id="a")])
+    kept = turn.stopped({"cancelled": True})
+    assert [m.role for m in kept] == ["user", "assistant", "tool"]
+    assert [tc.id for tc in kept[1].tool_calls] == ["a"], "the call that never ran is dropped"
+    turn = Turn([Message(role="user", content="hi"), asked])
+    assert [m.role for m in turn.stopped({})] == ["user"], "an assistant message of unrun calls only goes"
+    turn.partial = ["Partial ", "answer"]
+    assert turn.stopped({"cancelled": True})[-1].model_dump(include={"role", "content", "metadata"}) == {
+        "role": "assistant", "content": "Partial answer", "metadata": {"cancelled": True}}
+
+
+def test_the_event_writer_coalesces_and_keeps_order():
+    """Unit: deltas inside one interval become one write; other events flush the text before them."""
+    from chatq.worker.event_writer import EventWriter
+
+    class Machine:
+        def __init__(self):
+            self.writes: list[list[tuple[str, str]]] = []
+
+        async def emit(self, session_id, job_id, token, batch):
+            self.writes.append(batch)
+            await asyncio.sleep(0)
+            return True, ""
+
+    async def scenario():
+        machine = Machine()
+        writer = EventWriter(machine, "s", "j", "t", flush_seconds=0.05)  # type: ignore[arg-type]
+        writer.next_call()
+        writer.delta("a")  # after a pause: at once
+        await asyncio.sleep(0.01)
+        for piece in "bcd":
+            writer.delta(piece)
+        writer.event("tool.call", {"id": "1"})  # flushes "bcd" before it
+        writer.delta("e")
+        await writer.close()
+        return machine.writes
+
+    writes = asyncio.run(scenario())
+    flat = [(t, d) for batch in writes for t, d in batch]
+    assert [t for t, _ in flat] == ["message.delta", "message.delta", "tool.call", "message.delta"]
+    assert [d for _, d in flat] == ['{"text":"a","call":1}', '{"text":"bcd","call":1}', '{"id":"1"}',
+                                    '{"text":"e","call":1}']
+    assert len(writes) <= 3
