@@ -172,13 +172,15 @@ class Calls:
         return [self.keys.lease(session_id), self.keys.checkpoint(job_id)], [token, checkpoint.model_dump_json()]
 
     def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
-               usage: Usage, result_json: str, error_json: str) -> tuple[list[str], list[object]]:
+               usage: Usage, result_json: str, error_json: str,
+               events: list[tuple[str, str]] = ()) -> tuple[list[str], list[object]]:  # type: ignore[assignment]
         k = self.keys
         return ([k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
                  k.messages(session_id), k.checkpoint(job_id), k.events(job_id)],
                 [token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
-                 k.done_channel(job_id), self.default_ttl, self.maxlen, *(m.model_dump_json() for m in messages)])
+                 k.done_channel(job_id), self.default_ttl, self.maxlen, len(events), *(x for e in events for x in e),
+                 *(m.model_dump_json() for m in messages)])
 
     def emit(self, session_id: str, job_id: str, token: str,
              events: list[tuple[str, str]]) -> tuple[list[str], list[object]]:
@@ -368,15 +370,18 @@ class SessionMachine:
         created_at: str | None = None,
         result_json: str = "",
         error_json: str = "",
+        events: list[tuple[str, str]] = (),  # type: ignore[assignment]
     ) -> Committed:
         """Append the turn, store the result and pop the job, fenced by the lease token.
 
-        ``created_at`` (from the take) re-lists the session in the same round trip.
+        ``created_at`` (from the take) re-lists the session in the same round trip; ``events``
+        (type, JSON data) go into the job's log before its terminal event.
         """
         pipe = self.r.pipeline(transaction=False)
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
-        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json)
+        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
+                                       events)
         self._commit(keys=keys, args=args, client=pipe)
         return read_commit(pipe.execute()[-1])
 
@@ -498,11 +503,14 @@ class AsyncSessionMachine:
 
     async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                      usage: Usage, created_at: str | None = None, result_json: str = "",
-                     error_json: str = "") -> Committed:
+                     error_json: str = "", events: list[tuple[str, str]] = ()) -> Committed:  # type: ignore[assignment]
+        """``events``: the run's events not yet in its log, appended in the same step (before the
+        terminal one), so a turn whose text came all at once costs no write of its own."""
         pipe = self.r.pipeline(transaction=False)
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
-        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json)
+        keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
+                                       events)
         await self._commit(keys=keys, args=args, client=pipe)
         return read_commit((await pipe.execute())[-1])
 

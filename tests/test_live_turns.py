@@ -46,6 +46,7 @@ def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, cl
     final = client.get(job.job_id)
     assert deltas(seen) == final.result.content == seen[-1].data["result"]["content"]
     assert len(final.result.content.split()) >= 80
+    assert final.result.usage.completion_tokens > 0, "usage comes with the stream (include_usage)"
     pieces = sum(1 for e in seen if e.type == "message.delta")
     assert pieces < 80, "deltas are coalesced, not one write per token"
 
@@ -208,7 +209,8 @@ def test_a_stopped_turn_never_keeps_a_tool_call_without_its_result():
 
 
 def test_the_event_writer_coalesces_and_keeps_order():
-    """Unit: deltas inside one interval become one write; other events flush the text before them."""
+    """Unit: deltas inside one interval become one write; other events flush the text before them;
+    what is left at the end goes to the commit instead of a write of its own."""
     from chatq.worker.event_writer import EventWriter
 
     class Machine:
@@ -222,20 +224,22 @@ def test_the_event_writer_coalesces_and_keeps_order():
 
     async def scenario():
         machine = Machine()
-        writer = EventWriter(machine, "s", "j", "t", flush_seconds=0.05)  # type: ignore[arg-type]
+        writer = EventWriter(machine, "s", "j", "t", flush_seconds=5)  # type: ignore[arg-type]
         writer.next_call()
         writer.delta("a")  # after a pause: at once
         await asyncio.sleep(0.01)
         for piece in "bcd":
-            writer.delta(piece)
+            writer.delta(piece)  # within the interval: held
         writer.event("tool.call", {"id": "1"})  # flushes "bcd" before it
+        await asyncio.sleep(0.01)
         writer.delta("e")
-        await writer.close()
-        return machine.writes
+        started = time.monotonic()
+        rest = await writer.settle()  # does not wait out the 5 s interval
+        writer.delta("late")
+        return machine.writes, rest, time.monotonic() - started
 
-    writes = asyncio.run(scenario())
-    flat = [(t, d) for batch in writes for t, d in batch]
-    assert [t for t, _ in flat] == ["message.delta", "message.delta", "tool.call", "message.delta"]
-    assert [d for _, d in flat] == ['{"text":"a","call":1}', '{"text":"bcd","call":1}', '{"id":"1"}',
-                                    '{"text":"e","call":1}']
-    assert len(writes) <= 3
+    writes, rest, took = asyncio.run(scenario())
+    assert writes == [[("message.delta", '{"text":"a","call":1}')],
+                      [("message.delta", '{"text":"bcd","call":1}'), ("tool.call", '{"id":"1"}')]]
+    assert rest == [("message.delta", '{"text":"e","call":1}')], "the tail goes with the commit"
+    assert took < 4, "the end of the run cuts the coalescing wait short"

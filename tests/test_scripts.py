@@ -350,13 +350,15 @@ def test_the_event_log_counts_on_over_attempts_and_ends_with_the_finished_record
     assert machine.emit("s", job_id, "w2", [("message.delta", '{"text":"whole"}')]) == (True, "")
     result = JobResult(content="re: x", message=turn("x")[1], usage=Usage(total_tokens=3))
     machine.commit("s", job_id, "w2", "succeeded", turn("x"), Usage(total_tokens=3), taken.created_at,
-                   result_json=result.model_dump_json())
+                   result_json=result.model_dump_json(), events=[("message.delta", '{"text":"tail"}')])
     events = events_of(machine, job_id)
     assert [(e.seq, e.type) for e in events] == [(1, "job.started"), (2, "message.delta"), (3, "job.restarted"),
-                                                 (4, "message.delta"), (5, "job.succeeded")]
-    assert events[2].data == {"attempt": 2, "worker": "w"}
+                                                 (4, "message.delta"), (5, "message.delta"), (6, "job.succeeded")]
+    assert events[2].data == {"attempt": 2, "worker": "w"} and events[4].data == {"text": "tail"}
+    assert [m.content for m in SessionStore(r, keys).get("s").messages] == ["x", "re: x"], \
+        "the run's last events and its turn commit together"
     record = decode_job(r.hgetall(keys.job(job_id)))
-    assert Job.model_validate(events[4].data) == record and record.result == result, \
+    assert Job.model_validate(events[5].data) == record and record.result == result, \
         "the terminal event is the record, every field as stored"
     assert 0 < r.ttl(keys.events(job_id)) <= TTL, "the log expires with the record"
 

@@ -5,8 +5,10 @@ coalesced: the first delta after a pause is written at once, the next ones toget
 ``CHATQ_STREAM_FLUSH_MS``, and never more than one write is in flight. Other events (tool calls and
 results, retries) go out at once, after any text before them. A reader therefore sees text within
 about one flush interval of the provider sending it, and a long answer costs a few dozen writes, not
-one per token. Writes run in a task of their own, so stopping the turn never cuts one in half;
-``close`` waits for the last before the job's commit appends the terminal event.
+one per token. Writes run in a task of their own, so stopping the turn never cuts one in half. At
+the end, ``settle`` waits for a write in flight and hands what is left to the job's commit, which
+appends it before the terminal event in the same step: a reply that came whole (a provider that does
+not stream, the offline model, a fast stream's tail) costs no write of its own.
 """
 
 from __future__ import annotations
@@ -39,23 +41,26 @@ class EventWriter:
         self._urgent = False
         self._last = -float("inf")
         self._task: asyncio.Task | None = None
+        self._starting = False
+        self._nap: asyncio.Future | None = None
         self.lost = False  # the lease is gone: nothing more is written
+        self.settled = False  # the commit takes the rest
 
     # -- what the agent reports ----------------------------------------------------------------
 
     def delta(self, text: str) -> None:
         """A piece of the current call's reply text."""
-        if not self.lost:
+        if not (self.lost or self.settled):
             self._text.append(text)
             self._kick()
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""
-        if self.lost:
+        if self.lost or self.settled:
             return
         self._seal_text()
         self._events.append((type, json.dumps(data, separators=(",", ":"), ensure_ascii=False)))
-        self._urgent = True
+        self._wake()
         self._kick()
 
     def next_call(self) -> None:
@@ -72,16 +77,26 @@ class EventWriter:
                                                              separators=(",", ":"), ensure_ascii=False)))
 
     def _kick(self) -> None:
-        if self._task is None:
+        """Start writing, one loop turn from now: a reply that came whole is followed at once by the
+        end of the run, whose ``settle`` then takes it for the commit before any write starts."""
+        if self._task is None and not self._starting:
+            self._starting = True
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        self._starting = False
+        if self._task is None and not self.settled and (self._events or self._text):
             self._task = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         try:
-            while (self._events or self._text) and not self.lost:
+            while (self._events or self._text) and not self.lost and not self.settled:
                 if not self._urgent:
                     wait = self._last + self.flush_seconds - self.clock()
                     if wait > 0:
-                        await asyncio.sleep(wait)
+                        await self._sleep(wait)
+                    if self.settled:
+                        break
                 self._urgent = False
                 self._seal_text()
                 batch, self._events = self._events, []
@@ -104,10 +119,36 @@ class EventWriter:
         elif stop and self.on_stop is not None:
             self.on_stop(stop)
 
-    async def close(self) -> None:
-        """Write everything reported so far; returns once it is in the log (or cannot be)."""
+    async def _sleep(self, seconds: float) -> None:
+        """``asyncio.sleep`` that ``_wake`` ends early (an urgent event, the end of the run)."""
+        loop = asyncio.get_running_loop()
+        self._nap = nap = loop.create_future()
+        handle = loop.call_later(seconds, _done, nap)
+        try:
+            await nap
+        finally:
+            handle.cancel()
+            self._nap = None
+
+    def _wake(self) -> None:
         self._urgent = True
-        while self._task is not None or ((self._events or self._text) and not self.lost):
-            if self._task is None:
-                self._kick()
-            await asyncio.shield(self._task)  # type: ignore[arg-type]
+        if self._nap is not None:
+            _done(self._nap)
+
+    async def settle(self) -> list[tuple[str, str]]:
+        """The run is over: wait for a write in flight, take no more events, and return those not
+        yet written, for the commit to append before the terminal event."""
+        self.settled = True
+        self._wake()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self.lost:
+            return []
+        self._seal_text()
+        rest, self._events = self._events, []
+        return rest
+
+
+def _done(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -241,31 +241,29 @@ class SessionRunner:
             if live.mode is None:  # not a stop: this coroutine itself is being cancelled
                 live.task.cancel()
                 raise
-            await events.close()
-            return await self._commit_stopped(sp, job, taken, token, turn, live.mode)
+            return await self._commit_stopped(sp, job, taken, token, turn, live.mode, await events.settle())
         except AgentError as exc:
-            await events.close()
-            return await self._commit_failure(sp, job, taken, token, exc.error, turn.usage)
+            return await self._commit_failure(sp, job, taken, token, exc.error, turn.usage, await events.settle())
         except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
             raise
         except Exception as exc:  # a bug must fail one job, never wedge the session
             log.exception("job %s crashed", job.job_id)
             error = JobError(type=type(exc).__name__, message=str(exc))
-            await events.close()
-            return await self._commit_failure(sp, job, taken, token, error, turn.usage)
+            return await self._commit_failure(sp, job, taken, token, error, turn.usage, await events.settle())
         finally:
             self.live.pop(job.job_id, None)
-        await events.close()
+        rest = await events.settle()
         for m in turn.messages:
             m.metadata.setdefault("job_id", job.job_id)
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
-                                            turn.usage, taken.created_at, result_json=result.model_dump_json())
+                                            turn.usage, taken.created_at, result_json=result.model_dump_json(),
+                                            events=rest)
         return await self._committed(sp, job, committed)
 
     async def _commit_stopped(self, sp: Space, job: Job, taken: Taken, token: str, turn: Turn,
-                              mode: CancelMode) -> Committed:
+                              mode: CancelMode, events: list[tuple[str, str]]) -> Committed:
         """End a job that was asked to stop: ``cancelled``, the history keeping the turn so far
         (``keep``: the user's message, finished tool steps, the partial reply marked ``cancelled``)
         or nothing of it (``rollback``); the result holds the partial reply, if any."""
@@ -280,13 +278,14 @@ class SessionRunner:
                          + (" and its turn rolled back" if mode is CancelMode.rollback else ""))
         committed = await sp.machine.commit(
             job.session_id, job.job_id, token, JobStatus.cancelled.value, messages, turn.usage, taken.created_at,
-            result_json=result.model_dump_json() if result else "", error_json=error.model_dump_json())
+            result_json=result.model_dump_json() if result else "", error_json=error.model_dump_json(),
+            events=events)
         return await self._committed(sp, job, committed)
 
     async def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
-                              usage: Usage) -> Committed:
+                              usage: Usage, events: list[tuple[str, str]] = ()) -> Committed:  # type: ignore[assignment]
         committed = await sp.machine.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
-                                            taken.created_at, error_json=error.model_dump_json())
+                                            taken.created_at, error_json=error.model_dump_json(), events=events)
         return await self._committed(sp, job, committed)
 
     async def _committed(self, sp: Space, job: Job, committed: Committed) -> Committed:
