@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from chatq.tasks.batch import BatchInvalid, BatchNotFound
-from chatq.tasks.errors import ChatQError, InvalidRequest, JobNotFound, NotCancellable, SessionBusy
+from chatq.tasks.errors import ChatQError, InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ _CHATQ: dict[type[ChatQError], tuple[int, str]] = {
     JobNotFound: (404, "not_found"),
     BatchNotFound: (404, "not_found"),
     SessionBusy: (409, "session_busy"),
+    SessionExists: (409, "session_exists"),
     NotCancellable: (409, "not_cancellable"),
     ChatQError: (422, "invalid_request"),
 }
@@ -73,7 +74,7 @@ _HTTP_TYPES = {413: "payload_too_large"}
 _DESCRIPTIONS = {
     401: "Missing or unknown API key.",
     404: "Unknown or expired ID (another tenant's IDs are unknown too).",
-    409: "The session is busy, or the job is no longer cancellable.",
+    409: "The session is busy or already has history, or the job is no longer cancellable.",
     413: "The request body is over the size limit.",
     422: "Invalid input.",
     429: "The tenant's queue quota is full; retry after the Retry-After seconds.",

@@ -63,3 +63,32 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     redis: bool
     workers: bool
+
+
+class SessionIn(BaseModel):
+    """A session to get or create; with `system_prompt` or `messages`, seeded with a history of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str | None = Field(None, pattern=SESSION_ID.pattern, description="Omit for a new ID.")
+    system_prompt: str | None = Field(None, min_length=1, description="Used instead of the agent's.")
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="An earlier conversation as the chat-completions API has it (system, developer, user, "
+                          "assistant with tool_calls, tool), checked as a whole. 409 if the session has history.")
+    ttl: int | None = Field(None, ge=0, le=MAX_SESSION_TTL, strict=True,
+                            description="The session's own retention: seconds kept once idle (0: forever).")
+
+
+class RegenerateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(None, max_length=128, description="A registered agent; default `default`.")
+
+
+class ForkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: int = Field(ge=0, strict=True, description="How many of the session's messages the fork copies.")
+    into: str | None = Field(None, pattern=SESSION_ID.pattern, description="The new session's ID; omit for a new one.")
+    replace: str | dict[str, Any] | None = Field(
+        None, description="Message `at` of the fork instead of the original: a user message's text, or a message.")

@@ -230,6 +230,41 @@ def sessions_delete(session_id: str) -> None:
     _print({"deleted": session_id})
 
 
+@sessions.command("create")
+@click.argument("session_id", required=False)
+@click.option("--system", "system_prompt", help="The session's own system prompt (instead of its agent's).")
+@click.option("--messages", "messages_file", type=click.File("r"),
+              help="A JSON file (or - for stdin) of earlier messages, as the chat-completions API has them.")
+@click.option("--ttl", type=int, help="The session's own retention: seconds kept once idle (0: forever).")
+def sessions_create(session_id: str | None, system_prompt: str | None, messages_file: Any, ttl: int | None) -> None:
+    """Get or create a session; with --system or --messages, seed it with a history of its own."""
+    messages = None
+    if messages_file is not None:
+        try:
+            messages = json.load(messages_file)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"--messages is not valid JSON: {exc}") from exc
+    _print(_client().create_session(session_id, ttl, system_prompt, messages))
+
+
+@sessions.command("regenerate")
+@click.argument("session_id")
+@click.option("--agent")
+def sessions_regenerate(session_id: str, agent: str | None) -> None:
+    """Queue a new reply to the session's last user message (replacing the old one); prints the job."""
+    _print(_client().regenerate(session_id, agent))
+
+
+@sessions.command("fork")
+@click.argument("session_id")
+@click.option("--at", type=click.IntRange(min=0), required=True, help="How many messages to copy.")
+@click.option("--into", help="The new session's ID; default a new one.")
+@click.option("--replace", help="A user message that follows the copy (an edited message AT).")
+def sessions_fork(session_id: str, at: int, into: str | None, replace: str | None) -> None:
+    """Queue a fork: the first AT messages into a new session (its ID is the job's result.content)."""
+    _print(_client().fork(session_id, at, into, replace))
+
+
 @cli.command()
 @click.option("--no-worker", is_flag=True, help="Use the workers already running instead of starting one.")
 def demo(no_worker: bool) -> None:

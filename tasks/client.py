@@ -19,11 +19,12 @@ from celery import Celery
 
 from . import batch_expiry
 from .agent_profiles import load_profiles
-from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy
+from .conversation import conversation_problem
+from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists
 from .events import EventLog
 from .job_store import JobStore, encode_job
 from .keys import Keys, new_job_id
-from .models import CancelMode, Job, JobEvent, JobStatus, Session
+from .models import CancelMode, Job, JobEvent, JobStatus, Message, Session, SessionOp
 from .redis_pool import get_redis
 from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
 from .session_store import SessionStore
@@ -121,6 +122,29 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
     elif value is not None and not isinstance(value, (bool, int)):
         raise InvalidRequest(f"{path} is a {type(value).__name__}: metadata holds only JSON values "
                              "(objects, arrays, strings, numbers, true, false, null)")
+
+
+def validate_conversation(messages: object, max_chars: int, whole: bool = True) -> list[Message]:
+    """Messages as the chat-completions API takes them, as ``Message`` s; ``whole``: they must also
+    form a valid conversation (known roles, every tool call answered), else InvalidRequest."""
+    if not isinstance(messages, list):
+        raise InvalidRequest(f"messages must be a list, not {type(messages).__name__}")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict):
+            _check_json(m, f"messages[{i}]")
+            try:
+                m = Message.model_validate(m)
+            except ValueError as exc:
+                raise InvalidRequest(f"messages[{i}] is not a chat message: {exc.errors()[0]['msg']}") from None
+        elif not isinstance(m, Message):
+            raise InvalidRequest(f"messages[{i}] must be a message object, not {type(m).__name__}")
+        if isinstance(m.content, str) and len(m.content) > max_chars:
+            raise InvalidRequest(f"messages[{i}] is {len(m.content)} characters; the limit is {max_chars}")
+        out.append(m)
+    if whole and out and (problem := conversation_problem([m.to_provider() for m in out])):
+        raise InvalidRequest(f"messages do not form a conversation a provider accepts: {problem[0]}")
+    return out
 
 
 def validate_ttl(ttl: object) -> int | None:
@@ -226,6 +250,10 @@ class ChatClient:
             job, written = self._claim(idempotency_key, job)
             if written:
                 return job
+        return self._enqueue(job, on_busy, session_ttl)
+
+    def _enqueue(self, job: Job, on_busy: str, session_ttl: int | None = None) -> Job:
+        """Write a checked job behind its session's earlier ones and wake the session if needed."""
         if on_busy in ("interrupt", "rollback"):
             submitted = self.machine.interrupt(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
                                                hand_to=self._fleet_keys, queue=self.settings.queue)
@@ -241,7 +269,7 @@ class ChatClient:
         if outcome is SubmitOutcome.existing:
             existing = self.get(job.job_id)
             if existing is None:
-                raise JobNotFound(f"idempotency key {idempotency_key!r} names job {job.job_id}, which has expired")
+                raise JobNotFound(f"idempotency key {job.idempotency_key!r} names job {job.job_id}, which has expired")
             return existing
         if outcome is SubmitOutcome.created:
             self.wake(job.session_id, job.job_id)
@@ -334,13 +362,58 @@ class ChatClient:
             if job is not None and job.batch_id:
                 batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
 
-    def create_session(self, session_id: str | None = None, ttl: int | None = None) -> Session:
-        """Get or create a session; ``ttl`` sets its own retention (seconds kept once idle; 0 keeps it)."""
+    def create_session(self, session_id: str | None = None, ttl: int | None = None,
+                       system_prompt: str | None = None, messages: list[Message | dict[str, Any]] | None = None
+                       ) -> Session:
+        """Get or create a session; ``ttl`` sets its own retention (seconds kept once idle; 0 keeps it).
+
+        With ``system_prompt`` (used instead of its agent's) or ``messages`` (an earlier conversation:
+        system, developer, user, assistant with tool calls, tool; checked as a whole), the session is
+        *seeded*: made with that history, which its first turn sees. Seeding a session that already
+        has history or work raises ``SessionExists`` and changes nothing."""
         sid = new_id() if session_id is None else validate_session_id(session_id)
-        self.sessions.create(sid, validate_ttl(ttl))
+        ttl = validate_ttl(ttl)
+        if system_prompt is None and messages is None:
+            self.sessions.create(sid, ttl)
+        else:
+            history = validate_conversation(messages or [], self.settings.max_message_chars)
+            if system_prompt is not None and not validate_text(system_prompt, "system_prompt").strip():
+                raise InvalidRequest("system_prompt is empty")
+            if not self.sessions.seed(sid, history, system_prompt, ttl):
+                raise SessionExists(f"session {sid} already has history or queued work; seed a new session")
         session = self.sessions.get(sid)
         assert session is not None
         return session
+
+    def regenerate(self, session_id: str, agent: str | None = None) -> Job:
+        """Queue a new reply to the session's last user message, replacing the reply it has (and its
+        tool steps) once it is written; behind the session's earlier jobs, like any turn."""
+        return self._enqueue(self._op_job(session_id, agent, SessionOp(kind="regenerate")), "enqueue")
+
+    def fork(self, session_id: str, at: int, into: str | None = None,
+             replace: str | Message | dict[str, Any] | None = None) -> Job:
+        """Queue a fork: once the session's earlier jobs are done, its first ``at`` messages are copied
+        into the new session ``into`` (a new ID if None), followed by ``replace`` if given (a user
+        message's text, or any message: an edited message ``at``). The job's result names the new
+        session (``result.content``). Then ``regenerate`` on it answers an edited user message."""
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise InvalidRequest(f"at must be a message count (an int >= 0), not {shown(at)}")
+        into = new_id() if into is None else validate_session_id(into)
+        if into == session_id:
+            raise InvalidRequest("a fork needs a new session ID, not the session's own")
+        edited = None
+        if replace is not None:
+            edited = validate_conversation([{"role": "user", "content": replace} if isinstance(replace, str)
+                                            else replace], self.settings.max_message_chars, whole=False)[0]
+        return self._enqueue(self._op_job(session_id, None, SessionOp(kind="fork", at=at, into=into,
+                                                                      replace=edited)), "enqueue")
+
+    def _op_job(self, session_id: str, agent: str | None, op: SessionOp) -> Job:
+        session_id = validate_session_id(session_id)
+        agent = "default" if agent is None else agent
+        if agent not in self.known_agents():
+            raise InvalidRequest(f"unknown agent {shown(agent)}; known: {', '.join(sorted(self.known_agents()))}")
+        return Job(job_id=new_job_id(session_id), session_id=session_id, agent=agent, message="", op=op)
 
     def get_session(self, session_id: str) -> Session | None:
         return self.sessions.get(validate_session_id(session_id))

@@ -13,6 +13,10 @@ class SessionBusy(ChatQError):
     """``on_busy="reject"`` and the session already has a job queued or running."""
 
 
+class SessionExists(ChatQError):
+    """Seeding a session that already has history or queued work."""
+
+
 class JobNotFound(ChatQError, LookupError):
     """Unknown or expired job ID."""
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _listeners: dict[tuple[int, str], DoneListener] = {}
 _listeners_lock = threading.Lock()
-_JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook")
+_JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook", "op")
 _CHECK_EVERY = 60.0
 """Seconds between the listener's checks of every job its process waits for (one pipelined status
 read each): a safety net for a notification lost without the listener's connection noticing (a

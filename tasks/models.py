@@ -49,7 +49,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -83,7 +83,7 @@ class Usage(BaseModel):
 
 class JobResult(BaseModel):
     content: str | None
-    message: Message
+    message: Message | None = Field(None, description="The reply; None for a fork (``content`` names its new session).")
     usage: Usage
     tool_calls: int = 0
 
@@ -99,6 +99,21 @@ class JobError(BaseModel):
     type: str
     message: str
     retryable: bool = False
+
+
+class SessionOp(BaseModel):
+    """A job that changes its session's history instead of adding a turn, queued behind the
+    session's earlier jobs like any turn, so it sees the history they leave.
+
+    ``regenerate``: the last user message's reply (and its tool steps) is replaced by a new one.
+    ``fork``: the history up to message ``at`` (exclusive) is copied into the new session ``into``,
+    followed by ``replace`` if given (an edited message ``at``), with the session's own system prompt.
+    """
+
+    kind: Literal["regenerate", "fork"]
+    at: int | None = Field(None, ge=0, description="fork: how many messages to copy")
+    into: str | None = Field(None, description="fork: the new session's ID")
+    replace: Message | None = Field(None, description="fork: the message that follows the copy")
 
 
 class Job(BaseModel):
@@ -121,6 +136,7 @@ class Job(BaseModel):
     batch_id: str | None = None
     callback_url: str | None = None
     webhook: dict[str, Any] | None = None
+    op: SessionOp | None = Field(None, description="Set for a job that regenerates or forks its session.")
     cancel: CancelMode | None = Field(
         None, description="Set when the job was asked to stop while running; the worker ends it `cancelled`.")
 
@@ -159,6 +175,7 @@ class Session(BaseModel):
     messages: list[Message] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     pending_jobs: list[str] = Field(default_factory=list)
+    system_prompt: str | None = Field(None, description="The session's own system prompt, used instead of its agent's.")
     ttl: int | None = Field(None, description=(
         "Seconds the session is kept once idle (nothing queued or running): its own retention, else "
         "CHATQ_SESSION_TTL. None: kept until deleted."))

@@ -128,6 +128,8 @@ class Taken:
     checkpoint: Checkpoint | None = None
     history: list[Message] = field(default_factory=list)
     created_at: str | None = None
+    history_length: int = 0  # the whole history's, of which ``history`` is the tail
+    system_prompt: str | None = None  # the session's own, if it has one
 
 
 def listing_score(created_at: str) -> float:
@@ -173,13 +175,23 @@ class Calls:
 
     def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                usage: Usage, result_json: str, error_json: str,
-               events: list[tuple[str, str]] = ()) -> tuple[list[str], list[object]]:  # type: ignore[assignment]
+               events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+               keep: int | None = None) -> tuple[list[str], list[object]]:
         k = self.keys
         return ([k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id),
                  k.messages(session_id), k.checkpoint(job_id), k.events(job_id)],
                 [token, job_id, utcnow().isoformat(), self.result_ttl, status, result_json, error_json,
                  usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.model or "",
-                 k.done_channel(job_id), self.default_ttl, self.maxlen, len(events), *(x for e in events for x in e),
+                 k.done_channel(job_id), self.default_ttl, self.maxlen, "" if keep is None else keep, len(events),
+                 *(x for e in events for x in e),
+                 *(m.model_dump_json() for m in messages)])
+
+    def seed(self, session_id: str, messages: list[Message], system_prompt: str | None, ttl: int | None,
+             now: datetime, origin: str = "") -> tuple[list[str], list[object]]:
+        """A session made with a history of its own (``seed.lua``); ``origin``: the fork job making it."""
+        k = self.keys
+        return ([k.session(session_id), k.messages(session_id), k.fifo(session_id)],
+                [now.isoformat(), ttl_arg(ttl), self.default_ttl, system_prompt or "", origin,
                  *(m.model_dump_json() for m in messages)])
 
     def emit(self, session_id: str, job_id: str, token: str,
@@ -200,11 +212,11 @@ def read_take(res: list) -> Taken:
     if outcome is not TakeOutcome.run:
         batch = {"batch_id": res[3]} if len(res) > 3 and res[3] else {}
         return Taken(outcome, res[1] if len(res) > 1 else None, (res[2] or None) if len(res) > 2 else None, batch)
-    n = int(res[4])
-    fields = dict(zip(res[5:5 + n:2], res[6:5 + n:2]))
+    n = int(res[6])
+    fields = dict(zip(res[7:7 + n:2], res[8:7 + n:2]))
     return Taken(outcome, res[1], None, fields,
                  Checkpoint.model_validate_json(res[2]) if res[2] else None,
-                 [Message.model_validate_json(m) for m in res[5 + n:]], res[3])
+                 [Message.model_validate_json(m) for m in res[7 + n:]], res[3], int(res[4]), res[5] or None)
 
 
 def read_emit(res: list) -> tuple[bool, str]:
@@ -371,6 +383,7 @@ class SessionMachine:
         result_json: str = "",
         error_json: str = "",
         events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        keep: int | None = None,
     ) -> Committed:
         """Append the turn, store the result and pop the job, fenced by the lease token.
 
@@ -381,7 +394,7 @@ class SessionMachine:
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
         keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
-                                       events)
+                                       events, keep)
         self._commit(keys=keys, args=args, client=pipe)
         return read_commit(pipe.execute()[-1])
 
@@ -486,6 +499,22 @@ class AsyncSessionMachine:
         self._emit = load(r, "emit")
         self._commit = load(r, "commit")
         self._release = load(r, "release")
+        self._seed = load(r, "seed")
+
+    async def seed(self, session_id: str, messages: list[Message], system_prompt: str | None, origin: str) -> bool:
+        """Make ``session_id`` with this history (a fork's new session, made by job ``origin``); False
+        if it has history or work already (unless ``origin`` made it: a retried fork)."""
+        now = utcnow()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(self.keys.sessions, {session_id: now.timestamp()}, nx=True)
+        keys, args = self.calls.seed(session_id, messages, system_prompt, None, now, origin)
+        await self._seed(keys=keys, args=args, client=pipe)
+        return (await pipe.execute())[-1][0] == "created"
+
+    async def history(self, session_id: str, count: int) -> list[Message]:
+        """The first ``count`` messages of the history (the lease holder's: nothing changes them meanwhile)."""
+        raw = await self.r.lrange(self.keys.messages(session_id), 0, count - 1) if count > 0 else []
+        return [Message.model_validate_json(m) for m in raw]
 
     async def take(self, session_id: str, token: str, job_id: str | None, max_attempts: int, worker: str = "",
                    history_limit: int = 0, acquire_ms: int = 0) -> Taken:
@@ -503,14 +532,16 @@ class AsyncSessionMachine:
 
     async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                      usage: Usage, created_at: str | None = None, result_json: str = "",
-                     error_json: str = "", events: list[tuple[str, str]] = ()) -> Committed:  # type: ignore[assignment]
+                     error_json: str = "", events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+                     keep: int | None = None) -> Committed:
         """``events``: the run's events not yet in its log, appended in the same step (before the
-        terminal one), so a turn whose text came all at once costs no write of its own."""
+        terminal one), so a turn whose text came all at once costs no write of its own. ``keep``:
+        the history is first cut to that many messages (a regenerated reply replaces the old)."""
         pipe = self.r.pipeline(transaction=False)
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
         keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
-                                       events)
+                                       events, keep)
         await self._commit(keys=keys, args=args, client=pipe)
         return read_commit((await pipe.execute())[-1])
 

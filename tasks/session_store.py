@@ -16,7 +16,7 @@ import redis
 from .keys import Keys
 from .models import Message, Session, Usage, utcnow
 from .scripts import load
-from .session_machine import listing_score, ttl_arg
+from .session_machine import Calls, listing_score, ttl_arg
 
 
 class CreateOutcome(StrEnum):
@@ -37,6 +37,7 @@ class SessionStore:
         self.session_ttl = session_ttl
         self.default_ttl = str(session_ttl or 0)
         self._create = load(r, "create")
+        self._seed = load(r, "seed")
         self._delete = load(r, "delete")
         self._unindex = load(r, "unindex")
 
@@ -64,6 +65,7 @@ class SessionStore:
             ),
             pending_jobs=pending,
             ttl=ttl or None,
+            system_prompt=meta.get("system_prompt"),
         )
 
     def create(self, session_id: str, ttl: int | None = None) -> bool:
@@ -77,6 +79,18 @@ class SessionStore:
         pipe.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
         self._create(keys=[k.session(session_id), k.messages(session_id), k.fifo(session_id)],
                      args=[now.isoformat(), ttl_arg(ttl), self.default_ttl], client=pipe)
+        return CreateOutcome(pipe.execute()[-1][0]) is CreateOutcome.created
+
+    def seed(self, session_id: str, messages: list[Message], system_prompt: str | None = None,
+             ttl: int | None = None) -> bool:
+        """Make the session with a history of its own (checked by the caller: ``conversation.py``);
+        False, changing nothing, if it has history or work already."""
+        k = self.keys
+        now = utcnow()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
+        keys, args = Calls(k, 0, self.default_ttl).seed(session_id, messages, system_prompt, ttl, now)
+        self._seed(keys=keys, args=args, client=pipe)
         return CreateOutcome(pipe.execute()[-1][0]) is CreateOutcome.created
 
     def list(self) -> list[str]:

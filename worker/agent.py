@@ -46,6 +46,8 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     partial: list[str] = field(default_factory=list)
     """The text of the provider call streaming now (what a stop keeps of it)."""
+    system_prompt: str | None = None
+    """The session's own system prompt, used instead of the agent's."""
 
     @property
     def tool_rounds(self) -> int:
@@ -91,7 +93,8 @@ class Agent:
 
     def request(self, history: list[Message], turn: Turn) -> dict[str, Any]:
         p = self.profile
-        system = [Message(role="system", content=p.system_prompt)] if p.system_prompt else []
+        prompt = turn.system_prompt or p.system_prompt
+        system = [Message(role="system", content=prompt)] if prompt else []
         budget = p.history_tokens - sum(estimate_tokens(m.to_provider()) for m in system)
         messages = system + window(history, turn.messages, budget) + turn.messages
         req: dict[str, Any] = {"model": p.model, "messages": [m.to_provider() for m in messages]}

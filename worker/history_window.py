@@ -21,7 +21,8 @@ def units(history: list[Message]) -> list[list[Message]]:
 def window(history: list[Message], current: list[Message], budget: int) -> list[Message]:
     """The newest units of ``history`` that fit ``budget`` next to the current turn (always sent whole).
 
-    The result starts at a user message when one fits, so the provider never sees a dangling reply.
+    The result starts at a user message (or an instruction: system, developer) when one fits, so the
+    provider never sees a dangling reply.
     """
     used = sum(estimate_tokens(m.to_provider()) for m in current)
     picked: list[list[Message]] = []
@@ -32,6 +33,6 @@ def window(history: list[Message], current: list[Message], budget: int) -> list[
         picked.append(unit)
         used += cost
     picked.reverse()
-    while picked and picked[0][0].role != "user":
+    while picked and picked[0][0].role not in ("user", "system", "developer"):
         picked.pop(0)
     return [m for unit in picked for m in unit]

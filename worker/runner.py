@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from chatq.tasks.agent_profiles import AgentProfile, load_profiles
 from chatq.tasks.batch_expiry import turns_finished
+from chatq.tasks.conversation import conversation_problem
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import CancelMode, Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
@@ -202,10 +203,24 @@ class SessionRunner:
         queued: the lease is given up with the commit) or why the commit was refused (the lease was lost)."""
         sid = job.session_id
         checkpoint, history = taken.checkpoint, taken.history
+        keep: int | None = None  # a regenerated reply: the history is cut back to its user message
+        if job.op is not None and job.op.kind == "fork":
+            return await self._fork(sp, job, taken, token)
+        if job.op is not None:  # regenerate
+            last = next((i for i in range(len(history) - 1, -1, -1) if history[i].role == "user"), None)
+            if last is None:
+                error = JobError(type="NothingToRegenerate", message=f"session {sid} has no user message "
+                                 f"among its last {len(history)} to answer again")
+                return await self._commit_failure(sp, job, taken, token, error, Usage())
+            keep = taken.history_length - (len(history) - last)
+            history, asked = history[:last], history[last]
         if checkpoint:
             turn = Turn(checkpoint.messages, checkpoint.usage)
+        elif keep is not None:
+            turn = Turn([asked])
         else:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
+        turn.system_prompt = taken.system_prompt
         live: Live | None = None
         events = EventWriter(sp.machine, sid, job.job_id, token, self.settings.stream_flush_ms / 1000,
                              on_stop=lambda mode: live.stop(mode) if live else None)
@@ -241,7 +256,7 @@ class SessionRunner:
             if live.mode is None:  # not a stop: this coroutine itself is being cancelled
                 live.task.cancel()
                 raise
-            return await self._commit_stopped(sp, job, taken, token, turn, live.mode, await events.settle())
+            return await self._commit_stopped(sp, job, taken, token, turn, live.mode, await events.settle(), keep)
         except AgentError as exc:
             return await self._commit_failure(sp, job, taken, token, exc.error, turn.usage, await events.settle())
         except UNREACHABLE:  # an outage is not the job's fault: leave it queued (see drain)
@@ -255,19 +270,22 @@ class SessionRunner:
         rest = await events.settle()
         for m in turn.messages:
             m.metadata.setdefault("job_id", job.job_id)
+            if keep is not None and m.role != "user":
+                m.metadata["regenerated"] = True
         final = turn.messages[-1]
         result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
         committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                             turn.usage, taken.created_at, result_json=result.model_dump_json(),
-                                            events=rest)
+                                            events=rest, keep=keep)
         return await self._committed(sp, job, committed)
 
     async def _commit_stopped(self, sp: Space, job: Job, taken: Taken, token: str, turn: Turn,
-                              mode: CancelMode, events: list[tuple[str, str]]) -> Committed:
+                              mode: CancelMode, events: list[tuple[str, str]], keep: int | None) -> Committed:
         """End a job that was asked to stop: ``cancelled``, the history keeping the turn so far
         (``keep``: the user's message, finished tool steps, the partial reply marked ``cancelled``)
         or nothing of it (``rollback``); the result holds the partial reply, if any."""
         messages = [] if mode is CancelMode.rollback else turn.stopped({"cancelled": True})
+        keep = keep if messages else None  # a rolled-back regenerate leaves the old reply
         for m in messages:
             m.metadata.setdefault("job_id", job.job_id)
         partial = "".join(turn.partial) or None
@@ -279,7 +297,30 @@ class SessionRunner:
         committed = await sp.machine.commit(
             job.session_id, job.job_id, token, JobStatus.cancelled.value, messages, turn.usage, taken.created_at,
             result_json=result.model_dump_json() if result else "", error_json=error.model_dump_json(),
-            events=events)
+            events=events, keep=keep)
+        return await self._committed(sp, job, committed)
+
+    async def _fork(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
+        """Copy the first ``at`` messages (and the edited message, if any) into the new session,
+        under this session's lease so they are the history its earlier jobs left."""
+        op = job.op
+        assert op is not None and op.at is not None and op.into is not None
+        copied = await sp.machine.history(job.session_id, op.at)
+        messages = copied + ([op.replace] if op.replace else [])
+        error = None
+        if len(copied) < op.at:
+            error = JobError(type="ForkOutOfRange", message=f"session {job.session_id} has {len(copied)} messages; "
+                             f"cannot copy {op.at}")
+        elif messages and (problem := conversation_problem([m.to_provider() for m in messages])):
+            error = JobError(type="InvalidFork", message=f"the first {op.at} messages do not end a conversation a "
+                             f"provider accepts: {problem[0]}")
+        elif not await sp.machine.seed(op.into, messages, taken.system_prompt, job.job_id):
+            error = JobError(type="SessionExists", message=f"session {op.into} already has history or queued work")
+        if error is not None:
+            return await self._commit_failure(sp, job, taken, token, error, Usage())
+        result = JobResult(content=op.into, usage=Usage())
+        committed = await sp.machine.commit(job.session_id, job.job_id, token, JobStatus.succeeded.value, [],
+                                            Usage(), taken.created_at, result_json=result.model_dump_json())
         return await self._committed(sp, job, committed)
 
     async def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,

@@ -55,6 +55,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from chatq.tasks.conversation import conversation_problem
 from chatq.worker import offline_model
 from chatq.worker.tokens import text_of
 
@@ -66,7 +67,6 @@ WORDS = re.compile(r"\s*\S+|\s+")  # a word with the whitespace before it: the p
 TOKENS = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")  # finer, for tool-call arguments: '{"', 'q', '":', ' 1', '}'
 FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
           "et dolore magna aliqua").split()
-ROLES = {"system", "developer", "user", "assistant", "tool"}
 DROP_LOG = "ASGI callable returned without completing response."
 
 ERRORS: dict[int | str, tuple[str, str, str | None]] = {
@@ -260,29 +260,7 @@ def validate(body: Any) -> tuple[str, str | None] | None:
     """Reject what the real API rejects with 400, notably tool messages that do not pair up."""
     if not isinstance(body, dict):
         return "The request body must be a JSON object", None
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty array", "messages"
-    pending: list[str] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            return f"messages[{i}]: invalid message or role", f"messages.[{i}].role"
-        if m["role"] == "tool":
-            if m.get("tool_call_id") not in pending:
-                return ("Invalid parameter: messages with role 'tool' must be a response to a preceding "
-                        f"message with 'tool_calls' (tool_call_id {m.get('tool_call_id')!r})",
-                        f"messages.[{i}].role")
-            pending.remove(m["tool_call_id"])
-            continue
-        if pending:
-            break
-        if m["role"] == "assistant" and m.get("tool_calls"):
-            pending = [tc.get("id") for tc in m["tool_calls"] if isinstance(tc, dict)]
-    if pending:
-        return ("An assistant message with 'tool_calls' must be followed by tool messages responding to "
-                "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
-                + ", ".join(map(str, pending)), "messages")
-    return None
+    return conversation_problem(body.get("messages"))
 
 
 async def _disconnect(receive: Receive) -> None:

@@ -23,8 +23,10 @@
 -- ARGV[12] channel           the job's done channel
 -- ARGV[13] default_ttl       the session's retention unless it has its own ('0' keeps it)
 -- ARGV[14] maxlen            entries the event log is trimmed to (about)
--- ARGV[15] n                 how many events of the run still to append before the terminal one
--- ARGV[16..] events, messages  those n events (type, data JSON, ...), then the turn's messages, JSON each
+-- ARGV[15] keep              '' or how many messages of the history to keep before appending (a
+--                            regenerated reply replaces what followed its user message)
+-- ARGV[16] n                 how many events of the run still to append before the terminal one
+-- ARGV[17..] events, messages  those n events (type, data JSON, ...), then the turn's messages, JSON each
 --
 -- Returns {'ok', next_job_id} (the lease holder goes on with that head), {'released'} (the FIFO is
 -- empty: the lease went with the commit), or why it refused, changing nothing: {'lost'} (not the
@@ -34,7 +36,9 @@
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {'moved'} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {'not-running'} end
-local first = 16 + 2 * tonumber(ARGV[15])
+local first = 17 + 2 * tonumber(ARGV[16])
+if ARGV[15] == '0' then redis.call('DEL', KEYS[5])
+elseif ARGV[15] ~= '' then redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[15]) - 1) end
 if #ARGV >= first then redis.call('RPUSH', KEYS[5], unpack(ARGV, first)) end
 redis.call('HSET', KEYS[4], 'updated_at', ARGV[3])
 redis.call('HINCRBY', KEYS[4], 'prompt_tokens', ARGV[8])
@@ -46,7 +50,7 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('DEL', KEYS[6])
-for i = 16, first - 1, 2 do emit_event(KEYS[7], ARGV[14], ARGV[i], ARGV[i + 1]) end
+for i = 17, first - 1, 2 do emit_event(KEYS[7], ARGV[14], ARGV[i], ARGV[i + 1]) end
 emit_finished(KEYS[1], KEYS[7], ARGV[14], ARGV[5], ARGV[4])
 redis.call('LPOP', KEYS[2])
 redis.call('PUBLISH', ARGV[12], ARGV[5])

@@ -30,7 +30,8 @@
 -- job_id, next, ''} (the head's record is gone or finished: popped), {'exhausted', job_id, next,
 -- batch_id} (failed after max_attempts: popped), where next is the new head or '' and batch_id the
 -- job's batch or '', or {'run', job_id,
--- checkpoint or '', session created_at, n, the job's n fields and values..., history messages...}.
+-- checkpoint or '', session created_at, history length, the session's own system prompt or '', n,
+-- the job's n fields and values..., history messages...}.
 -- A started job's log gets job.started, or job.restarted from its second run on (its worker died
 -- or lost the session mid-run); an exhausted one's gets job.failed.
 --#include lib/session.lua
@@ -72,7 +73,8 @@ local attempt = tonumber(redis.call('HGET', KEYS[5], 'attempts'))
 emit_event(KEYS[7], ARGV[12], attempt > 1 and 'job.restarted' or 'job.started',
            cjson.encode({attempt = attempt, worker = ARGV[8]}))
 local fields = redis.call('HGETALL', KEYS[5])
-local out = {'run', head, redis.call('GET', KEYS[6]) or '', redis.call('HGET', KEYS[3], 'created_at'), #fields}
+local out = {'run', head, redis.call('GET', KEYS[6]) or '', redis.call('HGET', KEYS[3], 'created_at'),
+             redis.call('LLEN', KEYS[4]), redis.call('HGET', KEYS[3], 'system_prompt') or '', #fields}
 for _, v in ipairs(fields) do table.insert(out, v) end
 local limit = tonumber(ARGV[9])
 if limit > 0 then

@@ -14,7 +14,7 @@ end
 -- The job's record as the JSON of a Job (chatq.tasks.job_store stores nested fields as JSON and
 -- numbers as digits): spliced as stored, never decoded and re-encoded, so nothing changes shape.
 local JOB_RAW = {attempts = true, provider_retries = true, result = true, error = true, last_error = true,
-                 metadata = true, webhook = true}
+                 metadata = true, webhook = true, op = true}
 local function job_json(job)
   local fields = redis.call('HGETALL', job)
   local parts = {}
