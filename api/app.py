@@ -19,6 +19,7 @@ from .config import ApiSettings, get_api_settings
 from .deps import Services
 from .health import WorkerProbe
 from .metrics import LatencyMiddleware, Metrics
+from .streams import StreamRedis
 from .tenants import Tenants
 
 log = logging.getLogger("uvicorn.error")  # formatted like the server's own start-up lines
@@ -37,10 +38,11 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
         settings=api, tenants=tenants, keyring=keyring, metrics=metrics, metrics_gate=gate,
         webhooks=WebhookSender(core), workers=WorkerProbe(tenants.client(None)),
         long_polls=anyio.CapacityLimiter(api.max_long_polls),
+        streams=StreamRedis(core, api.stream_connections),
     )
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if keyring.open:
             log.warning("CHATQ_API_KEYS is not set: the API is open to anyone who can reach it, as one tenant "
                         "(fine for local use; set keys before exposing it)")
@@ -49,11 +51,12 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
         if not gate.open and api.metrics_key is None:
             log.warning("/metrics answers 401: set CHATQ_METRICS_KEY (its own bearer key) or CHATQ_METRICS_OPEN=true")
         yield
+        await app.state.services.streams.close()  # the app's services, which tests may have swapped in
 
     app = FastAPI(
         title="chatq", version="1", lifespan=lifespan,
-        description="Session-ordered chat jobs for LLM agents: submit, poll or long-poll, cancel; "
-                    "sessions; batches; webhooks on completion.",
+        description="Session-ordered chat jobs for LLM agents: submit, poll, long-poll or stream (Server-Sent "
+                    "Events), cancel or stop; sessions; batches; webhooks on completion.",
     )
     app.state.services = services
     errors.install(app)

@@ -32,6 +32,10 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: float = Field(60.0, gt=0, description="Cap on `GET /v1/jobs/{id}?wait=`.")
     max_long_polls: int = Field(
         64, ge=1, description="Long polls waiting at once; each holds one of CHATQ_REDIS_MAX_CONNECTIONS.")
+    stream_connections: int = Field(
+        256, ge=1, description="Redis connections the event streams (`GET /v1/jobs/{id}/events`) share. A "
+        "stream holds one only while it waits for events, up to 2 s at a time: more streams than this take "
+        "turns, and their events come later, none lost.")
     metrics_key: SecretStr | None = Field(
         None, repr=False, description="Bearer key for `/metrics`, which lists every tenant; tenants' API keys "
         "do not open it.")

@@ -14,6 +14,7 @@ from .auth import KeyRing, MetricsGate
 from .config import ApiSettings
 from .health import WorkerProbe
 from .metrics import Metrics
+from .streams import StreamRedis
 from .tenants import Tenants
 
 
@@ -28,6 +29,8 @@ class Services:
     workers: WorkerProbe
     long_polls: anyio.CapacityLimiter
     """Threads for long polls, apart from the default pool so waiting never starves other requests."""
+    streams: StreamRedis
+    """The asyncio Redis client the event streams share."""
 
 
 def get_services(request: Request) -> Services:

@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from chatq.tasks.batch import BatchInvalid, BatchNotFound
-from chatq.tasks.errors import ChatQError, InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists
+from chatq.tasks.errors import (ChatQError, EventsGone, InvalidRequest, JobNotFound, NotCancellable, SessionBusy,
+                                SessionExists)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class QuotaExceeded(APIError):
 _CHATQ: dict[type[ChatQError], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
     JobNotFound: (404, "not_found"),
+    EventsGone: (410, "gone"),
     BatchNotFound: (404, "not_found"),
     SessionBusy: (409, "session_busy"),
     SessionExists: (409, "session_exists"),
@@ -75,6 +77,8 @@ _DESCRIPTIONS = {
     401: "Missing or unknown API key.",
     404: "Unknown or expired ID (another tenant's IDs are unknown too).",
     409: "The session is busy or already has history, or the job is no longer cancellable.",
+    410: "The job's event log has expired, or was trimmed past the events asked for; the job itself may "
+         "still be there (`GET /v1/jobs/{job_id}`).",
     413: "The request body is over the size limit.",
     422: "Invalid input.",
     429: "The tenant's queue quota is full; retry after the Retry-After seconds.",

@@ -101,7 +101,10 @@ class Metrics:
 
 
 class LatencyMiddleware:
-    """Times every request under its route template (``/v1/jobs/{job_id}``), never its raw path."""
+    """Times every request under its route template (``/v1/jobs/{job_id}``), never its raw path.
+
+    An event stream is timed to its first byte (its headers): how long it then lasts is the job's
+    time, not the API's, and would drown the histogram."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -112,16 +115,25 @@ class LatencyMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        observed = False
+
+        def observe() -> None:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.latency.labels(method, route, str(status)).observe(time.perf_counter() - start)
 
         async def sending(message: Message) -> None:
-            nonlocal status
+            nonlocal status, observed
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                       for k, v in message.get("headers", ())):
+                    observed = True
+                    observe()
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.metrics.latency.labels(method, route, str(status)).observe(time.perf_counter() - start)
+            if not observed:
+                observe()

@@ -41,8 +41,13 @@ class MessageIn(BaseModel):
         None, pattern=IDEMPOTENCY_KEY.pattern, description="Resubmitting with the same key returns the same job.")
     callback_url: CallbackUrl | None = Field(
         None, description="POSTed the job record, signed (`X-Chatq-Signature`), when the job finishes.")
-    on_busy: Literal["enqueue", "reject"] = Field(
-        "enqueue", description="`reject`: 409 instead of queueing behind the session's earlier messages.")
+    on_busy: Literal["enqueue", "reject", "interrupt", "rollback"] = Field(
+        "enqueue", description=(
+            "What the message does when its session is busy (a message queued or running): `enqueue` waits "
+            "behind them; `reject` is 409 instead; `interrupt` stops the running job and cancels the queued "
+            "ones, then runs this message (the stopped turn keeps what it produced so far in the history: the "
+            "user's message and the partial reply, marked cancelled); `rollback` does the same, but the "
+            "interrupted turns leave no trace in the history."))
     session_ttl: int | None = Field(
         None, ge=0, le=MAX_SESSION_TTL, strict=True,
         description="The session's own retention: seconds it is kept once idle (0: forever). Omit to keep "
