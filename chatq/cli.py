@@ -134,7 +134,10 @@ def _celery_worker(app: Any, argv: list[str]) -> int:
 @click.option("--agent")
 @click.option("--idempotency-key")
 @click.option("--metadata", help="A JSON object stored with the turn.")
-@click.option("--on-busy", type=click.Choice(["enqueue", "reject"]), default="enqueue")
+@click.option("--on-busy", type=click.Choice(["enqueue", "reject", "interrupt", "rollback"]), default="enqueue",
+              show_default=True, help="When the session is busy: queue behind (enqueue), refuse (reject), or stop "
+              "its running and queued jobs and run next, keeping the stopped turn so far in the history "
+              "(interrupt) or leaving no trace of it (rollback).")
 @click.option("--callback-url", help="POSTed the finished job, signed with the workers' webhook secret.")
 @click.option("--session-ttl", type=int, help="The session's own retention: seconds kept once idle (0: forever).")
 def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
@@ -177,28 +180,120 @@ def wait(job_id: str, timeout: float | None) -> None:
 
 @cli.command()
 @click.argument("job_id")
-def cancel(job_id: str) -> None:
-    """Cancel a queued job; the session's later messages go on."""
-    _print(_client().cancel(job_id))
+@click.option("--rollback", is_flag=True, help="A running job's turn leaves no trace in the history.")
+def cancel(job_id: str, rollback: bool) -> None:
+    """Cancel a queued job, or stop a running one; prints the job.
+
+    A running job is printed as it is at once: usually still `running` with `cancel` set, which its
+    worker ends `cancelled` within about a second (`chatq wait JOB_ID`). The history keeps the user's message and the reply
+    so far, marked cancelled; with --rollback, nothing of the turn. The session's later messages go on.
+    """
+    from chatq.tasks.errors import NotCancellable
+
+    job = _client().cancel(job_id, rollback=rollback)
+    if job.status.finished and job.status != "cancelled":  # it finished before its worker saw the request
+        raise NotCancellable(f"job {job.job_id} has finished ({job.status.value}); there is nothing to cancel")
+    _print(job)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--after", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Print the events after this seq.")
+@click.option("--follow", "-f", is_flag=True, help="Wait for the events to come, until the job's last.")
+def events(job_id: str, after: int, follow: bool) -> None:
+    """Print a job's events as JSON lines: {"seq", "type", "data"}.
+
+    Without --follow, the events there are now; with it, each as it is written, until the terminal
+    event (job.succeeded, job.failed or job.cancelled, whose data is the job). Exit 1 if the job is
+    unknown, or its event log has expired (`chatq get` may still show the job).
+    """
+    from chatq.tasks.errors import WaitTimeout
+
+    try:
+        for event in _client().stream(job_id, after, timeout=None if follow else 0):
+            click.echo(event.model_dump_json())
+    except WaitTimeout:  # without --follow: what is there now has been printed
+        pass
 
 
 @cli.command()
 @click.argument("message")
 @click.option("--session", "session_id")
 @click.option("--agent")
-@click.option("--timeout", type=float, default=300)
-@click.option("--json", "as_json", is_flag=True, help="Print the whole job instead of the reply.")
+@click.option("--timeout", type=float, default=300, show_default=True,
+              help="Seconds; exit 1 if the job has not finished by then.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job's events as JSON lines instead of the reply; the last is the terminal "
+                   "event, whose data is the whole job.")
 def chat(message: str, session_id: str | None, agent: str | None, timeout: float, as_json: bool) -> None:
-    """Submit and wait; prints the reply."""
-    job = _client().chat(message, session_id, agent, timeout=timeout)
+    """Submit and print the reply as it streams.
+
+    Text shown cannot be taken back: when the provider call is retried, or the turn starts over on
+    another worker, a notice goes to stderr and the reply starts again on a new line. Exit 1 (and
+    `error: ...` on stderr) if the job failed or was cancelled.
+    """
+    from chatq.tasks.models import Job
+
+    stream = _client().chat(message, session_id, agent, timeout=timeout, stream=True)
     if as_json:
-        _print(job)
-    elif job.status == "succeeded" and job.result:
-        click.echo(job.result.content or "")
+        last = None
+        for last in stream:
+            click.echo(last.model_dump_json())
+        assert last is not None and last.terminal, "the event stream ended without a terminal event"
+        job = Job.model_validate(last.data)
+    else:
+        job = _ReplyPrinter().print(stream)
+    if job.status == "succeeded":
         click.echo(f"[session {job.session_id}]", err=True)
     else:
         click.echo(f"error: job {job.job_id} {job.status.value}: {job.error.message if job.error else ''}", err=True)
         sys.exit(1)
+
+
+class _ReplyPrinter:
+    """The ``message.delta`` texts of a job's events on stdout as they come; the finished job back."""
+
+    def __init__(self) -> None:
+        self.shown = False  # text on the current line
+        self.any = False  # any text at all
+        self.call: int | None = None
+
+    def print(self, events: Any) -> Any:
+        from chatq.tasks.models import Job
+
+        for event in events:
+            if event.type == "message.delta":
+                if self.call is not None and event.data.get("call") != self.call:
+                    self._break()  # the text of the turn's next provider call: its own line
+                self.call = event.data.get("call")
+                self._write(event.data.get("text", ""))
+            elif event.type == "provider.retry":
+                self._restart(f"provider call failed ({event.data.get('error', {}).get('type', 'error')}); "
+                              f"retrying in {float(event.data.get('delay') or 0):.1f}s")
+            elif event.type == "job.restarted":
+                self._restart(f"the turn starts over (attempt {event.data.get('attempt')}): its worker stopped")
+            elif event.terminal:
+                job = Job.model_validate(event.data)
+                if not self.any and job.result and job.result.content:  # no text came through the log
+                    self._write(job.result.content)
+                self._break()
+                return job
+        raise AssertionError("the event stream ended without a terminal event")
+
+    def _write(self, text: str) -> None:
+        if text:
+            click.echo(text, nl=False)  # click.echo flushes
+            self.shown = self.any = True
+
+    def _break(self) -> None:
+        if self.shown:
+            click.echo()
+            self.shown = False
+
+    def _restart(self, why: str) -> None:
+        self._break()
+        click.echo(f"[{why}; the reply starts over]", err=True)
 
 
 @cli.group()
