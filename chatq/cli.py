@@ -262,24 +262,26 @@ class _ReplyPrinter:
     def print(self, events: Any) -> Any:
         from chatq.tasks.models import Job
 
-        for event in events:
-            if event.type == "message.delta":
-                if self.call is not None and event.data.get("call") != self.call:
-                    self._break()  # the text of the turn's next provider call: its own line
-                self.call = event.data.get("call")
-                self._write(event.data.get("text", ""))
-            elif event.type == "provider.retry":
-                self._restart(f"provider call failed ({event.data.get('error', {}).get('type', 'error')}); "
-                              f"retrying in {float(event.data.get('delay') or 0):.1f}s")
-            elif event.type == "job.restarted":
-                self._restart(f"the turn starts over (attempt {event.data.get('attempt')}): its worker stopped")
-            elif event.terminal:
-                job = Job.model_validate(event.data)
-                if not self.any and job.result and job.result.content:  # no text came through the log
-                    self._write(job.result.content)
-                self._break()
-                return job
-        raise AssertionError("the event stream ended without a terminal event")
+        try:
+            for event in events:
+                if event.type == "message.delta":
+                    if self.call is not None and event.data.get("call") != self.call:
+                        self._break()  # the text of the turn's next provider call: its own line
+                    self.call = event.data.get("call")
+                    self._write(event.data.get("text", ""))
+                elif event.type == "provider.retry":
+                    self._restart(f"provider call failed ({event.data.get('error', {}).get('type', 'error')}); "
+                                  f"retrying in {float(event.data.get('delay') or 0):.1f}s")
+                elif event.type == "job.restarted":
+                    self._restart(f"the turn starts over (attempt {event.data.get('attempt')}): its worker was lost")
+                elif event.terminal:
+                    job = Job.model_validate(event.data)
+                    if not self.any and job.result and job.result.content:  # no text came through the log
+                        self._write(job.result.content)
+                    return job
+            raise AssertionError("the event stream ended without a terminal event")
+        finally:  # the reply's line ends, also before an error (a timeout, Redis gone) is told on stderr
+            self._break()
 
     def _write(self, text: str) -> None:
         if text:

@@ -284,10 +284,12 @@ def test_cli_chat_restarts_the_reply_after_a_provider_retry(fleet, client):
     assert out.stdout.endswith("\n" + reply + "\n"), out.stdout  # the cut text stays, on a line of its own
 
 
-def test_cli_chat_failed_job_exits_1(fleet):
+def test_cli_chat_failed_or_unfinished_job_exits_1(fleet):
     out = cli(fleet, "chat", "[[fault:400]] refuse me")
     assert out.returncode == 1 and out.stderr.startswith("error: job ") and " failed: " in out.stderr, out.stderr
     assert "[session" not in out.stderr
+    slow = cli(fleet, "chat", "[[stall:3]] too slow", "--timeout", "0.5")
+    assert slow.returncode == 1 and slow.stderr.startswith("error: ") and "within 0.5" in slow.stderr, slow.stderr
 
 
 def test_cli_events_now_and_following(fleet, client):
