@@ -3,6 +3,7 @@ streaming `chat`, `events` and `cancel`, through uvicorn, real Redis and the sha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,9 +15,12 @@ import httpx
 import pytest
 import redis
 
+from chatq.api import streams
 from chatq.api.app import create_app
+from chatq.tasks.events import AsyncEventLog
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import JobEvent
+from chatq.tasks.redis_pool import get_async_redis
 
 from .conftest import ROOT
 from .test_api import KEY_A, KEY_B, api_settings, assert_error, finished, http, serve, sid, signing, submit
@@ -166,6 +170,24 @@ def test_an_expired_log_is_410_and_the_job_is_still_there(a, fleet):
     error = assert_error(a.get(f"/v1/jobs/{job['job_id']}/events"), 410, "gone")
     assert "expired" in error["message"]
     assert a.get(f"/v1/jobs/{job['job_id']}").json()["status"] == "succeeded"
+
+
+def test_an_error_once_streaming_is_the_streams_last_event(a, fleet):
+    """Past the headers a status cannot change: the stream says why it ends, as the API's error shape."""
+    job = finished(a, submit(a, "gone mid-stream", sid())["job_id"])
+    keys = Keys(f"{fleet.settings.namespace}.t.acme")
+    redis.Redis.from_url(fleet.redis_url).delete(keys.events(job["job_id"]))
+
+    async def read() -> list:
+        r = get_async_redis(fleet.redis_url)
+        try:
+            return [e async for e in streams.events(AsyncEventLog(r, keys), job["job_id"], 0)]
+        finally:
+            await r.aclose()
+
+    [last] = asyncio.run(read())
+    assert last.event == "error" and last.id is None
+    assert json.loads(last.data)["error"]["type"] == "gone"
 
 
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/sessions/{s}/messages"])
