@@ -17,8 +17,8 @@ import pytest
 from chatq.tasks.settings import Settings
 from chatq.worker import offline_model
 from chatq.worker.provider import Provider, ProviderError, classify
-from chatq.worker.reply import (BadReply, ReplyBroken, ReplyTimeout, ReplyTooLarge, parse_completion,
-                                read_body)
+from chatq.worker.reply import (BadReply, ReplyBroken, ReplyTimeout, ReplyTooLarge, SSELines, StreamAssembly,
+                                parse_completion, read_body)
 
 from .conftest import Fleet
 
@@ -269,3 +269,48 @@ def test_an_oversized_reply_fails_at_once_and_is_not_stored(rc, fake_openai):
     assert all(len(m.content or "") < MAX_REPLY for m in rc.get_session(s).messages)
     under = rc.chat(f"[[fault:huge bytes={MAX_REPLY // 2}]] {s}", s, timeout=60)
     assert under.status == "succeeded" and under.result.content == "x" * (MAX_REPLY // 2)
+
+
+# --- a streamed reply: SSE framing and chunk assembly (pure, against the test server's own chunks) ------
+
+def _sse(chunks: list[dict], crlf: bool = False) -> bytes:
+    end = "\r\n" if crlf else "\n"
+    return "".join(f"data: {json.dumps(c)}{end}{end}" for c in chunks).encode() + f"data: [DONE]{end}{end}".encode()
+
+
+def _assembled(data: bytes, piece: int) -> tuple[StreamAssembly, list[str], bool]:
+    lines, assembly, texts, done = SSELines(), StreamAssembly(), [], False
+    for i in range(0, len(data), piece):
+        for payload in lines.feed(data[i:i + piece]):
+            if payload == b"[DONE]":
+                done = True
+            elif text := assembly.add(json.loads(payload)):
+                texts.append(text)
+    return assembly, texts, done
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("text", ["Hello there, how are you today?", '[[tool:add {"a": 2, "b": 3}]]'])
+def test_a_streamed_reply_assembles_into_the_whole_one_however_it_is_cut(piece, crlf, text):
+    from chatq.testing.server import stream_chunks
+
+    whole = offline_model.complete({"model": "m", "messages": [{"role": "user", "content": text}]})
+    chunks, _ = stream_chunks(whole, include_usage=True)
+    assembly, texts, done = _assembled(_sse(chunks, crlf), piece)
+    assert done
+    streamed = assembly.completion()
+    expected = parse_completion(json.dumps(whole).encode())
+    assert streamed.choices[0].message == expected.choices[0].message
+    assert streamed.choices[0].finish_reason == expected.choices[0].finish_reason
+    assert streamed.usage == expected.usage and streamed.id == expected.id and streamed.model == expected.model
+    assert "".join(texts) == (expected.choices[0].message.content or "")
+
+
+def test_a_stream_that_reports_an_error_or_says_nothing_is_a_bad_reply():
+    with pytest.raises(BadReply, match="reported an error: overloaded"):
+        StreamAssembly().add({"error": {"message": "overloaded"}})
+    with pytest.raises(BadReply, match="without a single chunk"):
+        StreamAssembly().completion()
+    with pytest.raises(BadReply, match="not a JSON object"):
+        StreamAssembly().add(["no"])

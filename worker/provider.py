@@ -7,6 +7,7 @@ lets a later message of the session overtake and never multiplies with the SDK's
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -16,22 +17,21 @@ from typing import Any
 
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
-from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from chatq.tasks.models import JobError
 from chatq.tasks.settings import Settings
 
 from . import offline_model
-from .reply import BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, parse_completion
+from .reply import (BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly,
+                    parse_completion)
 
 log = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], None]
 """Told each piece of the reply's text as it streams in (never blocks: the event writer buffers it)."""
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
-CHUNK_OVERHEAD = 100
-"""Bytes a streamed chunk counts for besides its text, against the reply's size limit."""
+
 MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in every failed job
 
 
@@ -157,39 +157,35 @@ class Provider:
         return completion
 
     async def _read_stream(self, response: Any, reader: BodyReader, on_delta: OnDelta) -> ChatCompletion:
-        """A streamed reply, parsed by the SDK (``AsyncStream`` of chunks) and assembled by the SDK's
-        own ``ChatCompletionStreamState`` (tool-call deltas, usage): the text goes to ``on_delta`` as
-        it comes; the whole is the same completion a non-streamed call returns. The size limit counts
-        each chunk's text plus ``CHUNK_OVERHEAD``."""
-        assert self.client is not None
-        state = ChatCompletionStreamState()
-        chunks = 0
-        try:
-            async for chunk in openai.AsyncStream(cast_to=ChatCompletionChunk, response=response, client=self.client):
-                state.handle_chunk(chunk)
-                chunks += 1
-                reader.size += CHUNK_OVERHEAD
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta is None:
-                        continue
-                    reader.size += len(delta.content or "") + sum(
-                        len(tc.function.arguments or "") for tc in delta.tool_calls or [] if tc.function)
-                    if delta.content and choice.index == 0:
-                        on_delta(delta.content)
-                if reader.size > reader.max_bytes:
-                    raise ReplyTooLarge(f"the provider's streamed reply is over the limit of {reader.max_bytes} "
-                                        "bytes (CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
-        except (openai.APIError, ReplyError):
-            raise
-        except Exception as exc:  # whatever the transport raises mid-stream
-            raise ReplyBroken(f"the provider's stream broke after {chunks} chunks: {exc!r}") from exc
-        if not chunks:
-            raise BadReply("the provider's stream ended without a single chunk")
-        completion = state.current_completion_snapshot
-        if not completion.choices:
-            raise BadReply("the provider's streamed reply has no choices")
-        return completion
+        """A streamed reply: its ``data:`` events parsed as they arrive (``SSELines``), the text sent
+        to ``on_delta``, the chunks assembled into the completion a non-streamed call returns
+        (``StreamAssembly``). The size limit and the deadline count the raw bytes, as for a whole reply."""
+        lines, assembly = SSELines(), StreamAssembly()
+        chunks = response.aiter_bytes()
+        while True:
+            try:
+                data = await anext(chunks, None)
+            except Exception as exc:  # whatever the transport raises mid-stream
+                if time.monotonic() >= reader.deadline:
+                    raise reader.late() from exc
+                raise ReplyBroken(f"the provider's stream broke after {assembly.chunks} chunks: {exc!r}") from exc
+            if data is None:  # some servers end without [DONE]: a finished choice is a finished reply
+                if assembly.finish_reason is not None:
+                    return assembly.completion()
+                raise ReplyBroken(f"the provider's stream ended after {assembly.chunks} chunks, unfinished")
+            reader.size += len(data)
+            if reader.size > reader.max_bytes:
+                raise ReplyTooLarge(f"the provider's streamed reply is over the limit of {reader.max_bytes} "
+                                    "bytes (CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
+            for payload in lines.feed(data):
+                if payload.strip() == b"[DONE]":
+                    return assembly.completion()
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    raise BadReply(f"the provider's stream sent a chunk that is not JSON: {payload[:80]!r}") from None
+                if text := assembly.add(chunk):
+                    on_delta(text)
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max

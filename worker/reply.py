@@ -1,4 +1,5 @@
-"""A provider's 200 reply: read under one deadline and a size cap, then judged as a chat completion.
+"""A provider's 200 reply: read under one deadline and a size cap, then judged as a chat completion;
+streamed, its chunks assembled into the same completion as they arrive (``StreamAssembly``).
 
 Pure checks over the body's chunks and bytes, unit-tested with a fake clock. Each refusal is a
 ``ReplyError`` whose message names what was wrong, never an ``AttributeError`` three frames later in
@@ -153,3 +154,99 @@ def _describe(error: Any) -> str:
 def _excerpt(body: bytes, limit: int = 80) -> str:
     text = " ".join(body[:limit * 4].decode("utf-8", "replace").split())
     return repr(text[:limit] + ("…" if len(text) > limit or len(body) > limit * 4 else ""))
+
+
+class StreamAssembly:
+    """A streamed reply's chunks (``chat.completion.chunk`` JSON, already parsed) assembled into the
+    chat completion a non-streamed call returns: the first choice's text and tool-call deltas (by
+    index: id, name, then argument fragments), the finish reason, the usage chunk.
+
+    The SDK has this (``AsyncStream`` of ``ChatCompletionChunk`` into ``ChatCompletionStreamState``),
+    at about 220 µs of CPU per chunk, 44 ms for a 200-token reply, ten times a whole job's cost. Here
+    a chunk costs its ``json.loads`` and a few dict reads; the result is still judged once, as a
+    whole, by the SDK's own ``ChatCompletion`` type (``completion``).
+    """
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.chunks = 0
+
+    def add(self, chunk: Any) -> str | None:
+        """Take one chunk; returns the text it adds, if any."""
+        if not isinstance(chunk, dict):
+            raise BadReply(f"the provider's stream sent a chunk that is not a JSON object ({type(chunk).__name__})")
+        if "error" in chunk and "choices" not in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise BadReply(f"the provider's stream reported an error: {str(message)[:300]}")
+        self.chunks += 1
+        if not self.head:
+            self.head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        text = None
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            if delta.get("content"):
+                text = delta["content"]
+                self.text.append(text)
+            for tc in delta.get("tool_calls") or ():
+                call = self.calls.setdefault(tc.get("index", len(self.calls)),
+                                             {"id": None, "type": "function", "name": None, "arguments": []})
+                call["id"] = tc.get("id") or call["id"]
+                function = tc.get("function") or {}
+                call["name"] = function.get("name") or call["name"]
+                if function.get("arguments"):
+                    call["arguments"].append(function["arguments"])
+        return text
+
+    def completion(self) -> ChatCompletion:
+        """The assembled reply, judged like a whole one (``parse_completion``)."""
+        if not self.chunks:
+            raise BadReply("the provider's stream ended without a single chunk")
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) if self.text else None}
+        if self.calls:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": c["type"], "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+                for _, c in sorted(self.calls.items())]
+        body = {**self.head, "object": "chat.completion", "created": self.head.get("created") or 0,
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason or "stop",
+                             "logprobs": None}]}
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return parse_completion(json.dumps(body).encode(), "text/event-stream")
+
+
+class SSELines:
+    """Server-Sent Events' ``data:`` payloads from a byte stream, as the spec splits them (lines end
+    with LF, CRLF or CR; an event ends at a blank line; several ``data:`` lines join with LF)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The events whose data is complete after ``data``."""
+        self._buffer += data
+        if b"\r" in self._buffer:  # a CR ending this read may be the first half of a CRLF
+            tail = b"\r" if self._buffer.endswith(b"\r") else b""
+            body = self._buffer[:-1] if tail else self._buffer
+            self._buffer = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        *lines, self._buffer = self._buffer.split(b"\n")
+        out = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    out.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+        return out
