@@ -1,8 +1,8 @@
 """A job's event log as Server-Sent Events (sse-starlette): ``id:`` the seq, ``event:`` the type,
 ``data:`` the event's data as JSON; the stream ends after the terminal event.
 
-What a status code can still say is found before the stream starts (``open_stream``): an unknown
-job is 404, a job whose log expired (or was trimmed past the reader's seq) 410, and a reader that
+What a status code can still say is found before the stream starts (``open_stream``, through
+``AsyncEventLog.opening``): an unknown job is 404, a job whose log expired (or was trimmed past the reader's seq) 410, and a reader that
 asks after the terminal event gets 204, which is how a browser's ``EventSource`` is told not to
 reconnect. Past that point an error can only be said in the stream: it is its last event,
 ``event: error`` with the API's error shape as data, and the reader resumes from the last ``id:``.
@@ -30,8 +30,7 @@ from fastapi import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from chatq.tasks.errors import EventsGone, JobNotFound
-from chatq.tasks.events import AsyncEventLog, Cursor
-from chatq.tasks.job_store import decode_job
+from chatq.tasks.events import AsyncEventLog
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import EVENT_TYPES
 from chatq.tasks.redis_pool import get_async_redis
@@ -94,23 +93,6 @@ class StreamRedis:
             await client.connection_pool.disconnect()
 
 
-async def opening(r: aioredis.Redis, keys: Keys, job_id: str, after: int) -> bool:
-    """Whether anything can follow seq ``after``: the checks ``AsyncEventLog.follow`` makes on its
-    first read, made here without waiting, so their errors (``JobNotFound``, ``EventsGone``) come
-    before the response starts. False: the reader is past the terminal event."""
-    cursor = Cursor(job_id, after)
-    pipe = r.pipeline(transaction=False)
-    pipe.xread({keys.events(job_id): cursor.start}, count=1)
-    pipe.xrevrange(keys.events(job_id), count=1)
-    pipe.hgetall(keys.job(job_id))
-    found, last, fields = await pipe.execute()
-    if cursor.take(found[0][1] if found else []):  # raises EventsGone if trimmed past ``after``
-        return True
-    last_seq = int(last[0][0].partition("-")[0]) if last else 0
-    cursor.silence(bool(last), last_seq, decode_job(fields) if fields else None)
-    return not cursor.done
-
-
 def error_event(type_: str, message: str) -> ServerSentEvent:
     body = ErrorResponse(error=ErrorDetail(type=type_, message=message)).model_dump(mode="json", exclude_none=True)
     return ServerSentEvent(json.dumps(body, separators=(",", ":")), event=ERROR_EVENT)
@@ -139,7 +121,7 @@ async def open_stream(streams: StreamRedis, keys: Keys, job_id: str, after: int,
                       headers: dict[str, Any] | None = None) -> Response:
     """The job's event stream after seq ``after``; raises its errors before it starts (404, 410), or
     204 if nothing can follow."""
-    if not await opening(streams.client(), keys, job_id, after):
+    if not await streams.log(keys).opening(job_id, after):
         return Response(status_code=204, headers=headers)
     # no-store, whatever the sse-starlette release's default: an event stream is never to be replayed from a cache
     return EventSourceResponse(events(streams.log(keys), job_id, after),

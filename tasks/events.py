@@ -128,6 +128,21 @@ class AsyncEventLog:
         self.keys = keys
         self.block_ms = max(1, int(block_seconds * 1000))
 
+    async def opening(self, job_id: str, after: int = 0) -> bool:
+        """Whether anything can follow seq ``after``, found without waiting: the checks ``follow``
+        makes on its first read, so their errors (``JobNotFound``, ``EventsGone``) can be answered
+        before a response starts. False: the reader is past the terminal event."""
+        cursor = Cursor(job_id, after)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xread({self.keys.events(job_id): cursor.start}, count=1)
+        pipe.xrevrange(self.keys.events(job_id), count=1)
+        pipe.hgetall(self.keys.job(job_id))
+        found, last, fields = await pipe.execute()
+        if cursor.take(found[0][1] if found else []):  # raises EventsGone if trimmed past ``after``
+            return True
+        cursor.silence(bool(last), _last_seq(last), decode_job(fields) if fields else None)
+        return not cursor.done
+
     async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent | None]:
         """Like ``EventLog.follow``, without a deadline; yields None after each quiet wait (the
         caller's cue for a keep-alive)."""
