@@ -2,9 +2,9 @@
 ``data:`` the event's data as JSON; the stream ends after the terminal event.
 
 What a status code can still say is found before the stream starts (``open_stream``, through
-``AsyncEventLog.opening``): an unknown job is 404, a job whose log expired (or was trimmed past the reader's seq) 410, and a reader that
-asks after the terminal event gets 204, which is how a browser's ``EventSource`` is told not to
-reconnect. Past that point an error can only be said in the stream: it is its last event,
+``AsyncEventLog.opening``): an unknown job is 404, a job whose log expired (or was trimmed past the
+reader's seq) 410, and a reader that asks after the terminal event gets 204, which is how a
+browser's ``EventSource`` is told not to reconnect. Past that point an error can only be said in the stream: it is its last event,
 ``event: error`` with the API's error shape as data, and the reader resumes from the last ``id:``.
 
 A quiet stream sends a comment (``: keep-alive``) after each wait of about two seconds, so proxies
