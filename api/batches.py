@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from chatq.tasks.batch import BatchInfo, BatchStatus, CancelReport, ConversationResult
+from chatq.tasks.batch import BatchInfo, BatchStatus, CancelReport
 from chatq.tasks.batch_input import count_lines
 
 from .auth import CurrentTenant
@@ -72,16 +73,20 @@ def get_batch(batch_id: BatchId, tenant: CurrentTenant, svc: Svc, response: Resp
 
 @router.get(
     "/{batch_id}/results", response_class=StreamingResponse,
-    responses={200: {"description": "One `ConversationResult` per line, in input order.",
+    responses={200: {"description": "One line per conversation, in input order: a `ConversationResult`, or "
+                                    "OpenAI's Batch output line (`format=openai`).",
                      "content": {JSONL: {"schema": {"type": "string"}}}},
                **responses(404)},
 )
-def batch_results(batch_id: BatchId, tenant: CurrentTenant, svc: Svc) -> StreamingResponse:
+def batch_results(batch_id: BatchId, tenant: CurrentTenant, svc: Svc,
+                  format: Annotated[Literal["openai", "chatq"] | None, Query(description=(
+                      "OpenAI's Batch output lines or chatq's; default openai when every input line was an "
+                      "OpenAI request line."))] = None) -> StreamingResponse:
     """Results so far, one JSON line per conversation; unfinished ones show what has run."""
-    results = svc.tenants.batches(tenant.name).iter_results(known_id(batch_id, "batch"))
+    results = svc.tenants.batches(tenant.name).iter_output(known_id(batch_id, "batch"), format)
     first = next(results, None)  # an unknown batch raises here, before the response starts
 
-    def lines(items: Iterator[ConversationResult]) -> Iterator[str]:
+    def lines(items: Iterator[BaseModel]) -> Iterator[str]:
         for result in items:
             yield result.model_dump_json() + "\n"
 

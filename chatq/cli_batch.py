@@ -59,10 +59,10 @@ def _wait_with_progress(batches, batch_id: str, timeout: float | None):
             sys.exit(130)
 
 
-def _write_results(batches, batch_id: str, path: str) -> None:
+def _write_results(batches, batch_id: str, path: str, format: str | None) -> None:
     n = 0
     with click.open_file(path, "w") as out:
-        for result in batches.iter_results(batch_id):
+        for result in batches.iter_output(batch_id, format):
             out.write(result.model_dump_json() + "\n")
             n += 1
     if path != "-":
@@ -79,6 +79,9 @@ _output = click.Path(dir_okay=False, writable=True, allow_dash=True)
 _skip = click.option("--skip-invalid", is_flag=True, help="Leave invalid lines out (listed) instead of refusing the file.")
 _agent = click.option("--agent", help="Agent for lines that name none; default 'default'.")
 _callback = click.option("--callback-url", help="Every turn's job is POSTed here, signed, when it finishes.")
+_format = click.option("--format", "format_", type=click.Choice(["openai", "chatq"]),
+                       help="Result lines: OpenAI's Batch output or chatq's; default openai when every input line "
+                            "was an OpenAI request line, else chatq.")
 
 
 @batch.command()
@@ -108,12 +111,14 @@ def status(batch_id: str) -> None:
 @batch.command()
 @click.argument("batch_id")
 @click.option("-o", "--output", type=_output, default="-", help="JSONL file; default stdout.")
-def results(batch_id: str, output: str) -> None:
+@_format
+def results(batch_id: str, output: str, format_: str | None) -> None:
     """Write one JSON line per conversation.
 
-    In input order: custom_id, session_id, status, replies (one per turn), usage, error, job_ids.
+    In input order. chatq's: custom_id, session_id, status, replies (one per turn), usage, error,
+    job_ids. OpenAI's: id, custom_id, response (status_code, request_id, body: a chat.completion), error.
     """
-    _write_results(_batches(), batch_id, output)
+    _write_results(_batches(), batch_id, output, format_)
 
 
 @batch.command()
@@ -131,8 +136,9 @@ def wait(batch_id: str, timeout: float | None) -> None:
 @_agent
 @_callback
 @click.option("--timeout", type=float, help="Seconds; exit 1 if the batch is still unfinished.")
+@_format
 def run(file: str, output: str, skip_invalid: bool, agent: str | None, callback_url: str | None,
-        timeout: float | None) -> None:
+        timeout: float | None, format_: str | None) -> None:
     """Submit, show progress, write the results.
 
     Submits FILE, shows a progress bar with an ETA until every turn has finished, writes the
@@ -142,7 +148,7 @@ def run(file: str, output: str, skip_invalid: bool, agent: str | None, callback_
     info = _submit(batches, file, skip_invalid, agent, callback_url)
     click.echo(f"batch {info.batch_id}: {info.total} conversation(s), {info.turns} turn(s)", err=True)
     status = _wait_with_progress(batches, info.batch_id, timeout)
-    _write_results(batches, info.batch_id, output)
+    _write_results(batches, info.batch_id, output, format_)
     _print(status)
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from . import batch_expiry
 from .batch_input import BatchInvalid, Conversation, LineError, Source, plan
-from .client import ChatClient, id_text, looks_like_id, new_id
+from .client import ChatClient, id_text, looks_like_id, new_id, validate_conversation
 from .errors import ChatQError, InvalidRequest, WaitTimeout
 from .job_store import encode_job
 from .models import JobError, JobResult, Usage, utcnow
@@ -50,6 +50,7 @@ CHUNK = 2000
 small enough to keep the client's buffers and Redis's output buffer modest."""
 
 ConversationStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "missing"]
+OutputFormat = Literal["chatq", "openai"]
 
 
 class BatchNotFound(ChatQError, LookupError):
@@ -66,6 +67,9 @@ class BatchInfo(BatchRef):
     turns: int = Field(description="Jobs submitted: every turn of every conversation.")
     skipped: list[LineError] = Field(default_factory=list, description="Invalid lines left out (skip_invalid).")
     warnings: list[str] = Field(default_factory=list)
+    output_format: OutputFormat = Field(
+        "chatq", description="How its results are written unless asked otherwise: `openai` when every line was "
+                             "an OpenAI Batch request line.")
 
 
 class Counts(BaseModel):
@@ -108,6 +112,26 @@ class ConversationResult(BaseModel):
     job_ids: list[str]
 
 
+class OpenAIResponse(BaseModel):
+    status_code: int
+    request_id: str = Field(description="The job's ID.")
+    body: dict = Field(description="A `chat.completion` object.")
+
+
+class OpenAIError(BaseModel):
+    code: str
+    message: str
+
+
+class OpenAIResultLine(BaseModel):
+    """One line of OpenAI's Batch output format, for the conversation's last turn."""
+
+    id: str
+    custom_id: str
+    response: OpenAIResponse | None
+    error: OpenAIError | None
+
+
 class CancelReport(BaseModel):
     batch_id: str
     cancelled: int = Field(description="Turns cancelled by this call; running and finished turns are left alone.")
@@ -143,6 +167,7 @@ class BatchStore:
     def __init__(self, client: ChatClient):
         self.r: redis.Redis = client.r
         self.machine = client.machine
+        self.sessions = client.sessions
         self.keys = client.keys
         self.settings = client.settings
         self.key = client.keys.batch
@@ -166,6 +191,8 @@ class BatchStore:
 
         for conv in conversations:
             now = utcnow()
+            if conv.history or conv.system_prompt:
+                self.sessions.seed(conv.session_id, conv.history, conv.system_prompt, client=pipe, now=now)
             self.machine.announce(conv.session_id, now, pipe)
             for job in conv.jobs:
                 self.machine.submit(job.job_id, job.session_id, encode_job(job), client=pipe, announce=False, now=now)
@@ -180,7 +207,7 @@ class BatchStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.key(info.batch_id), mapping={
             "batch_id": info.batch_id, "created_at": info.created_at.isoformat(),
-            "total": info.total, "turns": info.turns, "unfinished": info.turns,
+            "total": info.total, "turns": info.turns, "unfinished": info.turns, "format": info.output_format,
         })
         pipe.expire(self.key(info.batch_id), ttl)
         pipe.expire(entries_key, ttl)
@@ -239,13 +266,16 @@ class BatchClient:
         batch_id = new_id()
         if callback_url is not None:  # once for the batch, rather than as every line's error
             check_destination(callback_url, self.client.settings.webhook_allow_private, resolve=False)
-        p = plan(source, partial(self.client.build_job, batch_id=batch_id, callback_url=callback_url), agent)
+        max_chars = self.client.settings.max_message_chars
+        p = plan(source, partial(self.client.build_job, batch_id=batch_id, callback_url=callback_url), agent,
+                 check=lambda messages: validate_conversation(messages, max_chars))
         if p.errors and not skip_invalid:
             raise BatchInvalid(p.errors)
         if not p.conversations:
             raise InvalidRequest("the batch has no valid conversations" if p.errors else "the batch is empty")
         info = BatchInfo(batch_id=batch_id, created_at=utcnow(), total=len(p.conversations),
-                         turns=sum(len(c.jobs) for c in p.conversations), skipped=p.errors, warnings=p.warnings)
+                         turns=sum(len(c.jobs) for c in p.conversations), skipped=p.errors, warnings=p.warnings,
+                         output_format="openai" if all(c.openai for c in p.conversations) else "chatq")
         self.store.write(info, p.conversations)
         self.wake_all([(c.session_id, c.jobs[0].job_id) for c in p.conversations])
         return info
@@ -284,6 +314,18 @@ class BatchClient:
 
     def results(self, batch_id: str) -> list[ConversationResult]:
         return list(self.iter_results(batch_id))
+
+    def iter_output(self, batch_id: str, format: OutputFormat | None = None) -> Iterator[BaseModel]:
+        """Result lines in ``format`` (the batch's own, ``BatchInfo.output_format``, if None): chatq's
+        ``ConversationResult`` or OpenAI's Batch output (``OpenAIResultLine``, the last turn's)."""
+        meta = self.store.meta(batch_id)
+        if (format or meta.get("format", "chatq")) == "chatq":
+            yield from self.iter_results(batch_id)
+            return
+        for chunk in _chunks(self._entries(batch_id)):
+            records = self.store.job_fields([e.job_ids[-1] for e in chunk], "status", "result", "error", "finished_at")
+            for e, record in zip(chunk, records):
+                yield openai_result(e.custom_id, e.job_ids[-1], *record)
 
     def wait(self, batch_id: str, timeout: float | None = None,
              progress: Callable[[BatchStatus], None] | None = None, poll: float = 0.5) -> BatchStatus:
@@ -325,6 +367,40 @@ class BatchClient:
         return CancelReport(batch_id=batch_id, cancelled=cancelled, status=self.status(batch_id))
 
 
+def openai_result(custom_id: str, job_id: str, status: str | None, result: str | None, error: str | None,
+                  finished_at: str | None) -> OpenAIResultLine:
+    """A job as a line of OpenAI's Batch output: its reply as a ``chat.completion`` body, or the
+    error (chatq's error type as the code)."""
+    line_id = f"batch_req_{job_id}"
+    if status == "succeeded" and result:
+        r = JobResult.model_validate_json(result)
+        m = r.message
+        message: dict = {"role": "assistant", "content": r.content, "refusal": None}
+        if m is not None and m.tool_calls:
+            message["tool_calls"] = [tc.model_dump() for tc in m.tool_calls]
+        meta = m.metadata if m is not None else {}
+        created = int(datetime.fromisoformat(finished_at).timestamp()) if finished_at else 0
+        body = {"id": meta.get("completion_id") or f"chatcmpl-{job_id}", "object": "chat.completion",
+                "created": created, "model": meta.get("model") or r.usage.model or "",
+                "choices": [{"index": 0, "message": message, "finish_reason": meta.get("finish_reason") or "stop",
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": r.usage.prompt_tokens, "completion_tokens": r.usage.completion_tokens,
+                          "total_tokens": r.usage.total_tokens}}
+        return OpenAIResultLine(id=line_id, custom_id=custom_id, error=None,
+                                response=OpenAIResponse(status_code=200, request_id=job_id, body=body))
+    if status in ("failed", "cancelled") and error:
+        e = JobError.model_validate_json(error)
+        code, message_ = e.type, e.message
+    elif status == "cancelled":
+        code, message_ = "Cancelled", "cancelled before it ran"
+    elif status is None:
+        code, message_ = "Expired", "the job record expired after the result TTL"
+    else:
+        code, message_ = "NotFinished", f"the request is still {status}"
+    return OpenAIResultLine(id=line_id, custom_id=custom_id, response=None,
+                            error=OpenAIError(code=code, message=message_))
+
+
 def _result(entry: Entry, records: list[list[str | None]]) -> ConversationResult:
     replies: list[str | None] = []
     usage = Usage()
@@ -333,7 +409,7 @@ def _result(entry: Entry, records: list[list[str | None]]) -> ConversationResult
     for turn, (status, result, error) in enumerate(records, 1):
         statuses.append(status)
         reply = None
-        if result:
+        if result and status == "succeeded":
             r = JobResult.model_validate_json(result)
             reply, usage = r.content, usage + r.usage
         elif status == "failed" and error:

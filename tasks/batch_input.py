@@ -6,11 +6,11 @@ through ``ChatClient.build_job``) before anything is written, so a bad file is r
 its line numbers, or, with ``skip_invalid``, its bad lines are listed and left out; it is never
 half-submitted.
 
-OpenAI lines: the ``user`` messages of ``body.messages`` become the turns. ``system``/``developer``
-messages are ignored (the agent's own prompt applies) and so are other body fields such as
-``model`` (the agent picks the model); both are reported as warnings. ``assistant``/``tool``
-messages are refused: chatq writes every reply itself, so a transcript with given replies cannot
-be replayed faithfully.
+OpenAI lines run as at OpenAI: one completion per line. ``body.messages`` up to its last user
+message seed a new session (a leading ``system`` message becomes the session's own system prompt;
+developer, few-shot user and assistant messages, tool calls and results are its history, checked
+as a conversation); the last user message is the line's one turn. Body fields other than
+``messages`` are reported as warnings: chatq's agent decides them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidRequest
-from .models import Job
+from .models import Job, Message
 
 Source = str | os.PathLike | bytes | BinaryIO | Iterable[str | bytes | dict]
 """JSONL: a file path, the bytes of a file, a binary file; or lines, taken as given (JSON text or
@@ -36,7 +36,6 @@ _JSON_SPACE = " \t\r\n"
 
 CustomId = Annotated[str, Field(min_length=1, max_length=256)]
 _SHOWN_ERRORS = 50
-_IGNORED_ROLES = ("system", "developer")
 
 
 class LineError(BaseModel):
@@ -77,7 +76,7 @@ class NativeLine(BaseModel):
 
 
 class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, name: checked as a conversation
 
     role: str
     content: str | list[dict[str, Any]] | None = None
@@ -109,20 +108,26 @@ class OpenAILine(BaseModel):
     agent: str | None = None
 
     def turns(self) -> list[str]:
-        turns = []
-        for i, m in enumerate(self.body.messages):
-            if m.role == "user":
-                turns.append(m.text())
-            elif m.role not in _IGNORED_ROLES:
-                raise ValueError(f"body.messages[{i}] has role {m.role!r}: chatq writes every reply itself, "
-                                 "so only user turns (and ignored system messages) are accepted")
-        if not turns:
-            raise ValueError("body.messages has no user message")
-        return turns
+        """The one turn: the last user message."""
+        return [self.body.messages[self._last_user()].text()]
 
-    @property
-    def has_system(self) -> bool:
-        return any(m.role in _IGNORED_ROLES for m in self.body.messages)
+    def _last_user(self) -> int:
+        last = next((i for i in range(len(self.body.messages) - 1, -1, -1) if self.body.messages[i].role == "user"),
+                    None)
+        if last is None:
+            raise ValueError("body.messages has no user message")
+        if last != len(self.body.messages) - 1:
+            raise ValueError(f"body.messages[{last + 1}] follows the last user message: a line asks for the "
+                             "reply to its last user message, so nothing may come after it")
+        return last
+
+    def seed(self) -> tuple[str | None, list[dict[str, Any]]]:
+        """The session's own system prompt (a leading system message) and the history before the turn."""
+        earlier = self.body.messages[:self._last_user()]
+        prompt = None
+        if earlier and earlier[0].role == "system":
+            prompt, earlier = earlier[0].text(), earlier[1:]
+        return prompt, [m.model_dump(exclude_none=True) | {"content": m.content} for m in earlier]
 
 
 @dataclass
@@ -130,6 +135,9 @@ class Conversation:
     custom_id: str
     session_id: str
     jobs: list[Job]
+    history: list[Message] = field(default_factory=list)  # seeded before the first turn
+    system_prompt: str | None = None
+    openai: bool = False  # an OpenAI Batch line: its output can be OpenAI's too
 
 
 @dataclass
@@ -213,7 +221,8 @@ def _parse(data: dict) -> NativeLine | OpenAILine:
         raise ValueError(_describe(exc)) from None
 
 
-def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agent: str | None) -> Conversation:
+def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agent: str | None,
+                  check: Callable[[list[Any]], list[Message]]) -> Conversation:
     turns = line.turns()
     metadata = line.metadata if isinstance(line, NativeLine) else None
     # A probe turn checks session, agent and metadata once, so turn errors name only the turn.
@@ -224,19 +233,27 @@ def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agen
             jobs.append(build(text, probe.session_id, probe.agent, metadata=metadata))
         except InvalidRequest as exc:
             raise ValueError(f"turn {i}: {exc}" if len(turns) > 1 else str(exc)) from None
-    return Conversation(line.custom_id, probe.session_id, jobs)
+    if isinstance(line, NativeLine):
+        return Conversation(line.custom_id, probe.session_id, jobs)
+    prompt, earlier = line.seed()
+    try:
+        history = check(earlier)
+    except InvalidRequest as exc:
+        raise ValueError(f"body.messages: {exc}") from None
+    return Conversation(line.custom_id, probe.session_id, jobs, history, prompt, openai=True)
 
 
-def plan(source: Source, build: Callable[..., Job], agent: str | None = None) -> Plan:
+def plan(source: Source, build: Callable[..., Job], agent: str | None = None,
+         check: Callable[[list[Any]], list[Message]] = lambda m: m) -> Plan:
     """Validate every line into jobs without writing anything.
 
     ``build`` is ``ChatClient.build_job`` (bound to the batch ID); ``agent`` is the default for
-    lines that name none.
+    lines that name none; ``check`` turns an OpenAI line's earlier messages into a valid history
+    (``chatq.tasks.client.validate_conversation``) or raises InvalidRequest.
     """
     out = Plan()
     custom_ids: dict[str, int] = {}
     sessions: dict[str, int] = {}
-    dropped_system = 0
     ignored_fields: set[str] = set()
     for number, raw in _lines(source):
         if blank(raw):
@@ -251,7 +268,7 @@ def plan(source: Source, build: Callable[..., Job], agent: str | None = None) ->
             if line.session_id in sessions:
                 raise ValueError(f"session {line.session_id!r} is also used on line {sessions[line.session_id]}; "
                                  "put all of a session's turns on one line")
-            conversation = _conversation(line, build, agent)
+            conversation = _conversation(line, build, agent, check)
         except ValueError as exc:  # InvalidRequest is one too
             out.errors.append(LineError(line=number, custom_id=custom_id if isinstance(custom_id, str) else None,
                                         error=str(exc)))
@@ -260,12 +277,8 @@ def plan(source: Source, build: Callable[..., Job], agent: str | None = None) ->
         if line.session_id is not None:
             sessions[line.session_id] = number
         if isinstance(line, OpenAILine):
-            dropped_system += line.has_system
             ignored_fields.update(line.body.model_extra or {})
         out.conversations.append(conversation)
-    if dropped_system:
-        out.warnings.append(f"system messages on {dropped_system} line(s) were ignored: "
-                            "the agent's own system prompt applies")
     if ignored_fields:
         out.warnings.append(f"OpenAI body fields ignored (the agent decides them): {', '.join(sorted(ignored_fields))}")
     return out

@@ -9,6 +9,7 @@ stays. Listing prunes what it reads; the sweeper walks the rest, a chunk per swe
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 import redis
@@ -82,15 +83,19 @@ class SessionStore:
         return CreateOutcome(pipe.execute()[-1][0]) is CreateOutcome.created
 
     def seed(self, session_id: str, messages: list[Message], system_prompt: str | None = None,
-             ttl: int | None = None) -> bool:
+             ttl: int | None = None, client: redis.client.Pipeline | None = None, now: datetime | None = None
+             ) -> bool | None:
         """Make the session with a history of its own (checked by the caller: ``conversation.py``);
-        False, changing nothing, if it has history or work already."""
+        False, changing nothing, if it has history or work already. With ``client`` (a pipeline:
+        a batch's) only queued into it, after the listing's entry, and None is returned."""
         k = self.keys
-        now = utcnow()
-        pipe = self.r.pipeline(transaction=False)
+        now = now or utcnow()
+        pipe = client if client is not None else self.r.pipeline(transaction=False)
         pipe.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
         keys, args = Calls(k, 0, self.default_ttl).seed(session_id, messages, system_prompt, ttl, now)
         self._seed(keys=keys, args=args, client=pipe)
+        if client is not None:
+            return None
         return CreateOutcome(pipe.execute()[-1][0]) is CreateOutcome.created
 
     def list(self) -> list[str]:

@@ -102,22 +102,51 @@ def test_native_conversations_run_in_order_each_in_its_own_session(batches, clie
         assert 0 < client.r.ttl(key) <= client.settings.result_ttl
 
 
-def test_openai_batch_lines_work_unchanged(batches):
+def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet):
+    """System prompts, few-shot user/assistant pairs and tool-call transcripts seed the line's session;
+    the last user message is its one completion; the output is OpenAI's Batch output format."""
+    from openai.types.chat import ChatCompletion
+
+    from chatq.testing.server import complete
+
     t = tag()
-    lines = [openai_line(f"oa1-{t}", f"Translate cat {t}", system="[[persona:Pirate]] You translate."),
-             openai_line(f"oa2-{t}", f"first {t}", f"second {t}"),
-             {**openai_line(f"oa3-{t}", f"parts {t}"), "agent": "default"}]
-    lines[2]["body"]["messages"][0]["content"] = [{"type": "text", "text": f"parts {t}"}]
+    few_shot = [{"role": "system", "content": "[[persona:Pirate]] You translate."},
+                {"role": "user", "content": "cat"}, {"role": "assistant", "content": "chat"},
+                {"role": "user", "content": f"dog {t}"}]
+    tools = [{"role": "user", "content": "2+3?"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":3}'}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "5"},
+             {"role": "assistant", "content": "5"},
+             {"role": "developer", "content": "Be terse."},
+             {"role": "user", "content": f"and 3+4? {t}"}]
+    lines = [{**openai_line(f"fs-{t}"), "body": {"model": "gpt-4o-mini", "messages": few_shot}},
+             {**openai_line(f"tl-{t}"), "body": {"model": "gpt-4o-mini", "messages": tools}},
+             openai_line(f"two-{t}", f"first {t}", f"second {t}"),
+             openai_line(f"bad-{t}", f"[[fault:400]] {t}")]
     info = batches.submit(lines)
-    assert info.total == 3 and info.turns == 4
-    assert any("system messages on 1 line" in w for w in info.warnings)
-    assert any("max_tokens, model" in w for w in info.warnings)
+    assert (info.total, info.turns, info.output_format) == (4, 4, "openai"), "one completion per line"
     batches.wait(info.batch_id, timeout=60)
-    results = {r.custom_id: r for r in batches.results(info.batch_id)}
-    # The agent's own (empty) system prompt applied: no persona prefix.
-    assert results[f"oa1-{t}"].replies == expected_replies([f"Translate cat {t}"])
-    assert results[f"oa2-{t}"].replies == expected_replies([f"first {t}", f"second {t}"])
-    assert results[f"oa3-{t}"].replies == expected_replies([f"parts {t}"])
+    out = {line.custom_id: line.model_dump(mode="json") for line in batches.iter_output(info.batch_id)}
+    assert list(out) == [f"fs-{t}", f"tl-{t}", f"two-{t}", f"bad-{t}"]
+    sent = {f"fs-{t}": few_shot, f"tl-{t}": tools,
+            f"two-{t}": [{"role": "user", "content": f"first {t}"}, {"role": "user", "content": f"second {t}"}]}
+    for custom_id, messages in sent.items():
+        line = out[custom_id]
+        assert line["error"] is None and line["response"]["status_code"] == 200 and line["id"].startswith("batch_req_")
+        body = ChatCompletion.model_validate(line["response"]["body"])
+        assert body.choices[0].message.content == complete({"model": "m", "messages": messages})["choices"][0][
+            "message"]["content"], "the provider saw the line's whole conversation, and nothing else"
+        assert body.usage.total_tokens > 0
+    assert out[f"fs-{t}"]["response"]["body"]["choices"][0]["message"]["content"].startswith("Pirate: "), \
+        "the line's system prompt replaced the agent's"
+    assert out[f"bad-{t}"]["response"] is None and out[f"bad-{t}"]["error"]["code"] == "ProviderHTTP400"
+    session = client.get_session(batches.results(info.batch_id)[0].session_id)
+    assert session.system_prompt == "[[persona:Pirate]] You translate." and len(session.messages) == 4
+    native = list(batches.iter_output(info.batch_id, "chatq"))
+    assert native[2].replies == [out[f"two-{t}"]["response"]["body"]["choices"][0]["message"]["content"]]
+    cli = run_cli(fleet, "batch", "results", info.batch_id, "--format", "chatq")
+    assert cli.returncode == 0 and json.loads(cli.stdout.splitlines()[0])["custom_id"] == f"fs-{t}"
 
 
 @pytest.mark.parametrize("line,fragment", [
@@ -136,7 +165,11 @@ def test_openai_batch_lines_work_unchanged(batches):
      "url:"),
     ({**openai_line("x", "a"), "body": {"messages": [{"role": "system", "content": "only system"}]}}, "no user message"),
     ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": "a"},
-                                                     {"role": "assistant", "content": "b"}]}}, "role 'assistant'"),
+                                                     {"role": "assistant", "content": "b"}]}},
+     "follows the last user message"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "tool", "tool_call_id": "t", "content": "5"},
+                                                     {"role": "user", "content": "a"}]}},
+     "must be a response to a preceding"),
     ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
      "only text"),
 ])
