@@ -70,8 +70,10 @@ def cli() -> None:
 @click.option("--queues", "-Q", help="Comma-separated queues; default CHATQ_QUEUE.")
 @click.option("--loglevel", "-l", default="INFO")
 @click.option("--node-name", hidden=True, help="Celery node name (the supervisor names its processes).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), hidden=True,
+              help="This process's metrics port (the supervisor gives process i CHATQ_METRICS_PORT + i).")
 def worker(concurrency: int | None, processes: int | None, queues: str | None, loglevel: str,
-           node_name: str | None) -> None:
+           node_name: str | None, metrics_port: int | None) -> None:
     """Start a worker node: one process per core, each `celery -A chatq.worker worker -P threads`
     with chatq's defaults.
 
@@ -88,9 +90,13 @@ def worker(concurrency: int | None, processes: int | None, queues: str | None, l
         def child(i: int) -> list[str]:
             return [sys.executable, "-m", "chatq", "worker", "--processes", "1", "--loglevel", loglevel,
                     *(["-c", str(concurrency)] if concurrency else []), *(["-Q", queues] if queues else []),
+                    *(["--metrics-port", str(settings.metrics_port + i)] if settings.metrics_port else []),
                     "--node-name", f"chatq-{os.getpid()}.{i}@%h"]
 
         sys.exit(supervise(child, processes))
+    if metrics_port:  # read by the runtime's settings in this process
+        os.environ["CHATQ_METRICS_PORT"] = str(metrics_port)
+        get_settings.cache_clear()
     sys.exit(_run_worker(concurrency, queues or settings.queue, loglevel, node_name or f"chatq-{os.getpid()}@%h"))
 
 

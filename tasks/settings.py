@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         "answer a model can give is this large, and asking again pays for it again.")
     provider_retries: int = Field(8, ge=0, description="In-place retries of 429/5xx/timeouts/bad replies.")
     provider_backoff_max: float = Field(60.0, gt=0)
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve each worker process's Prometheus metrics on this port "
+        "(`chatq worker -p N`: process i on the port + i); unset: not served.")
+    metrics_host: str = Field("127.0.0.1", description="The address worker metrics listen on (0.0.0.0 in a container).")
     stream: bool = Field(
         True, description="Ask the provider to stream its replies (`stream=True`), so a job's text reaches its "
         "event log as the model writes it. A provider that answers a streamed request with a whole reply "

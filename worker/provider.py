@@ -23,6 +23,7 @@ from chatq.tasks.models import JobError
 from chatq.tasks.settings import Settings
 
 from . import offline_model
+from .metrics import WorkerMetrics
 from .reply import (BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly,
                     parse_completion)
 
@@ -99,8 +100,9 @@ class Provider:
     ``OpenAI(max_retries=0)``: retries are ours, in place (``complete``).
     """
 
-    def __init__(self, settings: Settings, max_connections: int = 1000):
+    def __init__(self, settings: Settings, max_connections: int = 1000, metrics: WorkerMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics
         self.offline = settings.offline
         self.client: openai.AsyncOpenAI | None = None
         if not self.offline:  # fails at start-up, not on the first job, if the SDK rejects the settings
@@ -187,6 +189,33 @@ class Provider:
                 if text := assembly.add(chunk):
                     on_delta(text)
 
+    async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None) -> ChatCompletion:
+        """``_call``, counted: its time and outcome, the time to its first text, calls open."""
+        m = self.metrics
+        if m is None:
+            return await self._call(request, on_delta)
+        model, started, first = str(request.get("model")), time.perf_counter(), True
+
+        def timed(text: str) -> None:
+            nonlocal first
+            if first:
+                first = False
+                m.first_token.labels(model).observe(time.perf_counter() - started)
+            on_delta(text)  # type: ignore[misc]
+
+        outcome = "error"
+        m.calls_in_flight.inc()
+        try:
+            completion = await self._call(request, timed if on_delta is not None else None)
+            outcome = "ok"
+            return completion
+        except (openai.APIError, ReplyError) as exc:
+            outcome = classify(exc).error.type
+            raise
+        finally:
+            m.calls_in_flight.dec()
+            m.provider_call.labels(model, outcome).observe(time.perf_counter() - started)
+
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max
         if retry_after is not None:
@@ -206,11 +235,13 @@ class Provider:
         attempt = 0
         while True:
             try:
-                return await self._call(request, on_delta)
+                return await self._measured(request, on_delta)
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:
                 raise err
+            if self.metrics is not None:
+                self.metrics.retries.labels(str(request.get("model")), err.error.type).inc()
             delay = self.backoff(attempt, err.retry_after)
             log.warning("provider call failed (%s), retry %d in %.2fs", err.error.type, attempt + 1, delay)
             if on_retry:

@@ -24,7 +24,7 @@ from chatq.tasks.batch_expiry import turns_finished
 from chatq.tasks.conversation import conversation_problem
 from chatq.tasks.job_store import decode_job
 from chatq.tasks.keys import Keys
-from chatq.tasks.models import CancelMode, Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage
+from chatq.tasks.models import CancelMode, Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage, utcnow
 from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import (AsyncSessionMachine, CommitOutcome, Committed, SessionMachine, Taken,
                                          TakeOutcome)
@@ -35,6 +35,7 @@ from chatq.tasks.webhooks import WebhookSender
 from .agent import Agent, AgentError, Turn, tool_call_data, tool_result_data
 from .event_writer import EventWriter
 from .lease_keeper import LeaseKeeper
+from .metrics import WorkerMetrics
 from .provider import Provider
 from .rate_limit import RateLimiter
 from .tools import ToolRegistry
@@ -74,7 +75,7 @@ class SessionRunner:
     serves the few blocking steps (batch counts, webhooks, Celery wake-ups), run off the loop."""
 
     def __init__(self, settings: Settings, r: aioredis.Redis, sync_r: redis.Redis, wakeups: WakePublisher,
-                 identity: str, max_connections: int = 1000):
+                 identity: str, max_connections: int = 1000, metrics: WorkerMetrics | None = None):
         self.settings = settings
         self.r = r
         self.sync_r = sync_r
@@ -87,7 +88,9 @@ class SessionRunner:
         self.leases = LeaseKeeper(SessionMachine(sync_r, self.keys, settings.result_ttl, settings.session_ttl,
                                                  settings.events_maxlen),
                                   self.lease_ms)
-        self.provider = Provider(settings, max_connections)
+        self.metrics = metrics or WorkerMetrics()
+        self._started: dict[str, float] = {}  # job ID: when this process started running it
+        self.provider = Provider(settings, max_connections, self.metrics)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
@@ -173,6 +176,7 @@ class SessionRunner:
                     acquire_ms = 0
                     self.leases.hold(lease_key, token)
                 if taken.outcome is TakeOutcome.exhausted:
+                    self.metrics.jobs.labels(taken.fields.get("agent", ""), "failed", "WorkerLost").inc()
                     await self.count_batch_turn(sp, taken.fields.get("batch_id"))
                     await self.notify(sp, taken.job_id)
                 if taken.outcome is not TakeOutcome.run:
@@ -202,6 +206,9 @@ class SessionRunner:
         """Run one job and commit it: ``ok`` (with the next head), ``released`` (it was the last
         queued: the lease is given up with the commit) or why the commit was refused (the lease was lost)."""
         sid = job.session_id
+        self._started[job.job_id] = time.perf_counter()
+        if job.attempts == 1:
+            self.metrics.queue_wait.labels(job.agent).observe(max(0.0, (utcnow() - job.created_at).total_seconds()))
         checkpoint, history = taken.checkpoint, taken.history
         keep: int | None = None  # a regenerated reply: the history is cut back to its user message
         if job.op is not None and job.op.kind == "fork":
@@ -277,7 +284,7 @@ class SessionRunner:
         committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                             turn.usage, taken.created_at, result_json=result.model_dump_json(),
                                             events=rest, keep=keep)
-        return await self._committed(sp, job, committed)
+        return await self._committed(sp, job, committed, "succeeded", "", turn.usage)
 
     async def _commit_stopped(self, sp: Space, job: Job, taken: Taken, token: str, turn: Turn,
                               mode: CancelMode, events: list[tuple[str, str]], keep: int | None) -> Committed:
@@ -298,7 +305,9 @@ class SessionRunner:
             job.session_id, job.job_id, token, JobStatus.cancelled.value, messages, turn.usage, taken.created_at,
             result_json=result.model_dump_json() if result else "", error_json=error.model_dump_json(),
             events=events, keep=keep)
-        return await self._committed(sp, job, committed)
+        if committed.outcome in (CommitOutcome.ok, CommitOutcome.released):
+            self.metrics.cancels.labels(mode.value).inc()
+        return await self._committed(sp, job, committed, "cancelled", "Cancelled", turn.usage)
 
     async def _fork(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
         """Copy the first ``at`` messages (and the edited message, if any) into the new session,
@@ -321,19 +330,29 @@ class SessionRunner:
         result = JobResult(content=op.into, usage=Usage())
         committed = await sp.machine.commit(job.session_id, job.job_id, token, JobStatus.succeeded.value, [],
                                             Usage(), taken.created_at, result_json=result.model_dump_json())
-        return await self._committed(sp, job, committed)
+        return await self._committed(sp, job, committed, "succeeded", "", Usage())
 
     async def _commit_failure(self, sp: Space, job: Job, taken: Taken, token: str, error: JobError,
                               usage: Usage, events: list[tuple[str, str]] = ()) -> Committed:  # type: ignore[assignment]
         committed = await sp.machine.commit(job.session_id, job.job_id, token, JobStatus.failed.value, [], usage,
                                             taken.created_at, error_json=error.model_dump_json(), events=events)
-        return await self._committed(sp, job, committed)
+        return await self._committed(sp, job, committed, "failed", error.type, usage)
 
-    async def _committed(self, sp: Space, job: Job, committed: Committed) -> Committed:
+    async def _committed(self, sp: Space, job: Job, committed: Committed, status: str, error: str,
+                         usage: Usage) -> Committed:
+        started = self._started.pop(job.job_id, None)
         if committed.outcome not in (CommitOutcome.ok, CommitOutcome.released):
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, committed.outcome, job.session_id)
             return committed
+        m = self.metrics
+        m.jobs.labels(job.agent, status, error).inc()
+        if started is not None:
+            m.run_time.labels(job.agent, status).observe(time.perf_counter() - started)
+        if usage.total_tokens:
+            model = usage.model or ""
+            m.tokens.labels(job.agent, model, "prompt").inc(usage.prompt_tokens)
+            m.tokens.labels(job.agent, model, "completion").inc(usage.completion_tokens)
         await self.count_batch_turn(sp, job.batch_id)
         if job.callback_url:
             await self.notify(sp, job.job_id)

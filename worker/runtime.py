@@ -33,6 +33,7 @@ from chatq.tasks.settings import Settings
 from chatq.tasks.wakeups import WakePublisher
 
 from .handoff import Handoff
+from .metrics import WorkerMetrics
 from .runner import SessionRunner
 from .sweeper import Sweeper
 
@@ -51,7 +52,10 @@ class Runtime:
         self.sync_r = get_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
         # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
         self.r = get_async_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
-        self.runner = SessionRunner(s, self.r, self.sync_r, wakeups, self.identity, max_connections=self.capacity)
+        self.metrics = WorkerMetrics()
+        self.metrics.watch(lambda: self._in_flight, self.capacity)
+        self.runner = SessionRunner(s, self.r, self.sync_r, wakeups, self.identity, max_connections=self.capacity,
+                                    metrics=self.metrics)
         # The listener's BLPOP holds a connection: its own client, never waiting behind the sessions'.
         self.handoff = (Handoff(get_async_redis(s.redis_url, 2, s.redis_socket_timeout + s.idle_wait),
                                 self.runner.keys, self.identity, self.queue, s.idle_wait)
@@ -71,6 +75,9 @@ class Runtime:
         """What a worker process starts once, before it consumes: producers learn its agents, the
         sweeper recovers sessions nobody holds, the loop renews leases and listens for hand-offs."""
         self.register_agents()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         self.start_sweeper()
         self.runner.leases.start()
         self._thread.start()
