@@ -8,9 +8,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidRequest
+from .request_params import Policy, check_policy
 from .settings import Settings
 
 
@@ -27,6 +28,17 @@ class AgentProfile(BaseModel):
     max_tool_iterations: int = Field(5, ge=0)
     rpm: int | None = Field(None, ge=1, description="Requests per minute, shared by all workers.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute, shared by all workers.")
+    allow_overrides: Policy = Field(True, description=(
+        "Which chat-completions parameters a request may set over this agent's (chatq.tasks.request_params): "
+        "true (all of OVERRIDABLE), false (none) or a list of names."))
+    structured_output_retries: int = Field(1, ge=0, description=(
+        "Extra provider calls for a reply that does not parse or validate as the requested JSON, before "
+        "the job fails with StructuredOutputInvalid."))
+
+    @field_validator("allow_overrides", mode="before")
+    @classmethod
+    def _policy(cls, value: object) -> Policy:
+        return check_policy(value)
 
 
 def load_profiles(settings: Settings) -> dict[str, AgentProfile]:

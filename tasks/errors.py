@@ -1,6 +1,12 @@
 """Errors a producer sees at the door, before anything is enqueued."""
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """An input as an error message may quote it: ASCII-escaped (odd bytes print safely), and short."""
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
 class ChatQError(Exception):
     """Base class: every error chatq raises on purpose."""
 

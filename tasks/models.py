@@ -44,13 +44,21 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
+ContentPart = dict[str, Any]
+"""A chat-completions content part (``{"type": "text", "text": ...}``, ``image_url``, ``input_audio``,
+``file``): checked against the ``openai`` SDK's types at the door (``chatq.tasks.content``), then kept
+and sent exactly as given."""
+Content = str | list[ContentPart]
+"""A user message: a string, or a list of content parts."""
+
+
 class Message(BaseModel):
     """One history entry; replays to the provider exactly (metadata and created_at stay local)."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | None = None
+    content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
@@ -86,6 +94,9 @@ class JobResult(BaseModel):
     message: Message | None = Field(None, description="The reply; None for a fork (``content`` names its new session).")
     usage: Usage
     tool_calls: int = 0
+    parsed: Any = Field(None, description=(
+        "With a `response_format` of `json_schema` or `json_object`: the reply's JSON value, validated "
+        "against the schema. Null otherwise."))
 
 
 class Checkpoint(BaseModel):
@@ -120,7 +131,10 @@ class Job(BaseModel):
     job_id: str
     session_id: str
     agent: str = "default"
-    message: str
+    message: Content = Field(description="The user's message as given: a string, or a list of content parts.")
+    params: dict[str, Any] | None = Field(None, description=(
+        "Chat-completions parameters this request sets over its agent's (`model`, `temperature`, "
+        "`response_format`...; `extra_body` merged into the provider's request body)."))
     status: JobStatus = JobStatus.queued
     attempts: int = 0
     worker: str | None = Field(None, description="host:pid of the worker that last ran it")

@@ -79,8 +79,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Runs of a job whose workers keep dying.")
     visibility_timeout: int = Field(3600, ge=1)
 
-    max_message_chars: int = Field(32_000, ge=1)
+    max_message_chars: int = Field(32_000, ge=1, description=(
+        "Characters of a message's text: a string, or the sum of its text content parts."))
+    max_inline_bytes: int = Field(1 << 20, ge=0, description=(
+        "Characters of everything else in a message's content parts: URLs, base64 data: URLs, audio and file "
+        "data. Inline media is stored with the job and in the history and sent again with every later turn: "
+        "send large media by URL or uploaded file ID."))
     max_metadata_bytes: int = Field(16_384, ge=2)
+    max_params_bytes: int = Field(
+        65_536, ge=2, description="A request's parameters (params), as JSON; a JSON schema counts here.")
     batch_max_idle: int = Field(
         7 * 86400, ge=1, description="Seconds an unfinished batch's record is kept while none of its turns "
         "finishes (no worker, a stalled backlog); any finished turn restarts the count. A finished batch's "
