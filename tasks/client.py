@@ -19,13 +19,15 @@ from celery import Celery
 
 from . import batch_expiry
 from .agent_profiles import load_profiles
+from .content import inline_chars, is_blank, text_chars, validate_content
 from .conversation import conversation_problem
-from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists
+from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists, shown
 from .events import EventLog
 from .job_store import JobStore, encode_job
 from .keys import Keys, new_job_id
-from .models import CancelMode, Job, JobEvent, JobStatus, Message, Session, SessionOp
+from .models import CancelMode, Content, Job, JobEvent, JobStatus, Message, Session, SessionOp
 from .redis_pool import get_redis
+from .request_params import Policy, check_allowed, decode_policy, validate_params
 from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
 from .session_store import SessionStore
 from .settings import Settings, get_settings
@@ -49,12 +51,6 @@ stopped turn so far in the history, ``rollback`` leaves no trace of it)."""
 def new_id() -> str:
     """Unguessable: 122 random bits."""
     return uuid.uuid4().hex
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """An input as an error message may quote it: ASCII-escaped (odd bytes print safely), and short."""
-    text = ascii(value)
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
 
 
 def validate_session_id(session_id: str) -> str:
@@ -173,8 +169,8 @@ class ChatClient:
         self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
         self.machine = SessionMachine(self.r, self.keys, s.result_ttl, s.session_ttl, s.events_maxlen,
                                       fleet=self._fleet_keys)
-        self._local_agents = set(load_profiles(s))
-        self._fleet_agents: tuple[float, set[str]] = (0.0, set())
+        self._profiles = load_profiles(s)
+        self._fleet_agents: tuple[float, set[str], dict[str, str]] = (0.0, set(), {})
         self.wakeups = wakeups or WakePublisher.shared(s)
 
     @property
@@ -182,22 +178,79 @@ class ChatClient:
         """The Celery app wake-ups go through (for control commands such as ``ping``)."""
         return self.wakeups.app
 
-    def known_agents(self) -> set[str]:
-        fetched_at, fleet = self._fleet_agents
+    def _fleet(self) -> tuple[set[str], dict[str, str]]:
+        """The agents the fleet's workers registered, and the override policies they published
+        (re-read at most every 5 s)."""
+        fetched_at, agents, policies = self._fleet_agents
         if time.monotonic() - fetched_at > 5:
-            fleet = set(self.r.smembers(self._fleet_keys.agents))
-            self._fleet_agents = (time.monotonic(), fleet)
-        return self._local_agents | fleet
+            pipe = self.r.pipeline(transaction=False)
+            pipe.smembers(self._fleet_keys.agents)
+            pipe.hgetall(self._fleet_keys.agent_overrides)
+            agents, policies = pipe.execute()
+            self._fleet_agents = (time.monotonic(), set(agents), policies)
+        return agents, policies
+
+    def known_agents(self) -> set[str]:
+        return set(self._profiles) | self._fleet()[0]
+
+    def override_policy(self, agent: str) -> Policy | None:
+        """Which parameters a request to ``agent`` may set: what the fleet's workers published for
+        it (they enforce it), else this producer's own profile of it, else None (unknown here:
+        the worker refuses what its profile forbids, failing the job)."""
+        published = self._fleet()[1].get(agent)
+        policy = decode_policy(published) if published is not None else None
+        if policy is None and agent in self._profiles:
+            policy = self._profiles[agent].allow_overrides
+        return policy
+
+    def validate_message(self, message: object) -> Content:
+        """A string, or a list of content parts valid for the openai SDK's types; text within
+        CHATQ_MAX_MESSAGE_CHARS, the rest of the parts within CHATQ_MAX_INLINE_BYTES; not blank."""
+        s = self.settings
+        if isinstance(message, str):
+            if len(message) > s.max_message_chars:
+                raise InvalidRequest(f"message is {len(message)} characters; the limit is {s.max_message_chars}")
+            validate_text(message, "message")
+        else:
+            if isinstance(message, (bytes, bytearray)):
+                validate_text(message, "message")
+            parts = validate_content(message)
+            _check_json(parts, "message")
+            if (chars := text_chars(parts)) > s.max_message_chars:
+                raise InvalidRequest(f"message's text parts are {chars} characters; the limit is {s.max_message_chars}")
+            if (inline := inline_chars(parts)) > s.max_inline_bytes:
+                raise InvalidRequest(
+                    f"message's non-text parts (URLs, inline data) are {inline} characters; the limit is "
+                    f"{s.max_inline_bytes} (CHATQ_MAX_INLINE_BYTES): send large media by URL or file ID")
+        if is_blank(message):  # type: ignore[arg-type]
+            raise InvalidRequest("message is empty")
+        return message  # type: ignore[return-value]
+
+    def validate_params(self, params: object, agent: str) -> dict[str, Any] | None:
+        """The request's chat-completions parameters (``chatq.tasks.request_params``), allowed by the
+        agent's policy as far as this producer knows it; None when there are none."""
+        checked = validate_params(params)
+        if not checked:
+            return None
+        _check_json(checked, "params")
+        size = len(json.dumps(checked, separators=(",", ":")))
+        if size > self.settings.max_params_bytes:
+            raise InvalidRequest(f"params are {size} bytes as JSON; the limit is {self.settings.max_params_bytes}")
+        policy = self.override_policy(agent)
+        if policy is not None:
+            check_allowed(checked, policy, agent)
+        return checked
 
     def build_job(
         self,
-        message: str,
+        message: Content,
         session_id: str | None = None,
         agent: str | None = None,
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
         batch_id: str | None = None,
         callback_url: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Job:
         """Validate a request into a queued Job, or raise InvalidRequest. Writes nothing.
 
@@ -205,10 +258,7 @@ class ChatClient:
         change is refused, never coerced.
         """
         s = self.settings
-        if isinstance(message, str) and len(message) > s.max_message_chars:
-            raise InvalidRequest(f"message is {len(message)} characters; the limit is {s.max_message_chars}")
-        if not validate_text(message, "message").strip():
-            raise InvalidRequest("message is empty")
+        message = self.validate_message(message)
         session_id = new_id() if session_id is None else validate_session_id(session_id)
         if agent is None:
             agent = "default"
@@ -222,13 +272,14 @@ class ChatClient:
         metadata = validate_metadata(metadata, s.max_metadata_bytes)
         if callback_url is not None:
             check_destination(callback_url, s.webhook_allow_private, resolve=False)
+        checked = self.validate_params(params, agent)
         return Job(job_id=new_job_id(session_id), session_id=session_id, agent=agent, message=message,
-                   metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
+                   params=checked, metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
                    callback_url=callback_url)
 
     def submit(
         self,
-        message: str,
+        message: Content,
         session_id: str | None = None,
         agent: str | None = None,
         idempotency_key: str | None = None,
@@ -236,16 +287,21 @@ class ChatClient:
         on_busy: OnBusy = "enqueue",
         callback_url: str | None = None,
         session_ttl: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Job:
         """Queue a message behind its session's earlier ones and return the job without waiting.
 
-        ``on_busy``: see ``ON_BUSY``. ``session_ttl`` sets the session's own retention (seconds it
-        is kept once idle; 0 keeps it).
+        ``message``: a string, or a list of chat-completions content parts (text, image_url,
+        input_audio, file). ``on_busy``: see ``ON_BUSY``. ``session_ttl`` sets the session's own
+        retention (seconds it is kept once idle; 0 keeps it). ``params``: chat-completions parameters
+        for this request over the agent's (``model``, ``temperature``, ``response_format`` -- a
+        pydantic model class works too --, ``extra_body``...; see ``chatq.tasks.request_params``).
         """
         if not (isinstance(on_busy, str) and on_busy in ON_BUSY):
             raise InvalidRequest(f"on_busy must be one of {', '.join(ON_BUSY)}; not {shown(on_busy)}")
         session_ttl = validate_ttl(session_ttl)
-        job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url)
+        job = self.build_job(message, session_id, agent, idempotency_key, metadata, callback_url=callback_url,
+                             params=params)
         if idempotency_key is not None:
             job, written = self._claim(idempotency_key, job)
             if written:
@@ -321,14 +377,14 @@ class ChatClient:
         return self.events.follow(job_id, after or 0, timeout)
 
     @overload
-    def chat(self, message: str, session_id: str | None = ..., agent: str | None = ...,
+    def chat(self, message: Content, session_id: str | None = ..., agent: str | None = ...,
              timeout: float | None = ..., *, stream: Literal[False] = ..., **kwargs: Any) -> Job: ...
 
     @overload
-    def chat(self, message: str, session_id: str | None = ..., agent: str | None = ...,
+    def chat(self, message: Content, session_id: str | None = ..., agent: str | None = ...,
              timeout: float | None = ..., *, stream: Literal[True], **kwargs: Any) -> Iterator[JobEvent]: ...
 
-    def chat(self, message: str, session_id: str | None = None, agent: str | None = None,
+    def chat(self, message: Content, session_id: str | None = None, agent: str | None = None,
              timeout: float | None = None, *, stream: bool = False, **kwargs: Any) -> Job | Iterator[JobEvent]:
         """Submit and wait for the finished job; with ``stream=True``, submit (at once, refusing bad
         input before the first event) and return the job's events as they come."""

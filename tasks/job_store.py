@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 _listeners: dict[tuple[int, str], DoneListener] = {}
 _listeners_lock = threading.Lock()
-_JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook", "op")
+_JSON_FIELDS = ("result", "error", "last_error", "metadata", "webhook", "op", "params")
+PARTS_FIELD = "message_parts"
+"""Where a message given as content parts is stored, as JSON; a string message stays in ``message``
+as it is. A field of its own, so no stored string is ever mistaken for JSON (a user may well send
+the text ``[1, 2]``), and records written before content parts read as they did. The event log's
+Lua (``lua/lib/events.lua``, ``JOB_RAW``) splices it into a terminal event's job as ``message``."""
 _CHECK_EVERY = 60.0
 """Seconds between the listener's checks of every job its process waits for (one pipelined status
 read each): a safety net for a notification lost without the listener's connection noticing (a
@@ -40,7 +45,10 @@ def encode_job(job: Job) -> dict[str, str]:
     for name, value in job.model_dump(mode="json").items():
         if value is None:
             continue
-        out[name] = json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else str(value)
+        if name == "message" and isinstance(value, list):
+            out[PARTS_FIELD] = json.dumps(value, separators=(",", ":"))
+        else:
+            out[name] = json.dumps(value, separators=(",", ":")) if name in _JSON_FIELDS else str(value)
     return out
 
 
@@ -49,6 +57,8 @@ def decode_job(fields: dict[str, str]) -> Job:
     for name in _JSON_FIELDS:
         if name in data:
             data[name] = json.loads(data[name])
+    if PARTS_FIELD in data:
+        data["message"] = json.loads(data.pop(PARTS_FIELD))
     return Job.model_validate(data)
 
 

@@ -5,7 +5,7 @@ Layout (``ns`` is a namespace: ``[A-Za-z0-9_.-]``, so never ``:``, ``{`` or ``}`
     ns:{t}:s:<session_id>:meta|msgs|fifo|lease     a session (hash, list of messages, list of job IDs, token)
     ns:{t}:j:<job_id>:rec|ck|ev                    a job's record (hash), its checkpoint and its event log (stream)
     ns:{<batch_id>}:batch:meta|convs               a batch (hash, list of conversations)
-    ns:{ns}:pending|woken|sessions|agents|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
+    ns:{ns}:pending|woken|sessions|agents|agent-overrides|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
                                                    the fleet's structures of the namespace
     ns:{rl:<model>}:<window>:r|t                   a rate-limit window (requests, tokens)
     ns:idem:<key>                                  an idempotency key, used alone
@@ -146,6 +146,11 @@ class Keys:
     @property
     def agents(self) -> str:
         return self._fleet("agents")
+
+    @property
+    def agent_overrides(self) -> str:
+        """HASH of agent name -> its ``allow_overrides`` as JSON, published by workers at start."""
+        return self._fleet("agent-overrides")
 
     @property
     def namespaces(self) -> str:

@@ -13,15 +13,19 @@ end
 
 -- The job's record as the JSON of a Job (chatq.tasks.job_store stores nested fields as JSON and
 -- numbers as digits): spliced as stored, never decoded and re-encoded, so nothing changes shape.
+-- Every field job_store keeps as JSON (_JSON_FIELDS, PARTS_FIELD) or as a number is listed here.
 local JOB_RAW = {attempts = true, provider_retries = true, result = true, error = true, last_error = true,
-                 metadata = true, webhook = true, op = true}
+                 metadata = true, webhook = true, op = true, params = true, message_parts = true}
+-- Stored under another name than the Job's: a message given as content parts (JSON) is the Job's
+-- 'message', which otherwise holds the string as it is.
+local JOB_NAME = {message_parts = 'message'}
 local function job_json(job)
   local fields = redis.call('HGETALL', job)
   local parts = {}
   for i = 1, #fields, 2 do
     local value = fields[i + 1]
     if not JOB_RAW[fields[i]] then value = cjson.encode(value) end
-    parts[#parts + 1] = cjson.encode(fields[i]) .. ':' .. value
+    parts[#parts + 1] = cjson.encode(JOB_NAME[fields[i]] or fields[i]) .. ':' .. value
   end
   return '{' .. table.concat(parts, ',') .. '}'
 end
