@@ -16,6 +16,8 @@ from openai.types.chat import ChatCompletion
 
 from chatq.tasks.agent_profiles import AgentProfile
 from chatq.tasks.models import FunctionCall, JobError, Message, ToolCall, Usage
+from chatq.tasks.request_params import apply, forbidden
+from chatq.tasks.structured_output import StructuredOutputInvalid, parse_reply, wants_json
 
 from .event_writer import EventWriter
 from .history_window import window
@@ -48,6 +50,8 @@ class Turn:
     """The text of the provider call streaming now (what a stop keeps of it)."""
     system_prompt: str | None = None
     """The session's own system prompt, used instead of the agent's."""
+    parsed: Any = None
+    """The final reply's JSON value, when the request asked for JSON (``response_format``)."""
 
     @property
     def tool_rounds(self) -> int:
@@ -91,7 +95,9 @@ class Agent:
         """No window can hold more messages than this: each costs at least 4 estimated tokens."""
         return self.profile.history_tokens // 4 + 1
 
-    def request(self, history: list[Message], turn: Turn) -> dict[str, Any]:
+    def request(self, history: list[Message], turn: Turn, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The provider request: the agent's settings, then the job's own parameters over them
+        (``chatq.tasks.request_params.apply``)."""
         p = self.profile
         prompt = turn.system_prompt or p.system_prompt
         system = [Message(role="system", content=prompt)] if prompt else []
@@ -104,7 +110,15 @@ class Agent:
             req["max_tokens"] = p.max_output_tokens
         if self.tools.names():
             req["tools"] = self.tools.schemas()
-        return req
+        return apply(req, params) if params else req
+
+    def check_params(self, params: dict[str, Any] | None) -> None:
+        """Refuse what the agent's ``allow_overrides`` forbids: a producer that did not know this
+        agent's profile could not refuse it at the door."""
+        refused = forbidden(params or {}, self.profile.allow_overrides)
+        if refused:
+            raise AgentError("OverrideNotAllowed", f"agent {self.profile.name!r} does not allow overriding "
+                             f"{', '.join(refused)} (allow_overrides = {self.profile.allow_overrides!r})")
 
     async def run_tool(self, call: ToolCall) -> Message:
         """Never raises: every failure becomes a tool message the model can read."""
@@ -130,7 +144,8 @@ class Agent:
     async def complete(self, request: dict[str, Any], on_retry: OnRetry | None, turn: Turn,
                        events: EventWriter | None = None) -> ChatCompletion:
         if self.limiter:
-            estimate = sum(estimate_tokens(m) for m in request["messages"]) + (self.profile.max_output_tokens or 0)
+            estimate = sum(estimate_tokens(m) for m in request["messages"]) + (
+                request.get("max_tokens") or request.get("max_completion_tokens") or 0)
             await self.limiter.acquire(self.profile.model, self.profile.rpm, self.profile.tpm, estimate)
         turn.partial = []
         if events is not None:
@@ -155,7 +170,15 @@ class Agent:
             raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
 
     async def run(self, history: list[Message], turn: Turn, save: Save | None = None,
-                  on_retry: OnRetry | None = None, events: EventWriter | None = None) -> Turn:
+                  on_retry: OnRetry | None = None, events: EventWriter | None = None,
+                  params: dict[str, Any] | None = None) -> Turn:
+        """Run the turn to its final reply. With a ``response_format`` asking for JSON, that reply
+        is parsed (``turn.parsed``); one that does not parse or validate is asked for again, up to
+        the agent's ``structured_output_retries``, each a fresh call on the same request (its text
+        voided for readers by a ``provider.retry`` event), then fails the job."""
+        self.check_params(params)
+        response_format = (params or {}).get("response_format")
+        invalid_replies = 0
         while True:
             pending = turn.pending_tool_calls()
             if pending:
@@ -167,7 +190,7 @@ class Agent:
                     if save:
                         await save(turn)
                 continue
-            completion = await self.complete(self.request(history, turn), on_retry, turn, events)
+            completion = await self.complete(self.request(history, turn, params), on_retry, turn, events)
             turn.partial = []
             if completion.usage:
                 turn.usage = turn.usage + Usage(
@@ -190,6 +213,22 @@ class Agent:
                     "MaxToolIterations",
                     f"the model still asked for tools after {self.profile.max_tool_iterations} rounds",
                 )
+            if not tool_calls and wants_json(response_format):
+                try:
+                    turn.parsed = parse_reply(choice.message.content, response_format, choice.finish_reason,
+                                              getattr(choice.message, "refusal", None))
+                except StructuredOutputInvalid as exc:
+                    invalid_replies += 1
+                    if invalid_replies > self.profile.structured_output_retries:
+                        calls = f"{invalid_replies} call{'s' if invalid_replies > 1 else ''}"
+                        raise AgentError(exc.type, f"{exc} (after {calls})") from None
+                    error = JobError(type=exc.type, message=str(exc), retryable=True)
+                    log.info("structured output invalid (%s); asking again", exc)
+                    if events is not None:
+                        events.event("provider.retry", {"call": events.call, "error": error.model_dump(), "delay": 0})
+                    if on_retry:
+                        await on_retry(error, 0)
+                    continue
             turn.messages.append(reply)
             if not tool_calls:
                 return turn

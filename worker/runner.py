@@ -251,7 +251,8 @@ class SessionRunner:
         async def run() -> Turn:
             if agent is None:
                 raise AgentError("UnknownAgent", f"this worker has no agent named {job.agent!r}")
-            return await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry, events=events)
+            return await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry, events=events,
+                                   params=job.params)
 
         live = self.live[job.job_id] = Live(asyncio.ensure_future(run()), sp.keys.ns)
         early = self._early.pop(job.job_id, None)
@@ -280,7 +281,8 @@ class SessionRunner:
             if keep is not None and m.role != "user":
                 m.metadata["regenerated"] = True
         final = turn.messages[-1]
-        result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds)
+        result = JobResult(content=final.content, message=final, usage=turn.usage, tool_calls=turn.tool_rounds,
+                           parsed=turn.parsed)
         committed = await sp.machine.commit(sid, job.job_id, token, JobStatus.succeeded.value, turn.messages,
                                             turn.usage, taken.created_at, result_json=result.model_dump_json(),
                                             events=rest, keep=keep)

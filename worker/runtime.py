@@ -27,6 +27,7 @@ from typing import Any
 
 from chatq.tasks.keys import Keys
 from chatq.tasks.redis_pool import UNREACHABLE, get_async_redis, get_redis
+from chatq.tasks.request_params import encode_policy
 from chatq.tasks.session_machine import SessionMachine
 from chatq.tasks.session_store import SessionStore
 from chatq.tasks.settings import Settings
@@ -84,9 +85,16 @@ class Runtime:
         self.call(self._start_services()).result()
 
     def register_agents(self) -> None:
-        """Tell producers which agents this fleet serves, so they can refuse unknown names."""
-        if self.runner.profiles:
-            self.sync_r.sadd(self.runner.keys.agents, *self.runner.profiles)
+        """Tell producers which agents this fleet serves, so they can refuse unknown names, and
+        which request parameters each allows, so they can refuse the others at the door (the
+        runner refuses them again: a producer may read this before the worker wrote it)."""
+        profiles = self.runner.profiles
+        if profiles:
+            pipe = self.sync_r.pipeline(transaction=False)
+            pipe.sadd(self.runner.keys.agents, *profiles)
+            pipe.hset(self.runner.keys.agent_overrides,
+                      mapping={name: encode_policy(p.allow_overrides) for name, p in profiles.items()})
+            pipe.execute()
 
     def start_sweeper(self) -> Sweeper:
         home = self.runner.keys

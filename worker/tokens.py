@@ -26,9 +26,18 @@ def text_of(content: Any) -> str:
     return str(content)
 
 
+PART_TOKENS = 85
+"""What a content part that is not text (an image, audio, a file) counts for: an image at low
+detail costs OpenAI 85 tokens; the others vary too much to guess better without decoding them."""
+
+
 def estimate_tokens(message: dict[str, Any]) -> int:
-    """Crude, deterministic token count of one message (about 4 characters per token)."""
-    tokens = 4 + math.ceil(len(text_of(message.get("content"))) / 4)
+    """Crude, deterministic token count of one message (about 4 characters per token, plus
+    ``PART_TOKENS`` for each content part that is not text)."""
+    content = message.get("content")
+    tokens = 4 + math.ceil(len(text_of(content)) / 4)
+    if isinstance(content, list):
+        tokens += PART_TOKENS * sum(1 for p in content if isinstance(p, dict) and p.get("type", "text") != "text")
     if message.get("tool_calls"):
         tokens += math.ceil(len(json.dumps(message["tool_calls"], default=str)) / 4)
     return tokens
