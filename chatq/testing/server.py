@@ -27,6 +27,12 @@ provider that cannot stream answers), ``[[cut after=N n=1]]`` (the role chunk an
 connection drops without ``[DONE]``). ``[[nostream]]`` and ``[[cut]]`` are checked in order after the
 faults above, and the first that fires decides.
 
+Structured output: the offline model honours ``response_format`` (JSON that fits a ``json_schema``,
+``{"reply": ...}`` for ``json_object``); ``[[schema:break n=1]]`` (always, unless ``n=``) answers such a
+request with JSON that breaks the schema (its first required property left out, or a value of the
+wrong type) or, for ``json_object`` or a format without a schema, with text that is not JSON.
+Streamed or not alike.
+
 Replies come from the embedded offline model, with these directives left out of its echoes
 (``complete``, ``echo_reply``): the directives belong to this server, not to the model.
 """
@@ -61,8 +67,9 @@ from chatq.worker.tokens import text_of
 
 DIRECTIVE = re.compile(r"\[\[(fault|stall|drop)(?::([\w.]+))?((?:\s+\w+=[\w.]+)*)\s*\]\]")
 STREAM_DIRECTIVE = re.compile(r"\[\[(stream|nostream|cut)((?:\s+\w+=[\w.]+)*)\s*\]\]")
+SCHEMA_DIRECTIVE = re.compile(r"\[\[schema:break((?:\s+\w+=[\w.]+)*)\s*\]\]")
 PARAM = re.compile(r"(\w+)=([\w.]+)")
-STRIPPED = re.compile(r"\[\[(?:fault|stall|drop|stream|nostream|cut)\b[^\]]*\]\]")
+STRIPPED = re.compile(r"\[\[(?:fault|stall|drop|stream|nostream|cut|schema)\b[^\]]*\]\]")
 WORDS = re.compile(r"\s*\S+|\s+")  # a word with the whitespace before it: the pieces join to the text
 TOKENS = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")  # finer, for tool-call arguments: '{"', 'q', '":', ' 1', '}'
 FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
@@ -109,15 +116,32 @@ def pad(text: str, words: int) -> str:
     return " ".join([*([text] if text else []), *(FILLER[i % len(FILLER)] for i in range(missing))])
 
 
-def complete(body: dict[str, Any]) -> dict[str, Any]:
+def broken_json(response_format: Any) -> str:
+    """A reply that breaks what ``response_format`` asks for: for a JSON schema, its smallest
+    instance without its first required property (or a value of another type); else not JSON."""
+    schema = (response_format.get("json_schema") or {}).get("schema") if isinstance(response_format, dict) \
+        and response_format.get("type") == "json_schema" else None
+    if schema is None:
+        return "this is not JSON {"
+    value = offline_model.instance_of(schema, "broken")
+    top = offline_model.resolve(schema, schema)
+    if isinstance(value, dict) and isinstance(top, dict) and top.get("required"):
+        value.pop(top["required"][0], None)
+        return json.dumps(value)
+    return json.dumps(12345 if isinstance(value, str) else "a string where the schema wants something else")
+
+
+def complete(body: dict[str, Any], broken: bool = False) -> dict[str, Any]:
     """The server's answer to a request that no directive intercepts, streamed or not.
 
     ``[[stream words=N]]`` lengthens the text reply here, so a benchmark gets long replies from short
-    prompts and the streamed and plain answers stay the same.
+    prompts and the streamed and plain answers stay the same. ``broken``: ``[[schema:break]]`` fired.
     """
     completion = offline_model.complete(body, strip_directives)
     words = int(float(stream_params(last_user_text(body)).get("words", 0)))
     message = completion["choices"][0]["message"]
+    if broken and message["content"] is not None:
+        message["content"] = broken_json(body.get("response_format"))
     if words and message["content"] is not None:
         message["content"] = pad(message["content"], words)
         usage = completion["usage"]  # recounted as the offline model counts: a token per four characters
@@ -402,14 +426,30 @@ class ChatCompletions:
             if params.get("html"):  # a gateway's error page, not the provider's JSON error
                 return Response(ERROR_PAGE.format(status=status), status_code=status, media_type="text/html")
             return error(status, kind=arg if arg == "quota" else status, headers=headers)
+        broken = self.schema_break(text, body)
         if body.get("stream") is True and (plan := self.stream_plan(text)) is not None:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            chunks, reply = stream_chunks(complete(body), include_usage)
+            chunks, reply = stream_chunks(complete(body, broken), include_usage)
             return _Stream(st, text, chunks, reply, *plan)
         if st.latency > 0:
             await asyncio.sleep(st.latency)
-        return JSONResponse(complete(body))
+        return JSONResponse(complete(body, broken))
+
+    def schema_break(self, text: str, body: dict[str, Any]) -> bool:
+        """Whether ``[[schema:break]]`` fires for this request: it asks for JSON, and the directive's
+        ``n`` (default: always) is not used up."""
+        response_format = body.get("response_format")
+        if not (isinstance(response_format, dict) and response_format.get("type") in ("json_schema", "json_object")):
+            return False
+        st = self.state
+        for m in SCHEMA_DIRECTIVE.finditer(text):
+            key = (text, m.group(0))
+            st.counters[key] = st.counters.get(key, 0) + 1
+            if st.counters[key] <= float(dict(PARAM.findall(m.group(1))).get("n", math.inf)):
+                st.faults += 1
+                return True
+        return False
 
 
 def create_app(state: _State) -> Starlette:
