@@ -120,9 +120,24 @@ def _check_json(value: object, path: str, depth: int = 0) -> None:
                              "(objects, arrays, strings, numbers, true, false, null)")
 
 
-def validate_conversation(messages: object, max_chars: int, whole: bool = True) -> list[Message]:
+def _check_parts(m: Message, where: str, max_chars: int, max_inline: int) -> None:
+    """A seeded message's content parts: a user's as a submitted message's; the other roles take
+    text parts only."""
+    parts = validate_content(m.content, f"{where}.content")
+    if m.role != "user" and (other := next((p["type"] for p in parts if p["type"] != "text"), None)):
+        raise InvalidRequest(f"{where} is a {m.role} message with a {other} part; only user messages carry media")
+    if (chars := text_chars(parts)) > max_chars:
+        raise InvalidRequest(f"{where}'s text parts are {chars} characters; the limit is {max_chars}")
+    if (inline := inline_chars(parts)) > max_inline:
+        raise InvalidRequest(f"{where}'s non-text parts (URLs, inline data) are {inline} characters; the limit is "
+                             f"{max_inline} (CHATQ_MAX_INLINE_BYTES)")
+
+
+def validate_conversation(messages: object, max_chars: int, whole: bool = True,
+                          max_inline: int = 1 << 20) -> list[Message]:
     """Messages as the chat-completions API takes them, as ``Message`` s; ``whole``: they must also
-    form a valid conversation (known roles, every tool call answered), else InvalidRequest."""
+    form a valid conversation (known roles, every tool call answered), else InvalidRequest. Content
+    parts are checked as a submitted message's (``chatq.tasks.content``)."""
     if not isinstance(messages, list):
         raise InvalidRequest(f"messages must be a list, not {type(messages).__name__}")
     out: list[Message] = []
@@ -137,6 +152,8 @@ def validate_conversation(messages: object, max_chars: int, whole: bool = True) 
             raise InvalidRequest(f"messages[{i}] must be a message object, not {type(m).__name__}")
         if isinstance(m.content, str) and len(m.content) > max_chars:
             raise InvalidRequest(f"messages[{i}] is {len(m.content)} characters; the limit is {max_chars}")
+        if isinstance(m.content, list):
+            _check_parts(m, f"messages[{i}]", max_chars, max_inline)
         out.append(m)
     if whole and out and (problem := conversation_problem([m.to_provider() for m in out])):
         raise InvalidRequest(f"messages do not form a conversation a provider accepts: {problem[0]}")
@@ -432,7 +449,8 @@ class ChatClient:
         if system_prompt is None and messages is None:
             self.sessions.create(sid, ttl)
         else:
-            history = validate_conversation(messages or [], self.settings.max_message_chars)
+            history = validate_conversation(messages or [], self.settings.max_message_chars,
+                                           max_inline=self.settings.max_inline_bytes)
             if system_prompt is not None and not validate_text(system_prompt, "system_prompt").strip():
                 raise InvalidRequest("system_prompt is empty")
             if not self.sessions.seed(sid, history, system_prompt, ttl):
@@ -460,7 +478,8 @@ class ChatClient:
         edited = None
         if replace is not None:
             edited = validate_conversation([{"role": "user", "content": replace} if isinstance(replace, str)
-                                            else replace], self.settings.max_message_chars, whole=False)[0]
+                                            else replace], self.settings.max_message_chars, whole=False,
+                                           max_inline=self.settings.max_inline_bytes)[0]
         return self._enqueue(self._op_job(session_id, None, SessionOp(kind="fork", at=at, into=into,
                                                                       replace=edited)), "enqueue")
 
