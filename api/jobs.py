@@ -51,7 +51,8 @@ def _submit(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | No
         callback = checked_callback(svc, tenant, body.callback_url)
         check_quota(tenant.client, svc.settings.max_active_jobs)
         job = tenant.client.submit(body.message, session_id, body.agent, body.idempotency_key, body.metadata,
-                                   body.on_busy, callback_url=callback, session_ttl=body.session_ttl)
+                                   body.on_busy, callback_url=callback, session_ttl=body.session_ttl,
+                                   params=body.params)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.job_id))
     return _hint(response, job)
 

@@ -32,8 +32,15 @@ CallbackUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)]
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(
-        min_length=1, description="The user's message (not blank; size limit CHATQ_MAX_MESSAGE_CHARS).")
+    message: Annotated[str, Field(min_length=1)] | Annotated[list[dict[str, Any]], Field(min_length=1)] = Field(
+        description="The user's message: a string, or a list of chat-completions content parts (`text`, "
+                    "`image_url`, `input_audio`, `file`, as the OpenAI API defines them). Not blank; text within "
+                    "CHATQ_MAX_MESSAGE_CHARS, the parts' URLs and inline data within CHATQ_MAX_INLINE_BYTES.")
+    params: dict[str, Any] | None = Field(
+        None, description="Chat-completions parameters for this request over the agent's: `model`, `temperature`, "
+                          "`top_p`, `max_tokens`, `max_completion_tokens`, `stop`, `seed`, `response_format`, "
+                          "`tool_choice`, `parallel_tool_calls`, `reasoning_effort`, and `extra_body` (provider-"
+                          "specific fields merged into the request body). The agent may forbid them (422).")
     agent: str | None = Field(None, max_length=128, description="A registered agent; default `default`.")
     metadata: dict[str, Any] | None = Field(
         None, description="Stored with the turn (size limit CHATQ_MAX_METADATA_BYTES).")

@@ -134,6 +134,64 @@ def _celery_worker(app: Any, argv: list[str]) -> int:
         celery.params[0].default = None
 
 
+def request_options(command: Any) -> Any:
+    """What a request may carry besides its text: images, and chat-completions parameters."""
+    command = click.option("--image", "images", multiple=True, metavar="URL|FILE", help=(
+        "An image for the model: an http(s) URL, or a local file sent inline as a data: URL. Repeatable; "
+        "the message becomes content parts (the text, then the images)."))(command)
+    command = click.option("--model", help="The model for this request (the parameter `model`).")(command)
+    return click.option("--param", "param", multiple=True, metavar="NAME=VALUE", help=(
+        "A chat-completions parameter for this request over the agent's, e.g. temperature=0, stop='[\"x\"]', "
+        "response_format='{\"type\": \"json_object\"}'. VALUE is read as JSON when it is JSON, else as a "
+        "string. Repeatable."))(command)
+
+
+def _params(param: tuple[str, ...], model: str | None) -> dict[str, Any] | None:
+    """``--param NAME=VALUE`` and ``--model`` as the client's ``params``; the client checks them."""
+    params: dict[str, Any] = {}
+    for item in param:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise InvalidRequest(f"--param {item!a} is not NAME=VALUE")
+        if name in params:
+            raise InvalidRequest(f"--param {name} is given twice")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    if model is not None:
+        if "model" in params:
+            raise InvalidRequest("give the model once: --model or --param model=...")
+        params["model"] = model
+    return params or None
+
+
+def _content(message: str, images: tuple[str, ...]) -> Any:
+    """The message, or with ``--image`` its content parts: the text, then each image (a URL as it
+    is, a local file as a base64 data: URL)."""
+    if not images:
+        return message
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message}]
+    for image in images:
+        if image.startswith(("http://", "https://", "data:")):
+            url = image
+        else:
+            import base64
+            import mimetypes
+
+            kind = mimetypes.guess_type(image)[0]
+            if not kind or not kind.startswith("image/"):
+                raise InvalidRequest(f"--image {image!a} is neither a URL nor an image file (.png, .jpg, .gif, .webp)")
+            try:
+                with open(image, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise InvalidRequest(f"--image {image!a}: {exc.strerror or exc}") from None
+            url = f"data:{kind};base64,{base64.b64encode(data).decode()}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
 @cli.command()
 @click.argument("message")
 @click.option("--session", "session_id", help="Session ID; created on first use. Omit for a new one.")
@@ -146,11 +204,13 @@ def _celery_worker(app: Any, argv: list[str]) -> int:
               "(interrupt) or leaving no trace of it (rollback).")
 @click.option("--callback-url", help="POSTed the finished job, signed with the workers' webhook secret.")
 @click.option("--session-ttl", type=int, help="The session's own retention: seconds kept once idle (0: forever).")
+@request_options
 def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
-           metadata: str | None, on_busy: str, callback_url: str | None, session_ttl: int | None) -> None:
+           metadata: str | None, on_busy: str, callback_url: str | None, session_ttl: int | None,
+           param: tuple[str, ...], model: str | None, images: tuple[str, ...]) -> None:
     """Queue a message; prints the job without waiting."""
-    _print(_client().submit(message, session_id, agent, idempotency_key, _metadata(metadata), on_busy,
-                            callback_url=callback_url, session_ttl=session_ttl))
+    _print(_client().submit(_content(message, images), session_id, agent, idempotency_key, _metadata(metadata),
+                            on_busy, callback_url=callback_url, session_ttl=session_ttl, params=_params(param, model)))
 
 
 def _metadata(raw: str | None) -> Any:
@@ -232,7 +292,9 @@ def events(job_id: str, after: int, follow: bool) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job's events as JSON lines instead of the reply; the last is the terminal "
                    "event, whose data is the whole job.")
-def chat(message: str, session_id: str | None, agent: str | None, timeout: float, as_json: bool) -> None:
+@request_options
+def chat(message: str, session_id: str | None, agent: str | None, timeout: float, as_json: bool,
+         param: tuple[str, ...], model: str | None, images: tuple[str, ...]) -> None:
     """Submit and print the reply as it streams.
 
     Text shown cannot be taken back: when the provider call is retried, or the turn starts over on
@@ -241,7 +303,8 @@ def chat(message: str, session_id: str | None, agent: str | None, timeout: float
     """
     from chatq.tasks.models import Job
 
-    stream = _client().chat(message, session_id, agent, timeout=timeout, stream=True)
+    stream = _client().chat(_content(message, images), session_id, agent, timeout=timeout, stream=True,
+                            params=_params(param, model))
     if as_json:
         last = None
         for last in stream:

@@ -89,6 +89,20 @@ TABLE = [
         message(message="x" * 40_000), "the limit is 32000"),
     Bad("a blank message", sub(message=" \n "), ["submit", " \n ", "--session", SID], message(message=" \n "),
         "message is empty"),
+    Bad("a content part of a type the API does not define", sub(message=[{"type": "video_url", "video_url": {}}]),
+        None, message(message=[{"type": "video_url", "video_url": {}}]), "message[0] has type 'video_url'"),
+    Bad("a content part with a lone surrogate", sub(message=[{"type": "text", "text": "a\ud800"}]), None,
+        post(f"/v1/sessions/{SID}/messages", raw=b'{"message": [{"type": "text", "text": "a\\ud800"}]}'),
+        "lone surrogate"),
+    Bad("a parameter chatq does not take", sub(params={"n": 2}), ["submit", "hi", "--session", SID, "--param", "n=2"],
+        message(params={"n": 2}), "params.n is a chat-completions parameter chatq does not take"),
+    Bad("a parameter out of range", sub(params={"temperature": 5}),
+        ["submit", "hi", "--session", SID, "--param", "temperature=5"], message(params={"temperature": 5}),
+        "params.temperature is 5"),
+    Bad("params that are not an object", sub(params=["temperature"]), None, message(params=["temperature"]),
+        "params must be an object"),
+    Bad("a --param that is not NAME=VALUE", None, ["submit", "hi", "--session", SID, "--param", "temperature"], None,
+        "--param 'temperature' is not NAME=VALUE"),
     Bad("undecodable bytes in the session ID", sub(session_id="\udcff"), ["submit", "hi", "--session", b"\xff"],
         post("/v1/sessions/%FF/messages", {"message": "hi"}), "malformed session ID"),
     Bad("a lone surrogate in the session ID", sub(session_id="s\ud800"), None, chat(session_id="s\ud800"),
@@ -174,7 +188,8 @@ TABLE = [
 def data_keys(r: redis.Redis, ns: str) -> set[str]:
     """The namespace's (and its tenants') data keys: not the workers' bookkeeping, which comes and goes."""
     keys = set(r.scan_iter(f"{ns}:*", count=1000)) | set(r.scan_iter(f"{ns}.t.*", count=1000))
-    return {k for k in keys if not (k.endswith((":sweep-lock", ":namespaces", ":agents", ":pending", ":woken"))
+    bookkeeping = (":sweep-lock", ":namespaces", ":agents", ":agent-overrides", ":pending", ":woken")
+    return {k for k in keys if not (k.endswith(bookkeeping)
                                     or any(f":{part}:" in k for part in ("idle", "handed", "stop")))}
 
 
