@@ -44,8 +44,8 @@ def machine(r, keys):
     return SessionMachine(r, keys, result_ttl=TTL)
 
 
-def queue_job(machine: SessionMachine, sid: str, **kwargs) -> str:
-    job = Job(job_id=new_job_id(sid), session_id=sid, message="hi")
+def queue_job(machine: SessionMachine, sid: str, fields: dict | None = None, **kwargs) -> str:
+    job = Job(job_id=new_job_id(sid), session_id=sid, **{"message": "hi", **(fields or {})})
     outcome = machine.submit(job.job_id, sid, encode_job(job), **kwargs)
     assert outcome in (SubmitOutcome.created, SubmitOutcome.queued_behind, SubmitOutcome.held)
     return job.job_id
@@ -340,7 +340,8 @@ def events_of(machine: SessionMachine, job_id: str) -> list:
 def test_the_event_log_counts_on_over_attempts_and_ends_with_the_finished_record(r, keys, machine):
     from chatq.tasks.job_store import decode_job
 
-    job_id = queue_job(machine, "s")
+    parts = [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    job_id = queue_job(machine, "s", {"message": parts, "params": {"temperature": 0, "stop": ["\n"]}})
     start(machine, "s", token="w1", lease_ms=50)
     assert machine.emit("s", job_id, "w1", [("message.delta", '{"text":"par"}')]) == (True, "")
     time.sleep(0.1)  # the first worker's lease runs out
@@ -360,6 +361,8 @@ def test_the_event_log_counts_on_over_attempts_and_ends_with_the_finished_record
     record = decode_job(r.hgetall(keys.job(job_id)))
     assert Job.model_validate(events[5].data) == record and record.result == result, \
         "the terminal event is the record, every field as stored"
+    assert events[5].data["message"] == parts and events[5].data["params"] == {"temperature": 0, "stop": ["\n"]}, \
+        "content parts (stored apart, as JSON) and params are spliced in as the job's own fields"
     assert 0 < r.ttl(keys.events(job_id)) <= TTL, "the log expires with the record"
 
 
