@@ -220,7 +220,7 @@ class ChatClient:
             policy = self._profiles[agent].allow_overrides
         return policy
 
-    def validate_message(self, message: object) -> Content:
+    def checked_message(self, message: object) -> Content:
         """A string, or a list of content parts valid for the openai SDK's types; text within
         CHATQ_MAX_MESSAGE_CHARS, the rest of the parts within CHATQ_MAX_INLINE_BYTES; not blank."""
         s = self.settings
@@ -243,7 +243,7 @@ class ChatClient:
             raise InvalidRequest("message is empty")
         return message  # type: ignore[return-value]
 
-    def validate_params(self, params: object, agent: str) -> dict[str, Any] | None:
+    def checked_params(self, params: object, agent: str) -> dict[str, Any] | None:
         """The request's chat-completions parameters (``chatq.tasks.request_params``), allowed by the
         agent's policy as far as this producer knows it; None when there are none."""
         checked = validate_params(params)
@@ -275,7 +275,7 @@ class ChatClient:
         change is refused, never coerced.
         """
         s = self.settings
-        message = self.validate_message(message)
+        message = self.checked_message(message)
         session_id = new_id() if session_id is None else validate_session_id(session_id)
         if agent is None:
             agent = "default"
@@ -289,7 +289,7 @@ class ChatClient:
         metadata = validate_metadata(metadata, s.max_metadata_bytes)
         if callback_url is not None:
             check_destination(callback_url, s.webhook_allow_private, resolve=False)
-        checked = self.validate_params(params, agent)
+        checked = self.checked_params(params, agent)
         return Job(job_id=new_job_id(session_id), session_id=session_id, agent=agent, message=message,
                    params=checked, metadata=metadata, idempotency_key=idempotency_key, batch_id=batch_id,
                    callback_url=callback_url)
