@@ -20,7 +20,6 @@ import re
 from functools import cache
 from typing import Any, get_args, get_type_hints
 
-from openai.types.chat import ChatCompletionContentPartParam
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from .errors import InvalidRequest, shown
@@ -32,7 +31,11 @@ DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*);base6
 @cache
 def part_types() -> dict[str, TypeAdapter]:
     """``type`` value -> a strict adapter for a list of the SDK's TypedDict of that part, with no
-    unknown keys (a TypedDict takes no config of its own; a list of it does)."""
+    unknown keys (a TypedDict takes no config of its own; a list of it does). The SDK is imported
+    here, on first use: a producer that sends only strings never pays for importing ``openai``
+    (about half a second)."""
+    from openai.types.chat import ChatCompletionContentPartParam
+
     adapters = {}
     for cls in get_args(ChatCompletionContentPartParam):
         (literal,) = get_args(get_type_hints(cls)["type"])

@@ -23,7 +23,6 @@ from functools import cache
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from .content import first_error
@@ -45,7 +44,10 @@ Policy = bool | list[str]
 
 @cache
 def api_parameters() -> dict[str, Any]:
-    """Every chat-completions parameter the SDK defines, with its type."""
+    """Every chat-completions parameter the SDK defines, with its type (the SDK imported on first
+    use, as in ``chatq.tasks.content``)."""
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+
     return get_type_hints(CompletionCreateParamsBase)
 
 
@@ -126,7 +128,6 @@ def validate_params(params: object) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise InvalidRequest(f"params must be an object of chat-completions parameters, not {type(params).__name__}")
-    known = api_parameters()
     out: dict[str, Any] = {}
     for name, value in params.items():
         if not isinstance(name, str):
@@ -136,7 +137,7 @@ def validate_params(params: object) -> dict[str, Any]:
         if name in CHATQ_SETS:
             raise InvalidRequest(f"params.{name} is chatq's to set (from the session and the agent), not a request's")
         if name not in OVERRIDABLE:
-            what = "a chat-completions parameter chatq does not take per request" if name in known else \
+            what = "a chat-completions parameter chatq does not take per request" if name in api_parameters() else \
                 "not a chat-completions parameter"
             raise InvalidRequest(f"params.{name if name.isidentifier() else shown(name)} is {what}; a request may set "
                                  f"{', '.join(OVERRIDABLE)} (provider-specific fields go in extra_body)")

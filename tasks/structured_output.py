@@ -3,7 +3,8 @@
 The producer checks the request's schema at the door (``check_response_format``); the worker parses
 the final reply (``parse_reply``) and puts the value in the job's result as ``parsed``, or fails the
 job with ``StructuredOutputInvalid`` naming the first violation, once the agent's retries for it are
-spent. Schemas are checked with ``jsonschema``, in the draft the schema names (2020-12 if none).
+spent. Schemas are checked with ``jsonschema``, in the draft the schema names (2020-12 if none),
+imported on first use like the SDK's types (``chatq.tasks.content``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import re
 from functools import lru_cache
 from typing import Any
-
-from jsonschema import exceptions, validators
 
 from .errors import InvalidRequest
 
@@ -44,6 +43,8 @@ def check_response_format(response_format: dict[str, Any]) -> None:
     schema = spec.get("schema")
     if schema is None:
         return
+    from jsonschema import exceptions, validators
+
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -55,6 +56,8 @@ def check_response_format(response_format: dict[str, Any]) -> None:
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
+    from jsonschema import validators
+
     schema = json.loads(schema_json)
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     return cls(schema)
@@ -82,6 +85,8 @@ def parse_reply(content: str | None, response_format: dict[str, Any], finish_rea
     schema = response_format.get("json_schema", {}).get("schema")
     if schema is None:
         return value
+    from jsonschema import exceptions
+
     error = exceptions.best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
     if error is not None:
         raise StructuredOutputInvalid(f"the reply does not match the schema "
