@@ -431,6 +431,59 @@ def sessions_fork(session_id: str, at: int, into: str | None, replace: str | Non
     _print(_client().fork(session_id, at, into, replace))
 
 
+@cli.group()
+def jobs() -> None:
+    """List jobs: running and queued, then recently finished."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--session", "session_id", help="Only this session's jobs.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+def jobs_list(status: str | None, session_id: str | None, limit: int) -> None:
+    """Print the jobs as a JSON array: running first, then queued, then finished, newest first."""
+    click.echo(json.dumps([j.model_dump(mode="json", exclude_none=True) for j in
+                           _client().list_jobs(status, session_id, limit)], indent=2))
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="Seconds per refresh.")
+@click.option("--window", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Seconds of finished jobs the rates count.")
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: the frame's figures as JSON.")
+def top(interval: float, window: float, once: bool, as_json: bool) -> None:
+    """A live view of the fleet: work running and queued, jobs/s, failures by error, retries, the
+    worker processes waiting for hand-offs, the longest-running jobs. Ctrl-C quits."""
+    import time
+
+    from .top import frame
+
+    client = _client()
+    if once:
+        snapshot, processes = client.fleet(window)
+        if as_json:
+            click.echo(json.dumps({**snapshot.model_dump(mode="json"),
+                                   "waiting_processes": [{"process": p, "room": r} for p, r in processes]}, indent=2))
+        else:
+            from rich.console import Console
+
+            console = Console()
+            if not console.is_terminal:  # a file or a pipe: wide enough for whole job IDs
+                console = Console(width=200)
+            console.print(frame(client.namespace, snapshot, processes))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(frame(client.namespace, *client.fleet(window)), refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame(client.namespace, *client.fleet(window)))
+    except KeyboardInterrupt:
+        pass
+
+
 @cli.command()
 @click.option("--no-worker", is_flag=True, help="Use the workers already running instead of starting one.")
 def demo(no_worker: bool) -> None:

@@ -23,9 +23,10 @@ from .content import inline_chars, is_blank, text_chars, validate_content
 from .conversation import conversation_problem
 from .errors import InvalidRequest, JobNotFound, NotCancellable, SessionBusy, SessionExists, shown
 from .events import EventLog
+from .job_listing import FleetSnapshot, JobListing
 from .job_store import JobStore, encode_job
 from .keys import Keys, new_job_id
-from .models import CancelMode, Content, Job, JobEvent, JobStatus, Message, Session, SessionOp
+from .models import CancelMode, Content, Job, JobEvent, JobStatus, Message, Session, SessionOp, utcnow
 from .redis_pool import get_redis
 from .request_params import Policy, check_allowed, decode_policy, validate_params
 from .session_machine import CancelOutcome, SessionMachine, SubmitOutcome
@@ -181,6 +182,7 @@ class ChatClient:
         if tenant is not None:
             self.r.sadd(Keys(s.namespace).namespaces, self.namespace)
         self.jobs = JobStore(self.r, self.keys)
+        self.listing = JobListing(self.r, self.keys)
         self.events = EventLog(self.r, self.keys, block_seconds=min(2.0, s.redis_socket_timeout / 2))
         self.sessions = SessionStore(self.r, self.keys, s.session_ttl)
         self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
@@ -429,11 +431,32 @@ class ChatClient:
         return self.get(job_id) or job
 
     def _finished_elsewhere(self, job_ids: list[str], jobs: list[Job | None] | None = None) -> None:
-        """Queued jobs this client cancelled: count them down on their batches (a worker does that
-        for the jobs it finishes)."""
+        """Queued jobs this client cancelled: list them as recent and count them down on their
+        batches (a worker does both for the jobs it finishes)."""
+        if job_ids:
+            now_ms = utcnow().timestamp() * 1000
+            self.r.zadd(self.keys.recent, {job_id: now_ms for job_id in job_ids})
         for job in jobs if jobs is not None else self.jobs.get_many(job_ids):
             if job is not None and job.batch_id:
                 batch_expiry.turns_finished(self.r, self.keys, self.settings, job.batch_id)
+
+    def list_jobs(self, status: str | None = None, session_id: str | None = None, limit: int = 50) -> list[Job]:
+        """Running and queued jobs, then recently finished ones (newest first), up to ``limit``;
+        ``status`` and ``session_id`` filter them."""
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise InvalidRequest(f"status must be one of {', '.join(s.value for s in JobStatus)}; not {shown(status)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidRequest("limit must be a whole number from 1 to 10000")
+        session_id = None if session_id is None else validate_session_id(session_id)
+        return self.listing.list(status, session_id, limit)
+
+    def fleet(self, window: float = 10.0) -> tuple[FleetSnapshot, list[tuple[str, int]]]:
+        """The namespace's work now and in the last ``window`` seconds, and the worker processes
+        waiting for hand-offs on its queue with their room (``chatq top``)."""
+        now_ms = time.time() * 1000
+        waiting = self.r.zrangebyscore(self._fleet_keys.idle(self.settings.queue), now_ms, "+inf")
+        processes = [(m.rpartition("#")[0], int(m.rpartition("#")[2] or 0)) for m in waiting]
+        return self.listing.snapshot(window), processes
 
     def create_session(self, session_id: str | None = None, ttl: int | None = None,
                        system_prompt: str | None = None, messages: list[Message | dict[str, Any]] | None = None

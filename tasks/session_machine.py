@@ -59,6 +59,8 @@ from .scripts import load
 
 COUNT_CHUNK = 500
 """Sessions per pipelined read when counting active jobs."""
+RECENT_MAX = 10_000
+"""Finished jobs a namespace's ``recent`` index keeps (the sweeper trims it)."""
 EVENTS_MAXLEN = 10_000
 """Entries a job's event log is trimmed to (about): far more than a turn writes, with deltas coalesced."""
 INTERRUPT_TRIES = 10
@@ -393,6 +395,7 @@ class SessionMachine:
         pipe = self.r.pipeline(transaction=False)
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
+        pipe.zadd(self.keys.recent, {job_id: utcnow().timestamp() * 1000})
         keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
                                        events, keep)
         self._commit(keys=keys, args=args, client=pipe)
@@ -536,10 +539,12 @@ class AsyncSessionMachine:
                      keep: int | None = None) -> Committed:
         """``events``: the run's events not yet in its log, appended in the same step (before the
         terminal one), so a turn whose text came all at once costs no write of its own. ``keep``:
-        the history is first cut to that many messages (a regenerated reply replaces the old)."""
+        the history is first cut to that many messages (a regenerated reply replaces the old).
+        The job joins the namespace's ``recent`` index in the same round trip."""
         pipe = self.r.pipeline(transaction=False)
         if created_at:
             pipe.zadd(self.keys.sessions, {session_id: listing_score(created_at)})
+        pipe.zadd(self.keys.recent, {job_id: utcnow().timestamp() * 1000})
         keys, args = self.calls.commit(session_id, job_id, token, status, messages, usage, result_json, error_json,
                                        events, keep)
         await self._commit(keys=keys, args=args, client=pipe)

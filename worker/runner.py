@@ -177,6 +177,7 @@ class SessionRunner:
                     self.leases.hold(lease_key, token)
                 if taken.outcome is TakeOutcome.exhausted:
                     self.metrics.jobs.labels(taken.fields.get("agent", ""), "failed", "WorkerLost").inc()
+                    await self.r.zadd(sp.keys.recent, {taken.job_id: utcnow().timestamp() * 1000})
                     await self.count_batch_turn(sp, taken.fields.get("batch_id"))
                     await self.notify(sp, taken.job_id)
                 if taken.outcome is not TakeOutcome.run:

@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError
 
 from chatq.tasks.keys import Keys
 from chatq.tasks.redis_pool import UNREACHABLE
-from chatq.tasks.session_machine import SessionMachine
+from chatq.tasks.session_machine import RECENT_MAX, SessionMachine
 from chatq.tasks.session_store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Sweeper:
                 self.wake(sid, ns)
                 woken.append(sid)
             self._pruned_to[ns] = sessions.prune(self._pruned_to.get(ns, 0), PRUNE_CHUNK)
+            self.r.zremrangebyrank(machine.keys.recent, 0, -RECENT_MAX - 1)  # only the newest are listed
         return woken
 
     def _run(self) -> None:
