@@ -9,8 +9,9 @@ half-submitted.
 OpenAI lines run as at OpenAI: one completion per line. ``body.messages`` up to its last user
 message seed a new session (a leading ``system`` message becomes the session's own system prompt;
 developer, few-shot user and assistant messages, tool calls and results are its history, checked
-as a conversation); the last user message is the line's one turn. Body fields other than
-``messages`` are reported as warnings: chatq's agent decides them.
+as a conversation); the last user message (a string or content parts) is the line's one turn. The
+body's other fields (``model``, ``temperature``, ``response_format``...) are the turn's per-request
+parameters, checked like any request's: one the agent forbids, or chatq cannot honour, fails its line.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class OpenAIMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
+        """A system prompt's text (text parts joined)."""
         if isinstance(self.content, list):
             if any(part.get("type", "text") != "text" for part in self.content):
-                raise ValueError("only text content parts are supported")
+                raise ValueError("a system message takes text content parts only")
             return "".join(str(part.get("text", "")) for part in self.content)
         return self.content or ""
 
@@ -107,9 +109,14 @@ class OpenAILine(BaseModel):
     session_id: str | None = None
     agent: str | None = None
 
-    def turns(self) -> list[str]:
-        """The one turn: the last user message."""
-        return [self.body.messages[self._last_user()].text()]
+    def turns(self) -> list[Any]:
+        """The one turn: the last user message's content, as given."""
+        return [self.body.messages[self._last_user()].content]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The body's fields besides ``messages``: the turn's per-request parameters."""
+        return dict(self.body.model_extra or {})
 
     def _last_user(self) -> int:
         last = next((i for i in range(len(self.body.messages) - 1, -1, -1) if self.body.messages[i].role == "user"),
@@ -225,12 +232,14 @@ def _conversation(line: NativeLine | OpenAILine, build: Callable[..., Job], agen
                   check: Callable[[list[Any]], list[Message]]) -> Conversation:
     turns = line.turns()
     metadata = line.metadata if isinstance(line, NativeLine) else None
-    # A probe turn checks session, agent and metadata once, so turn errors name only the turn.
-    probe = build("probe", line.session_id, agent if line.agent is None else line.agent, metadata=metadata)
+    params = line.params if isinstance(line, OpenAILine) else None
+    # A probe turn checks session, agent, metadata and parameters once, so turn errors name only the turn.
+    probe = build("probe", line.session_id, agent if line.agent is None else line.agent, metadata=metadata,
+                  params=params)
     jobs = []
     for i, text in enumerate(turns, 1):
         try:
-            jobs.append(build(text, probe.session_id, probe.agent, metadata=metadata))
+            jobs.append(build(text, probe.session_id, probe.agent, metadata=metadata, params=params))
         except InvalidRequest as exc:
             raise ValueError(f"turn {i}: {exc}" if len(turns) > 1 else str(exc)) from None
     if isinstance(line, NativeLine):
@@ -254,7 +263,6 @@ def plan(source: Source, build: Callable[..., Job], agent: str | None = None,
     out = Plan()
     custom_ids: dict[str, int] = {}
     sessions: dict[str, int] = {}
-    ignored_fields: set[str] = set()
     for number, raw in _lines(source):
         if blank(raw):
             continue
@@ -276,9 +284,5 @@ def plan(source: Source, build: Callable[..., Job], agent: str | None = None,
         custom_ids[line.custom_id] = number
         if line.session_id is not None:
             sessions[line.session_id] = number
-        if isinstance(line, OpenAILine):
-            ignored_fields.update(line.body.model_extra or {})
         out.conversations.append(conversation)
-    if ignored_fields:
-        out.warnings.append(f"OpenAI body fields ignored (the agent decides them): {', '.join(sorted(ignored_fields))}")
     return out

@@ -102,7 +102,7 @@ def test_native_conversations_run_in_order_each_in_its_own_session(batches, clie
         assert 0 < client.r.ttl(key) <= client.settings.result_ttl
 
 
-def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet):
+def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet, fake_openai):
     """System prompts, few-shot user/assistant pairs and tool-call transcripts seed the line's session;
     the last user message is its one completion; the output is OpenAI's Batch output format."""
     from openai.types.chat import ChatCompletion
@@ -120,7 +120,8 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet):
              {"role": "assistant", "content": "5"},
              {"role": "developer", "content": "Be terse."},
              {"role": "user", "content": f"and 3+4? {t}"}]
-    lines = [{**openai_line(f"fs-{t}"), "body": {"model": "gpt-4o-mini", "messages": few_shot}},
+    lines = [{**openai_line(f"fs-{t}"), "body": {"model": "gpt-4o", "messages": few_shot, "temperature": 0,
+                                                 "max_completion_tokens": 50, "seed": 7}},
              {**openai_line(f"tl-{t}"), "body": {"model": "gpt-4o-mini", "messages": tools}},
              openai_line(f"two-{t}", f"first {t}", f"second {t}"),
              openai_line(f"bad-{t}", f"[[fault:400]] {t}")]
@@ -141,6 +142,10 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet):
     assert out[f"fs-{t}"]["response"]["body"]["choices"][0]["message"]["content"].startswith("Pirate: "), \
         "the line's system prompt replaced the agent's"
     assert out[f"bad-{t}"]["response"] is None and out[f"bad-{t}"]["error"]["code"] == "ProviderHTTP400"
+    request = fake_openai.recorded(f"dog {t}")[-1]
+    assert (request["model"], request["temperature"], request["max_completion_tokens"], request["seed"]) == \
+        ("gpt-4o", 0, 50, 7), "the body's parameters reach the provider, as at OpenAI"
+    assert out[f"fs-{t}"]["response"]["body"]["model"].endswith("gpt-4o"), "the model the provider says answered"
     session = client.get_session(batches.results(info.batch_id)[0].session_id)
     assert session.system_prompt == "[[persona:Pirate]] You translate." and len(session.messages) == 4
     native = list(batches.iter_output(info.batch_id, "chatq"))
@@ -171,7 +176,11 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet):
                                                      {"role": "user", "content": "a"}]}},
      "must be a response to a preceding"),
     ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
-     "only text"),
+     "image_url: Field required"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": "a"}], "n": 2}},
+     "params.n is a chat-completions parameter chatq does not take"),
+    ({**openai_line("x", "a"), "body": {"messages": [{"role": "user", "content": "a"}], "temperature": 9}},
+     "params.temperature is 9"),
 ])
 def test_each_kind_of_invalid_line_is_named(batches, line, fragment):
     with pytest.raises(BatchInvalid) as exc:
