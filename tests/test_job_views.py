@@ -13,7 +13,7 @@ def test_jobs_list_and_top_show_running_queued_and_finished_jobs(fleet, client):
     s = f"views-{uuid.uuid4().hex[:8]}"
     done = [client.chat(f"fine {i}", session_id=s, timeout=30) for i in range(2)]
     failed = client.chat("[[fault:400]] broken", session_id=s, timeout=30)
-    running = client.submit("[[stall:8]] slow", s)
+    running = client.submit("[[stall:60]] slow", s)  # stopped at the end
     queued = client.submit("after it", s)
     deadline = time.monotonic() + 30
     while client.get(running.job_id).status != "running":
@@ -39,4 +39,5 @@ def test_jobs_list_and_top_show_running_queued_and_finished_jobs(fleet, client):
     assert frame["waiting_processes"], "the fleet's processes with room are waiting for hand-offs"
     plain = run_cli(fleet, "top", "--once")
     assert plain.returncode == 0 and "chatq top" in plain.stdout and running.job_id in plain.stdout
+    client.cancel(running.job_id)
     assert client.wait(queued.job_id, 30).status == "succeeded"
