@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from chatq.tasks import tracing
 from chatq.tasks.settings import Settings, get_settings
 from chatq.tasks.webhooks import WebhookSender
 
@@ -29,6 +30,7 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     """The API over the core's namespace; both settings default to the environment (tests pass theirs)."""
     api = api_settings or get_api_settings()
     core = settings or get_settings()
+    tracing.configure("api")  # traces of submissions over HTTP, if OTEL_* variables ask for them
     tenants = Tenants(core)
     keyring = KeyRing(api.api_keys)
     names: list[str | None] = list(api.tenants) if api.tenants else [None]

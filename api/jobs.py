@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from chatq.tasks import tracing
 from chatq.tasks.errors import InvalidRequest, JobNotFound, NotCancellable, WaitTimeout
 from chatq.tasks.models import Job, JobStatus
 
@@ -47,7 +48,9 @@ def checked_callback(svc: Services, tenant: Tenant, url: object | None) -> str |
 
 def _submit(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None,
             request: Request, response: Response) -> Job:
-    with svc.metrics.submission(tenant.label):
+    route = request.scope["route"].path
+    with tracing.serving(f"POST {route}", request.headers, {"http.request.method": "POST", "http.route": route}), \
+            svc.metrics.submission(tenant.label):
         callback = checked_callback(svc, tenant, body.callback_url)
         check_quota(tenant.client, svc.settings.max_active_jobs)
         job = tenant.client.submit(body.message, session_id, body.agent, body.idempotency_key, body.metadata,

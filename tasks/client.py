@@ -17,7 +17,7 @@ from typing import Any, Literal, overload
 
 from celery import Celery
 
-from . import batch_expiry
+from . import batch_expiry, tracing
 from .agent_profiles import load_profiles
 from .content import inline_chars, is_blank, text_chars, validate_content
 from .conversation import conversation_problem
@@ -191,6 +191,7 @@ class ChatClient:
         self._profiles = load_profiles(s)
         self._fleet_agents: tuple[float, set[str], dict[str, str]] = (0.0, set(), {})
         self.wakeups = wakeups or WakePublisher.shared(s)
+        tracing.configure()
 
     @property
     def app(self) -> Celery:
@@ -328,7 +329,12 @@ class ChatClient:
         return self._enqueue(job, on_busy, session_ttl)
 
     def _enqueue(self, job: Job, on_busy: str, session_ttl: int | None = None) -> Job:
-        """Write a checked job behind its session's earlier ones and wake the session if needed."""
+        """Write a checked job behind its session's earlier ones and wake the session if needed
+        (traced, when traces are on: the job carries its submission's context to its worker)."""
+        with tracing.submitting(job):
+            return self._write(job, on_busy, session_ttl)
+
+    def _write(self, job: Job, on_busy: str, session_ttl: int | None) -> Job:
         if on_busy in ("interrupt", "rollback"):
             submitted = self.machine.interrupt(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
                                                hand_to=self._fleet_keys, queue=self.settings.queue)

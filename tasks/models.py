@@ -153,6 +153,9 @@ class Job(BaseModel):
     op: SessionOp | None = Field(None, description="Set for a job that regenerates or forks its session.")
     cancel: CancelMode | None = Field(
         None, description="Set when the job was asked to stop while running; the worker ends it `cancelled`.")
+    traceparent: str | None = Field(None, description=(
+        "With OpenTelemetry traces on: the W3C `traceparent` of the job's submission span, which the "
+        "worker's spans continue (its trace ID finds the job's whole trace)."))
 
 
 EVENT_TYPES = ("job.started", "job.restarted", "message.delta", "provider.retry", "tool.call", "tool.result",

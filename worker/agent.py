@@ -25,6 +25,7 @@ from .provider import Provider, ProviderError
 from .rate_limit import RateLimiter
 from .tokens import estimate_tokens
 from .tools import ToolArgumentsError, ToolRegistry
+from .tracing import tool_result, tool_span
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,14 @@ class Agent:
                              f"{', '.join(refused)} (allow_overrides = {self.profile.allow_overrides!r})")
 
     async def run_tool(self, call: ToolCall) -> Message:
-        """Never raises: every failure becomes a tool message the model can read."""
+        """Never raises: every failure becomes a tool message the model can read. Traced, when
+        traces are on (``tracing.tool_span``)."""
+        with tool_span(call) as span:
+            result = await self._run_tool(call)
+            tool_result(span, result.metadata["ok"])
+            return result
+
+    async def _run_tool(self, call: ToolCall) -> Message:
         started = time.perf_counter()
         tool = self.tools.get(call.function.name)
         ok = False

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from celery import Celery, concurrency
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
+from chatq.tasks import tracing
 from chatq.tasks.celery_app import FEEDERS, FEEDING, RUN_SESSION, make_app
 from chatq.tasks.errors import ChatQError
 from chatq.tasks.redis_pool import RedisUnusable, is_redis_url, wait_for_redis
@@ -127,3 +128,4 @@ def _on_shutdown(**_: object) -> None:
     if _runtime is not None:
         _runtime.stop()
         _runtime.join()
+        tracing.flush()  # the last jobs' spans, if traces are on

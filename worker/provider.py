@@ -26,6 +26,7 @@ from . import offline_model
 from .metrics import WorkerMetrics
 from .reply import (BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly,
                     parse_completion)
+from .tracing import provider_call
 
 log = logging.getLogger(__name__)
 
@@ -189,32 +190,43 @@ class Provider:
                 if text := assembly.add(chunk):
                     on_delta(text)
 
-    async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None) -> ChatCompletion:
-        """``_call``, counted: its time and outcome, the time to its first text, calls open."""
+    async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None, attempt: int = 0) -> ChatCompletion:
+        """``_call``, counted: its time and outcome, the time to its first text, calls open; and
+        traced, when traces are on (``tracing.provider_call``: ``attempt`` counts the retries)."""
         m = self.metrics
-        if m is None:
-            return await self._call(request, on_delta)
-        model, started, first = str(request.get("model")), time.perf_counter(), True
+        with provider_call(request, attempt) as span:
+            if m is None and span is None:
+                return await self._call(request, on_delta)
+            model, started, first = str(request.get("model")), time.perf_counter(), True
 
-        def timed(text: str) -> None:
-            nonlocal first
-            if first:
-                first = False
-                m.first_token.labels(model).observe(time.perf_counter() - started)
-            on_delta(text)  # type: ignore[misc]
+            def timed(text: str) -> None:
+                nonlocal first
+                if first:
+                    first = False
+                    if m is not None:
+                        m.first_token.labels(model).observe(time.perf_counter() - started)
+                    if span is not None:
+                        span.first_token()
+                on_delta(text)  # type: ignore[misc]
 
-        outcome = "error"
-        m.calls_in_flight.inc()
-        try:
-            completion = await self._call(request, timed if on_delta is not None else None)
-            outcome = "ok"
-            return completion
-        except (openai.APIError, ReplyError) as exc:
-            outcome = classify(exc).error.type
-            raise
-        finally:
-            m.calls_in_flight.dec()
-            m.provider_call.labels(model, outcome).observe(time.perf_counter() - started)
+            outcome = "error"
+            if m is not None:
+                m.calls_in_flight.inc()
+            try:
+                completion = await self._call(request, timed if on_delta is not None else None)
+                outcome = "ok"
+                if span is not None:
+                    span.answered(completion)
+                return completion
+            except (openai.APIError, ReplyError) as exc:
+                outcome = classify(exc).error.type
+                raise
+            finally:
+                if m is not None:
+                    m.calls_in_flight.dec()
+                    m.provider_call.labels(model, outcome).observe(time.perf_counter() - started)
+                if span is not None:
+                    span.outcome = outcome
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = self.settings.provider_backoff_max
@@ -235,7 +247,7 @@ class Provider:
         attempt = 0
         while True:
             try:
-                return await self._measured(request, on_delta)
+                return await self._measured(request, on_delta, attempt)
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:

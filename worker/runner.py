@@ -39,6 +39,7 @@ from .metrics import WorkerMetrics
 from .provider import Provider
 from .rate_limit import RateLimiter
 from .tools import ToolRegistry
+from .tracing import job_finished, job_span
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,12 @@ class SessionRunner:
 
     async def run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
         """Run one job and commit it: ``ok`` (with the next head), ``released`` (it was the last
-        queued: the lease is given up with the commit) or why the commit was refused (the lease was lost)."""
+        queued: the lease is given up with the commit) or why the commit was refused (the lease was
+        lost). Traced, when traces are on: the job's span is current while it runs (``tracing``)."""
+        with job_span(job, self.identity):
+            return await self._run_job(sp, job, taken, token)
+
+    async def _run_job(self, sp: Space, job: Job, taken: Taken, token: str) -> Committed:
         sid = job.session_id
         self._started[job.job_id] = time.perf_counter()
         if job.attempts == 1:
@@ -348,6 +354,7 @@ class SessionRunner:
             log.warning("job %s not committed (%s): another worker owns session %s now",
                         job.job_id, committed.outcome, job.session_id)
             return committed
+        job_finished(status, error)
         m = self.metrics
         m.jobs.labels(job.agent, status, error).inc()
         if started is not None:

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
+from chatq.tasks import tracing
 from chatq.tasks.keys import Keys
 from chatq.tasks.redis_pool import UNREACHABLE, get_async_redis, get_redis
 from chatq.tasks.request_params import encode_policy
@@ -46,6 +47,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, wakeups: WakePublisher, queue: str | None = None):
         s = self.settings = settings
+        tracing.configure("worker")  # before any job: the SDK's import is not the first job's cost
         self.capacity = s.concurrency
         self.queue = queue or s.queue
         self.wakeups = wakeups

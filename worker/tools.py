@@ -4,6 +4,7 @@ OpenAI schema."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import functools
 import importlib
@@ -45,7 +46,8 @@ class Tool:
         """Run with the model's JSON arguments; raises ToolArgumentsError for bad input.
 
         An ``async def`` tool runs on the worker's event loop; a plain function runs in a thread
-        of the loop's executor, so a blocking tool never stalls the other sessions' calls."""
+        of the loop's executor, so a blocking tool never stalls the other sessions' calls (with the
+        job's context variables: its trace, for one)."""
         try:
             raw = json.loads(arguments or "{}")
         except json.JSONDecodeError as exc:
@@ -63,7 +65,10 @@ class Tool:
         if inspect.iscoroutinefunction(self.fn):
             result = await self.fn(**kwargs)
         else:
-            result = await asyncio.get_running_loop().run_in_executor(None, functools.partial(self.fn, **kwargs))
+            # In the calling task's context (as asyncio.to_thread), so what the tool traces or
+            # reads from context variables is the job's: an executor thread has a context of its own.
+            run = functools.partial(contextvars.copy_context().run, self.fn, **kwargs)
+            result = await asyncio.get_running_loop().run_in_executor(None, run)
         return result if isinstance(result, str) else to_json(result).decode()
 
 
