@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def job_span(job: Job, worker: str) -> AbstractContextManager[Any]:
     """Around one run of a job on this process: ``chatq.job`` (a consumer span, child of the job's
-    submission), and for its first run the ``chatq.queue_wait`` before it."""
+    submission), and for its first run the ``chatq.queue_wait`` before it, a sibling."""
     t = tracing.tracer()
     return tracing.OFF if t is None else _job_span(t, job, worker)
 
@@ -38,7 +38,9 @@ def _job_span(t: Tracer, job: Job, worker: str) -> Iterator[Span]:
 
     parent = tracing.parent(job.traceparent)
     attributes = tracing.job_attributes(job)
-    if job.attempts == 1:  # a later run's wait would count the earlier runs too
+    # Drawn under the submission only: a later run's wait would count the earlier runs too, and a
+    # job submitted untraced has no trace to put it in (its run starts one).
+    if job.attempts == 1 and parent is not None:
         end = tracing.nanos(job.started_at or utcnow())
         start = min(tracing.nanos(job.created_at), end)  # the producer's clock may run ahead of this one
         t.start_span("chatq.queue_wait", context=parent, attributes=attributes, start_time=start).end(end)
