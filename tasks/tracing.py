@@ -89,6 +89,9 @@ def configure(role: str = "client", environ: Mapping[str, str] = os.environ) -> 
             if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
                 provider = _sdk_provider(role, exporters, environ)
                 trace.set_tracer_provider(provider)
+        except ImportError as exc:  # the API comes with FastAPI; the SDK only with the extra
+            log.warning("traces are off: %s (pip install 'chatq[otel]')", exc)
+            return None
         except Exception as exc:  # a missing exporter package, a bad protocol: tell, and stay off
             log.warning("traces are off: %s", exc)
             return None
