@@ -70,7 +70,7 @@ def configure(role: str = "client", environ: Mapping[str, str] = os.environ) -> 
     (later calls return what the first decided). ``role`` names the service when
     ``OTEL_SERVICE_NAME`` does not: ``chatq-<role>``. Never raises: a broken configuration logs why
     and leaves tracing off."""
-    global _configured, _tracer
+    global _configured
     with _lock:
         if _configured:
             return _tracer
