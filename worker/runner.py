@@ -184,7 +184,10 @@ class SessionRunner:
                 if taken.outcome is not TakeOutcome.run:
                     head = taken.next_job
                     continue
-                committed = await self.run_job(sp, decode_job(taken.fields), taken, token)
+                try:
+                    committed = await self.run_job(sp, decode_job(taken.fields), taken, token)
+                finally:  # a run cut short by an outage has no commit to count
+                    self._started.pop(taken.job_id or "", None)
                 if committed.outcome is not CommitOutcome.ok:
                     return ran + (committed.outcome is CommitOutcome.released)
                 ran += 1
