@@ -298,21 +298,31 @@ def chat(message: str, session_id: str | None, agent: str | None, timeout: float
     """Submit and print the reply as it streams.
 
     Text shown cannot be taken back: when the provider call is retried, or the turn starts over on
-    another worker, a notice goes to stderr and the reply starts again on a new line. Exit 1 (and
-    `error: ...` on stderr) if the job failed or was cancelled.
+    another worker, a notice goes to stderr and the reply starts again on a new line. Ctrl-C stops
+    the turn (the job is cancelled, keeping what was written) and exits 130. Exit 1 (and `error: ...`
+    on stderr) if the job failed or was cancelled.
     """
     from chatq.tasks.models import Job
 
-    stream = _client().chat(_content(message, images), session_id, agent, timeout=timeout, stream=True,
-                            params=_params(param, model))
-    if as_json:
-        last = None
-        for last in stream:
-            click.echo(last.model_dump_json())
-        assert last is not None and last.terminal, "the event stream ended without a terminal event"
-        job = Job.model_validate(last.data)
-    else:
-        job = _ReplyPrinter().print(stream)
+    client = _client()
+    submitted = client.submit(_content(message, images), session_id, agent, params=_params(param, model))
+    stream = client.stream(submitted.job_id, timeout=timeout)
+    try:
+        if as_json:
+            last = None
+            for last in stream:
+                click.echo(last.model_dump_json())
+            assert last is not None and last.terminal, "the event stream ended without a terminal event"
+            job = Job.model_validate(last.data)
+        else:
+            job = _ReplyPrinter().print(stream)
+    except KeyboardInterrupt:
+        try:
+            client.cancel(submitted.job_id)
+        except ChatQError:  # it finished meanwhile
+            pass
+        click.echo(f"stopped: job {submitted.job_id} cancelled [session {submitted.session_id}]", err=True)
+        sys.exit(130)
     if job.status == "succeeded":
         click.echo(f"[session {job.session_id}]", err=True)
     else:

@@ -243,3 +243,25 @@ def test_the_event_writer_coalesces_and_keeps_order():
                       [("message.delta", '{"text":"bcd","call":1}'), ("tool.call", '{"id":"1"}')]]
     assert rest == [("message.delta", '{"text":"e","call":1}')], "the tail goes with the commit"
     assert took < 4, "the end of the run cuts the coalescing wait short"
+
+
+def test_ctrl_c_in_chatq_chat_stops_the_turn(fleet, client):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    s = sid("ctrl-c")
+    proc = subprocess.Popen([sys.executable, "-m", "chatq", "chat", f"talk a while {SLOW}", "--session", s],
+                            env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not client.get_session(s) or not client.get_session(s).pending_jobs:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    job_id = client.get_session(s).pending_jobs[0]
+    first_event(client, job_id, "message.delta")
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and f"job {job_id} cancelled" in err, err
+    assert client.wait(job_id, 10).status == "cancelled"
+    assert [m.role for m in client.get_session(s).messages] == ["user", "assistant"], "the partial reply is kept"
