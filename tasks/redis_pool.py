@@ -1,5 +1,13 @@
 """Process-wide Redis clients with blocking pools sized for hundreds of threads, and the start-up wait.
 
+Every Redis client of the store is built here, for one Redis or a **Redis Cluster**: a URL
+``redis+cluster://[user:password@]host:port[,host:port...]/`` (``rediss+cluster://`` for TLS) names a
+cluster by some of its nodes; the client discovers the rest and routes each command by its key's hash
+slot (redis-py's ``RedisCluster``). chatq's scripts touch one slot per call (``keys.py``), so the store
+runs there unchanged; the few places where a cluster behaves differently ask ``is_cluster``. The
+Celery broker cannot be a cluster (Celery's Redis transport is not cluster-aware): ``Settings``
+refuses one.
+
 A blocking pool makes a burst of threads wait for a connection instead of failing with
 ``Too many connections``. Every connection is bounded in time and retried the way redis-py's own
 ``Retry`` does it, so an outage surfaces as a ``ConnectionError``/``TimeoutError`` that callers
@@ -14,15 +22,20 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import asyncio
+from typing import Any
+
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.cluster import ClusterNode
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
-_clients: dict[tuple[str, int, float], redis.Redis] = {}
+_clients: dict[tuple[str, int, float], redis.Redis | redis.RedisCluster] = {}
 _lock = threading.Lock()
 
 #: Errors that mean "Redis is not answering right now" (down, restarting, stalled), as opposed to
@@ -31,6 +44,8 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 #: Schemes redis-py's ``from_url`` takes; anything else is a configuration error, not an outage.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: A Redis Cluster, named by one or more of its nodes (``host:port`` separated by commas).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 class RedisUnusable(Exception):
@@ -48,6 +63,99 @@ def _pool_options(max_connections: int, socket_timeout: float) -> dict[str, obje
                 socket_keepalive=True, health_check_interval=30)
 
 
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def is_cluster(r: object) -> bool:
+    """Whether a client (or pipeline) talks to a Redis Cluster: commands to different nodes are then
+    not ordered with each other, even in one pipeline."""
+    return isinstance(r, (redis.RedisCluster, aioredis.RedisCluster))
+
+
+def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """``redis+cluster://u:p@h1:p1,h2:p2/?opts`` as the first node's plain URL (credentials, TLS and
+    options for every node; database 0, the only one a cluster has) and every node's address."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    path, _, query = tail.partition("?")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only")
+    nodes = []
+    for item in filter(None, (h.strip() for h in hosts.split(","))):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"cluster node {item!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("no cluster node given (redis+cluster://host:port[,host:port...]/)")
+    plain = scheme.removesuffix("+cluster")
+    first = f"{plain}://{auth}{at}{nodes[0][0]}:{nodes[0][1]}/0" + (f"?{query}" if query else "")
+    return first, nodes
+
+
+def _cluster(url: str, max_connections: int, socket_timeout: float) -> redis.RedisCluster:
+    """A blocking cluster client: per node a ``BlockingConnectionPool`` of ``max_connections``. The
+    cluster client retries connection errors itself (and follows MOVED/ASK, re-reading the slots)."""
+    first, nodes = cluster_nodes(url)
+    return redis.RedisCluster(url=first, startup_nodes=[ClusterNode(h, p) for h, p in nodes[1:]],
+                              connection_pool_class=redis.BlockingConnectionPool,
+                              retry=Retry(_RETRY[0], _RETRY[1]), **_pool_options(max_connections, socket_timeout))
+
+
+class GatedAsyncCluster(aioredis.RedisCluster):
+    """``redis.asyncio.RedisCluster`` whose commands wait for one of ``max_connections`` turns.
+
+    Its per-node pools raise ``MaxConnectionsError`` when full instead of waiting, so thousands of
+    coroutines would fail a burst: here a command (or pipeline) first waits for a turn, which bounds
+    the connections to any node as the blocking pool does on one Redis."""
+
+    def __init__(self, *args: Any, max_connections: int = 64, **kwargs: Any):
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self._turns = max_connections
+        self._gate: asyncio.Semaphore | None = None
+
+    def _turn(self) -> asyncio.Semaphore:
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self._turns)
+        return self._gate
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        run = pipe.execute
+
+        async def execute(*args: Any, **kwargs: Any) -> Any:
+            async with self._turn():
+                return await run(*args, **kwargs)
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def _async_cluster(url: str, max_connections: int, socket_timeout: float) -> aioredis.RedisCluster:
+    first, nodes = cluster_nodes(url)
+    parts = urlsplit(first)
+    options = _pool_options(max_connections, socket_timeout)
+    del options["timeout"]  # the gate waits instead
+    return GatedAsyncCluster(
+        startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], username=parts.username or None,
+        password=parts.password or None, ssl=parts.scheme == "rediss", retry=AsyncRetry(_RETRY[0], _RETRY[1]),
+        **options)
+
+
+async def pubsub(r: aioredis.Redis | aioredis.RedisCluster, **kwargs: Any) -> Any:
+    """A pub/sub of an asyncio client. On a cluster, plain ``PUBLISH`` reaches every node, so one
+    node's subscription hears the whole fleet; the client must know its nodes first."""
+    if isinstance(r, aioredis.RedisCluster):
+        await r.initialize()
+    return r.pubsub(**kwargs)
+
+
 def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) -> redis.Redis:
     """The process's client for ``url``.
 
@@ -63,11 +171,13 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
     key = (url, max_connections, socket_timeout)
     with _lock:
         client = _clients.get(key)
-        if client is None:
+        if client is None and is_cluster_url(url):
+            client = _clients[key] = _cluster(url, max_connections, socket_timeout)  # type: ignore[assignment]
+        elif client is None:
             pool = redis.BlockingConnectionPool.from_url(
                 url, retry=Retry(*_RETRY), **_pool_options(max_connections, socket_timeout))
             client = _clients[key] = redis.Redis(connection_pool=pool)
-        return client
+        return client  # type: ignore[return-value]
 
 
 def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) -> aioredis.Redis:
@@ -77,23 +187,28 @@ def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float =
     one per loop. Thousands of coroutines share ``max_connections``: a command holds a connection
     only for its round trip, so a burst waits briefly for one instead of opening thousands.
     """
+    if is_cluster_url(url):
+        return _async_cluster(url, max_connections, socket_timeout)  # type: ignore[return-value]
     pool = aioredis.BlockingConnectionPool.from_url(
         url, retry=AsyncRetry(*_RETRY), **_pool_options(max_connections, socket_timeout))
     return aioredis.Redis(connection_pool=pool)
 
 
 def is_redis_url(url: str) -> bool:
-    return urlsplit(url).scheme in REDIS_SCHEMES
+    """A single Redis's URL, or a cluster's."""
+    return urlsplit(url).scheme in REDIS_SCHEMES or is_cluster_url(url)
 
 
 def redact(url: str) -> str:
     """The URL without its password, for log lines."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    auth, netloc = parts.netloc.rsplit("@", 1)
+    if ":" not in auth:
+        return url
+    user = auth.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
 def wait_for_redis(url: str, *, what: str = "Redis", log_every: float = 5.0, timeout: float | None = None,
@@ -107,9 +222,11 @@ def wait_for_redis(url: str, *, what: str = "Redis", log_every: float = 5.0, tim
     ``RedisUnusable``; so does ``timeout`` running out.
     """
     if not is_redis_url(url):
-        raise RedisUnusable(f"{what} URL {redact(url)!r} is not a redis://, rediss:// or unix:// URL")
+        raise RedisUnusable(f"{what} URL {redact(url)!r} is not a redis://, rediss://, unix:// or "
+                            "redis+cluster:// URL")
     try:
-        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        client: Any = (_LazyCluster(url) if is_cluster_url(url)
+                       else redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0))
     except ValueError as exc:
         raise RedisUnusable(f"{what} URL {redact(url)!r} is invalid: {exc}") from exc
     started = clock()
@@ -124,7 +241,7 @@ def wait_for_redis(url: str, *, what: str = "Redis", log_every: float = 5.0, tim
                 return waited
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
                 raise RedisUnusable(f"{what} at {redact(url)} refuses this client: {exc}") from exc
-            except UNREACHABLE as exc:
+            except (*UNREACHABLE, redis.exceptions.RedisClusterException) as exc:
                 now = clock()
                 if timeout is not None and now - started >= timeout:
                     raise RedisUnusable(f"{what} at {redact(url)} unreachable for {now - started:.0f} s: {exc}") from exc
@@ -134,3 +251,22 @@ def wait_for_redis(url: str, *, what: str = "Redis", log_every: float = 5.0, tim
                 sleep(min(1.0, log_every))
     finally:
         client.close()
+
+
+class _LazyCluster:
+    """A cluster client for the start-up wait: redis-py connects while it builds one (reading the
+    slots), so an unreachable cluster fails the build; here that is one more failed ``ping``."""
+
+    def __init__(self, url: str):
+        cluster_nodes(url)  # a malformed URL fails now, not as an outage
+        self.url = url
+        self.client: redis.RedisCluster | None = None
+
+    def ping(self) -> bool:
+        if self.client is None:
+            self.client = _cluster(self.url, 2, 5.0)
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
