@@ -177,14 +177,19 @@ class BatchStore:
         """Jobs and conversation entries in chunked pipelines; the batch hash last.
 
         Every key expires from its first write (a submitter that dies midway leaves nothing
-        forever); the hash counts the turns still unfinished.
+        forever); the hash counts the turns still unfinished. Each chunk's fleet-wide marks (the
+        listing, the sweeper's pending marks) are sent in a round trip before its sessions' writes:
+        on a Redis Cluster the two live on different nodes, which do not order one pipeline's
+        commands, and a crash must never leave work without a mark (``session_machine``).
         """
         entries_key = self.conversations_key(info.batch_id)
         ttl = batch_expiry.unfinished_ttl(self.settings)
+        marks = self.r.pipeline(transaction=False)
         pipe = self.r.pipeline(transaction=False)
         pending_jobs, entries = 0, []
 
         def flush() -> None:
+            marks.execute()
             pipe.rpush(entries_key, *entries)
             pipe.expire(entries_key, ttl)
             pipe.execute()
@@ -192,8 +197,9 @@ class BatchStore:
         for conv in conversations:
             now = utcnow()
             if conv.history or conv.system_prompt:
-                self.sessions.seed(conv.session_id, conv.history, conv.system_prompt, client=pipe, now=now)
-            self.machine.announce(conv.session_id, now, pipe)
+                self.sessions.seed(conv.session_id, conv.history, conv.system_prompt, client=pipe, now=now,
+                                   fleet=marks)
+            self.machine.announce(conv.session_id, now, marks)
             for job in conv.jobs:
                 self.machine.submit(job.job_id, job.session_id, encode_job(job), client=pipe, announce=False, now=now)
             entries.append(json.dumps([conv.custom_id, conv.session_id, *(j.job_id for j in conv.jobs)],

@@ -15,7 +15,9 @@ work or strands a session:
 
 * **submit** is one pipeline, ``[announce (fleet), submit (session)]``: the pending mark comes
   first, so a producer dying between the two leaves a mark without work (the sweeper drops it),
-  never work without a mark. A ``created`` session then costs a second call: ``handoff_give`` if
+  never work without a mark. On a Redis Cluster the two slots may live on different nodes, and
+  commands to different nodes are not ordered with each other even in one pipeline, so there the
+  mark is its own round trip, made before the submit is sent. A ``created`` session then costs a second call: ``handoff_give`` if
   the pipeline saw workers registered for one, else (or if it gave nothing) a Celery wake-up;
   a producer dying before either leaves a marked session the sweeper wakes.
 * **Nothing on the hot path removes a pending mark**: a removal racing a concurrent submit could
@@ -32,7 +34,9 @@ work or strands a session:
   An entry goes when a look finds its session idle or held, so ``woken`` never outgrows ``pending``.
 * **The listing** gains an entry in ``announce`` (if absent, before the session exists: a crash
   leaves an entry without a session, which pruning drops), and every commit re-asserts it (its
-  pipeline is ``[ZADD sessions, commit]``). Pruning (``SessionStore``) drops entries whose session
+  pipeline is ``[ZADD sessions, ZADD recent, commit]``; no order among them matters: the listing's
+  entry is there since the announce, and a crash after the commit alone costs the job its place in
+  ``recent``, which only ``jobs list`` and ``top`` read, so a cluster sends them as one pipeline). Pruning (``SessionStore``) drops entries whose session
   is gone -- expired or deleted -- by the same compare-and-delete. The one race it cannot see, a
   session re-created between the pruner's look and its delete while the old entry's score still
   stands, leaves the new session unlisted until its next commit.
@@ -55,6 +59,7 @@ import redis.asyncio as aioredis
 
 from .keys import Keys, bucket, is_id
 from .models import Checkpoint, JobError, Message, Usage, utcnow
+from .redis_pool import is_cluster
 from .scripts import load
 
 COUNT_CHUNK = 500
@@ -244,6 +249,7 @@ class SessionMachine:
         self.result_ttl = result_ttl
         self.default_ttl = str(session_ttl or 0)
         self.calls = Calls(keys, result_ttl, self.default_ttl, events_maxlen)
+        self.cluster = is_cluster(r)
         self._announce = load(r, "announce")
         self._submit = load(r, "submit")
         self._give = load(r, "handoff_give")
@@ -311,8 +317,8 @@ class SessionMachine:
         if not is_id(job_id) or job_id[:4] != bucket(session_id):
             raise ValueError(f"job ID {job_id!r} does not carry session {session_id!r}'s bucket (keys.new_job_id)")
         k = self.keys
-        if announce:
-            self.announce(session_id, now, pipe)
+        if announce:  # on a cluster the mark must land first: its own round trip (see the module)
+            self.announce(session_id, now, self.r if self.cluster else pipe)
         keys = [k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
         for other in stopping:
             keys += [k.job(other), k.events(other)]

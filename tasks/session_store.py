@@ -16,6 +16,7 @@ import redis
 
 from .keys import Keys
 from .models import Message, Session, Usage, utcnow
+from .redis_pool import is_cluster
 from .scripts import load
 from .session_machine import Calls, listing_score, ttl_arg
 
@@ -77,21 +78,25 @@ class SessionStore:
         k = self.keys
         now = utcnow()
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
+        # The listing's entry first (a crash leaves an entry without a session, which pruning
+        # drops); on a cluster its own round trip, as nodes do not order a pipeline's commands.
+        (self.r if is_cluster(self.r) else pipe).zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
         self._create(keys=[k.session(session_id), k.messages(session_id), k.fifo(session_id)],
                      args=[now.isoformat(), ttl_arg(ttl), self.default_ttl], client=pipe)
         return CreateOutcome(pipe.execute()[-1][0]) is CreateOutcome.created
 
     def seed(self, session_id: str, messages: list[Message], system_prompt: str | None = None,
-             ttl: int | None = None, client: redis.client.Pipeline | None = None, now: datetime | None = None
-             ) -> bool | None:
+             ttl: int | None = None, client: redis.client.Pipeline | None = None, now: datetime | None = None,
+             fleet: redis.client.Pipeline | None = None) -> bool | None:
         """Make the session with a history of its own (checked by the caller: ``conversation.py``);
         False, changing nothing, if it has history or work already. With ``client`` (a pipeline:
-        a batch's) only queued into it, after the listing's entry, and None is returned."""
+        a batch's) only queued into it, after the listing's entry (into ``fleet`` if given: a
+        pipeline the caller sends first), and None is returned."""
         k = self.keys
         now = now or utcnow()
         pipe = client if client is not None else self.r.pipeline(transaction=False)
-        pipe.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
+        first = fleet if fleet is not None else self.r if client is None and is_cluster(self.r) else pipe
+        first.zadd(k.sessions, {session_id: now.timestamp()}, nx=True)
         keys, args = Calls(k, 0, self.default_ttl).seed(session_id, messages, system_prompt, ttl, now)
         self._seed(keys=keys, args=args, client=pipe)
         if client is not None:

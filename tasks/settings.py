@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OPEN_TENANT = "default"
@@ -33,8 +33,11 @@ def parse_pairs(raw: Any, *, what: str, split_right: bool) -> Any:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATQ_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = Field(None, description="Defaults to redis_url; amqp:// works too.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description=(
+        "The store: one Redis, or a Redis Cluster as redis+cluster://host:port[,host:port...]/."))
+    broker_url: str | None = Field(None, description=(
+        "Defaults to redis_url; amqp:// works too. Never a Redis Cluster: give a standalone Redis "
+        "(or RabbitMQ) when the store is one."))
     namespace: str = Field("chatq", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     queue: str = "chatq"
 
@@ -139,6 +142,17 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_secrets(cls, raw: Any) -> Any:
         return parse_pairs(raw, what="CHATQ_WEBHOOK_SECRETS", split_right=False)
+
+    @model_validator(mode="after")
+    def _broker_not_a_cluster(self) -> "Settings":
+        """Celery's Redis transport cannot run on a Redis Cluster (its keys span slots): refused at
+        start-up, not at the first wake-up."""
+        if self.broker.partition("://")[0].endswith("+cluster"):
+            given = "CHATQ_BROKER_URL" if self.broker_url else "CHATQ_REDIS_URL (the broker by default)"
+            raise ValueError(
+                f"{given} names a Redis Cluster, which cannot be the Celery broker: set CHATQ_BROKER_URL "
+                "to a standalone Redis (redis://...) or RabbitMQ (amqp://...); the store stays on the cluster")
+        return self
 
     @property
     def broker(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from chatq.tasks import tracing
 from chatq.tasks.keys import Keys
+from chatq.tasks import redis_pool
 from chatq.tasks.redis_pool import UNREACHABLE, get_async_redis, get_redis
 from chatq.tasks.request_params import encode_policy
 from chatq.tasks.session_machine import SessionMachine
@@ -227,7 +228,7 @@ class Runtime:
         channel = self.runner.keys.cancel_channel
         while True:
             try:
-                async with self.r.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with await redis_pool.pubsub(self.r, ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(channel)
                     await self.runner.check_stops()
                     while True:
