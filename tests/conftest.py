@@ -19,6 +19,7 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATQ_REDIS_URL", "CHATQ_NAME
     os.environ.pop(_var, None)
 
 from chatq.tasks.client import ChatClient
+from chatq.tasks.redis_pool import get_redis
 from chatq.tasks.settings import Settings
 from chatq.testing.server import TestServer
 
@@ -117,7 +118,7 @@ class Fleet:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        r = redis.Redis.from_url(self.redis_url)
+        r = get_redis(self.redis_url)  # one Redis or a cluster (SCAN walks every primary)
         keys = list(r.scan_iter(f"{self.settings.namespace}:*", count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i:i + 500])

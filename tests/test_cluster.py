@@ -1,0 +1,252 @@
+"""The store on a real local Redis Cluster (3 masters, no replicas), the broker on the standalone test
+Redis: the core guarantees with real ``chatq worker`` processes, keys spread over the three nodes.
+
+One cluster for the module (started with ``redis-server --cluster-enabled yes`` and ``redis-cli
+--cluster create``, shut down after); skipped only when the binaries are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from chatq.api.app import create_app
+from chatq.tasks.batch import BatchClient
+from chatq.tasks.redis_pool import cluster_nodes, get_redis
+from chatq.tasks.settings import Settings
+
+from .conftest import BROKER_URL, Fleet, wait_all
+from .test_api import api_settings, http, serve, signing, KEY_A
+from .test_batch import expected_replies, openai_line
+from .test_core import expected_history, history_pairs
+from .test_crash_recovery import _wait_for_running
+from .test_live_turns import SLOW, deltas, first_event
+
+
+def _free_port() -> int:
+    """A port free along with its cluster bus port (+10000)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _start_cluster(folder: Path, ports: list[int]) -> None:
+    """Three masters on free ports, recorded in ``ports`` as each starts (the caller stops them)."""
+    for _ in range(3):
+        port = _free_port()
+        subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                        "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+                        "--daemonize", "yes", "--dir", str(folder), "--logfile", str(folder / f"{port}.log")],
+                       check=True)
+        ports.append(port)
+    for port in ports:
+        _until(lambda p=port: redis.Redis(port=p).ping(), f"node {port} answers")
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    for port in ports:
+        _until(lambda p=port: redis.Redis(port=p, decode_responses=True).execute_command("CLUSTER INFO")
+               .get("cluster_state") == "ok",
+               f"node {port} sees the cluster ok")
+
+
+def _until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory) -> Iterator[str]:
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"the Redis Cluster tests start a local cluster and need {' and '.join(missing)} "
+                    "(apt-get install redis-server)")
+    folder = tmp_path_factory.mktemp("cluster")
+    ports: list[int] = []
+    try:
+        _start_cluster(folder, ports)
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2]) + "/"
+    finally:
+        for port in ports:
+            try:
+                redis.Redis(port=port).shutdown(nosave=True)
+            except redis.RedisError:
+                pass  # shutting down closes the connection
+
+
+@pytest.fixture(scope="module")
+def cfleet(tmp_path_factory, fake_openai, cluster_url) -> Iterator[Fleet]:
+    """Two worker processes with the store on the cluster and the broker on the standalone Redis."""
+    f = Fleet(tmp_path_factory.mktemp("cluster-fleet"), fake_openai.base_url, redis_url=cluster_url,
+              broker_url=BROKER_URL)
+    for proc in (f.start_worker(20), f.start_worker(20)):
+        f.wait_ready(proc)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def cclient(cfleet):
+    return cfleet.client()
+
+
+def sid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _node_of(r: redis.RedisCluster, key: str) -> str:
+    return r.get_node_from_key(key).name
+
+
+def test_a_cluster_url_is_never_the_broker(cluster_url):
+    with pytest.raises(ValueError, match="CHATQ_BROKER_URL"):
+        Settings(redis_url=cluster_url)
+    with pytest.raises(ValueError, match="cannot be the Celery broker"):
+        Settings(redis_url="redis://127.0.0.1:6379/0", broker_url=cluster_url)
+    first, nodes = cluster_nodes("redis+cluster://u:pw@h1:7000,h2:7001/?ssl_cert_reqs=none")
+    assert first == "redis://u:pw@h1:7000/0?ssl_cert_reqs=none" and nodes == [("h1", 7000), ("h2", 7001)]
+
+
+def test_concurrent_submitters_keep_each_sessions_order_across_nodes(cfleet, cclient):
+    r = get_redis(cfleet.settings.redis_url)
+    assert isinstance(r, redis.RedisCluster) and len(r.get_primaries()) == 3
+    sessions = [sid("order") for _ in range(12)]
+    texts = {s: [f"{s} turn {i}" for i in range(4)] for s in sessions}
+    nodes = {_node_of(r, cclient.keys.fifo(s)) for s in sessions}
+    assert len(nodes) >= 2, "the sessions should spread over the cluster's nodes"
+    job_ids: dict[str, list[str]] = {s: [] for s in sessions}
+
+    def submitter(mine: list[str]) -> None:
+        client = cfleet.client()
+        for i in range(4):
+            for s in mine:
+                job_ids[s].append(client.submit(texts[s][i], s).job_id)
+
+    threads = [threading.Thread(target=submitter, args=(sessions[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = wait_all(cclient, [j for s in sessions for j in job_ids[s]], timeout=90)
+    assert all(j.status == "succeeded" for j in done), cfleet.logs()
+    for s in sessions:
+        assert history_pairs(cclient, s) == expected_history(texts[s])
+    listed = set(cclient.list_sessions())
+    assert set(sessions) <= listed
+    # get-or-create: the same session twice, then its first turn
+    s = sid("goc")
+    made, again = cclient.create_session(s), cclient.create_session(s)
+    assert made.session_id == again.session_id == s and made.created_at == again.created_at
+    assert cclient.chat("hello there", s, timeout=30).status == "succeeded"
+    assert len(cclient.get_session(s).messages) == 2 and s in cclient.list_sessions()
+
+
+def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(cfleet, cclient):
+    broker = redis.Redis.from_url(BROKER_URL)
+    queue = cfleet.settings.queue
+    assert cclient.chat("warm up", timeout=30).status == "succeeded"
+    _until(lambda: cclient.r.zcard(cclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
+    cclient.app.control.cancel_consumer(queue, reply=True)
+    try:
+        job = cclient.submit("hello, nobody is consuming wake-ups")
+        done = cclient.wait(job.job_id, 30)
+        assert done.status == "succeeded", cfleet.logs()
+        assert broker.llen(queue) == 0, "no Celery message was published for it"
+    finally:
+        cclient.app.control.add_consumer(queue, reply=True)
+
+
+def test_a_small_batch_and_wait(cfleet, cclient):
+    batches = BatchClient(cclient)
+    t = uuid.uuid4().hex[:8]
+    convs = {f"c{i}-{t}": [f"conversation {i} turn {n} {t}" for n in range(i + 1)] for i in range(4)}
+    lines = [{"custom_id": cid, "messages": turns} for cid, turns in convs.items()]
+    lines.append(openai_line(f"seeded-{t}", "earlier", f"after the seed {t}", system="Be brief."))
+    info = batches.submit(lines)
+    status = batches.wait(info.batch_id, timeout=60)
+    assert status.done and (status.total, status.succeeded) == (5, 5), cfleet.logs()
+    results = batches.results(info.batch_id)
+    for r in results[:4]:
+        assert r.status == "succeeded" and r.replies == expected_replies(convs[r.custom_id]), r
+    assert results[4].status == "succeeded"
+    assert {r.session_id for r in results} <= set(cclient.list_sessions())
+
+
+def test_a_streamed_job_and_a_stop_request(cfleet, cclient):
+    job = cclient.submit("tell me a story [[stream delay=0.01 words=40]]", sid("live"))
+    seen = list(cclient.stream(job.job_id, timeout=60))
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert seen[0].type == "job.started" and seen[-1].type == "job.succeeded"
+    assert deltas(seen) == cclient.get(job.job_id).result.content
+    # a stop request travels by PUBLISH (from Lua, on the session's node) to every worker process
+    s = sid("stop")
+    slow = cclient.submit(f"stop me {uuid.uuid4().hex[:6]} {SLOW}", s)
+    later = cclient.submit("and then this", s)
+    first_event(cclient, slow.job_id, "message.delta")
+    assert cclient.cancel(slow.job_id).cancel == "keep"
+    stopped = cclient.wait(slow.job_id, 10)
+    assert stopped.status == "cancelled", cfleet.logs()
+    assert list(cclient.stream(slow.job_id))[-1].type == "job.cancelled"
+    assert cclient.wait(later.job_id, 30).status == "succeeded"
+    assert [m.role for m in cclient.get_session(s).messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_the_http_api_submits_and_long_polls(cfleet):
+    with serve(create_app(api_settings(), signing(cfleet.settings))) as url, http(url, KEY_A) as a:
+        s = sid("api")
+        r = a.post("/v1/chat", json={"message": "My name is Alice", "session_id": s})
+        assert r.status_code == 202, r.text
+        polled = a.get(r.headers["Location"], params={"wait": 30})
+        assert polled.status_code == 200 and polled.json()["status"] == "succeeded", polled.text
+        events = a.get(f"/v1/jobs/{r.json()['job_id']}/events", headers={"Accept": "text/event-stream"})
+        assert events.status_code == 200 and "job.succeeded" in events.text
+
+
+def test_sigkill_mid_run_is_recovered_by_lease_and_sweeper(tmp_path, fake_openai, cluster_url):
+    fleet = Fleet(tmp_path, fake_openai.base_url, redis_url=cluster_url, broker_url=BROKER_URL)
+    try:
+        doomed = fleet.start_worker(20)
+        client = fleet.client()
+        sessions = [sid("crash") for _ in range(4)]
+        texts = {s: [f"{s} turn {i} [[stall:0.4]]" for i in range(4)] for s in sessions}
+        jobs = [client.submit(t, s).job_id for s in sessions for t in texts[s]]
+        _wait_for_running(client, jobs)
+        time.sleep(0.6)
+        fleet.kill(doomed)
+        interrupted = [j for j in client.jobs.get_many(jobs) if j.status == "running"]
+        assert interrupted, "the kill should land mid-job"
+        fleet.start_worker(20)
+        done = wait_all(client, jobs, timeout=90)
+        assert all(j.status == "succeeded" for j in done), fleet.logs()
+        for s in sessions:
+            assert history_pairs(client, s) == expected_history(texts[s])
+        retried = {j.job_id: j for j in done}
+        assert all(retried[j.job_id].attempts == 2 for j in interrupted)
+    finally:
+        fleet.stop()
