@@ -20,12 +20,12 @@ def frame(namespace: str, s: FleetSnapshot, processes: list[tuple[str, int]]) ->
         "finished: " + (" · ".join(f"{k} {v}" for k, v in sorted(s.finished.items())) or "none"),
         ("   failed by error: " + ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items()))) if s.errors else "",
     )
-    waiting = Table(title="worker processes waiting for hand-offs", title_justify="left", expand=False)
+    waiting = Table(title="worker processes waiting for hand-offs", title_justify="left", min_width=50)
     waiting.add_column("process")
     waiting.add_column("room", justify="right")
     for process, room in processes:
         waiting.add_row(process, str(room))
-    running = Table(title="running longest", title_justify="left", expand=False)
+    running = Table(title="running longest", title_justify="left", min_width=50)
     for column in ("job", "session", "agent", "worker", "running for"):
         running.add_column(column)
     for job in s.longest_running:
