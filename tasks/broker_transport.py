@@ -20,7 +20,10 @@ it is). chatq does not depend on either: a wake-up restored twice finds its sess
 and one never restored is covered by the sweeper.
 
 Selected with Celery's ``broker_transport`` setting for redis:// broker URLs (``transport_for``; a
-rediss:// URL keeps kombu's own transport, whose TLS defaults hang on the scheme's name). It can go
+rediss:// URL keeps kombu's own transport, whose TLS defaults hang on the scheme's name), and for
+Sentinel brokers (``sentinel://``, what ``redis_pool.celery_broker`` makes of a ``redis+sentinel://``
+URL) as ``SentinelTransport``: kombu's sentinel channel builds its pool from the same parameters
+plus the sentinels' addresses, read from the connection too, so it keeps both. It can go
 when kombu keeps a channel's connection parameters, or no longer closes a channel after detaching
 its transport: ``test_a_consumer_channel_survives_its_redis_dying_with_a_message_unacked`` in
 ``tests/test_redis_outage.py`` asserts the stock transport still fails and this one does not.
@@ -36,17 +39,18 @@ from kombu.transport import redis as kombu_redis
 
 
 def transport_for(broker_url: str) -> str | None:
-    """This module's transport for a redis:// broker; ``None`` leaves kombu's choice."""
-    return f"{__name__}:Transport" if urlsplit(broker_url).scheme == "redis" else None
+    """This module's transport for a redis:// or sentinel:// broker; ``None`` leaves kombu's choice."""
+    scheme = urlsplit(broker_url).scheme
+    return {"redis": f"{__name__}:Transport", "sentinel": f"{__name__}:SentinelTransport"}.get(scheme)
 
 
-class Channel(kombu_redis.Channel):
+class _KeepsConnparams(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._attached_connparams: dict[bool, dict[str, Any]] = {}
         super().__init__(*args, **kwargs)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        if self.connection is None or self.connection.client is None:  # closed or detached: same broker
+        if self.connection is None or self.connection.client is None or isinstance(self.connection, _Detached):
             saved = self._attached_connparams.get(asynchronous)
             if saved is None:
                 raise redis.ConnectionError("the broker connection of this channel is closed")
@@ -56,5 +60,51 @@ class Channel(kombu_redis.Channel):
         return params
 
 
+class Channel(_KeepsConnparams):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(_KeepsConnparams, kombu_redis.SentinelChannel):
+    """kombu's sentinel channel, which also reads the sentinels' addresses from the connection
+    (``connection.client.alt``) whenever it builds a pool: kept, like the parameters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._attached_client: Any = None
+        super().__init__(*args, **kwargs)
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        if self.connection is not None and self.connection.client is not None:
+            self._attached_client = self.connection.client
+            return super()._sentinel_managed_pool(asynchronous)
+        if self._attached_client is None:
+            raise redis.ConnectionError("the broker connection of this channel is closed")
+        # Detached: the same pool, built against the client the channel had (kombu reads only
+        # ``alt`` from it; the rest comes from the kept parameters).
+        connection = self.connection
+        self.connection = _Detached(self._attached_client, connection)  # type: ignore[assignment]
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = connection
+
+
+class _Detached:
+    """A stand-in transport for ``SentinelChannel._sentinel_managed_pool`` once detached: the old
+    client's sentinel list and the transport's default port, nothing else."""
+
+    def __init__(self, client: Any, transport: Any):
+        self.client = _Sentinels(client.alt)
+        self.default_port = getattr(transport, "default_port", None) or 26379
+
+
+class _Sentinels:
+    def __init__(self, alt: list[str]):
+        self.alt = list(alt)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from .broker_transport import transport_for
+from .redis_pool import celery_broker
 from .settings import Settings
 
 RUN_SESSION = "chatq.run_session"
@@ -44,7 +45,9 @@ FEEDING = {
 
 def make_app(settings: Settings) -> Celery:
     s = settings
-    app = Celery("chatq", broker=s.broker, include=[WORKER_MODULE])
+    # A redis+sentinel:// broker is kombu's sentinel:// URL plus the master's name as an option.
+    broker, sentinel_options = celery_broker(s.broker)
+    app = Celery("chatq", broker=broker, include=[WORKER_MODULE])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -61,11 +64,11 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_max_retries=None,  # retry forever: an outage costs time, never the worker
         # A running job keeps running through a broker outage: its commit is fenced by the session lease.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout},
+        broker_transport_options={"visibility_timeout": s.visibility_timeout, **sentinel_options},
         # -c's default; a worker's runtime takes it and gives Celery's own pool FEEDERS threads.
         worker_concurrency=s.concurrency,
         **FEEDING,
     )
-    if transport := transport_for(s.broker):
+    if transport := transport_for(broker):
         app.conf.broker_transport = transport
     return app

@@ -8,6 +8,15 @@ runs there unchanged; the few places where a cluster behaves differently ask ``i
 Celery broker cannot be a cluster (Celery's Redis transport is not cluster-aware): ``Settings``
 refuses one.
 
+Or for a Redis watched by **Sentinel**: a URL
+``redis+sentinel://[[user]:password@]host:port[,host:port...]/<master-name>[/<db>][?sentinel_password=...]``
+names the sentinels (not the master) and the master's name in their ``sentinel monitor`` line; the
+credentials are the master's, ``sentinel_password`` (and ``sentinel_username``) the sentinels' own
+when they require one. Every connection asks the sentinels where the master is when it connects, and
+a connection to a master that was demoted or died fails and reconnects to the promoted one
+(redis-py's ``Sentinel.master_for``), so a failover costs callers the connection errors they already
+ride out. The broker may be one too (``celery_broker`` maps the URL to kombu's sentinel transport).
+
 A blocking pool makes a burst of threads wait for a connection instead of failing with
 ``Too many connections``. Every connection is bounded in time and retried the way redis-py's own
 ``Retry`` does it, so an outage surfaces as a ``ConnectionError``/``TimeoutError`` that callers
@@ -20,18 +29,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.cluster import ClusterNode
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,8 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 #: A Redis Cluster, named by one or more of its nodes (``host:port`` separated by commas).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: A master watched by Redis Sentinel, named by its sentinels and its master name.
+SENTINEL_SCHEME = "redis+sentinel"
 
 
 class RedisUnusable(Exception):
@@ -93,6 +107,144 @@ def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
     plain = scheme.removesuffix("+cluster")
     first = f"{plain}://{auth}{at}{nodes[0][0]}:{nodes[0][1]}/0" + (f"?{query}" if query else "")
     return first, nodes
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0] == SENTINEL_SCHEME
+
+
+class SentinelURL(NamedTuple):
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
+
+
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+
+
+def sentinel_parts(url: str) -> SentinelURL:
+    """``redis+sentinel://[[user]:password@]h1:p1[,h2:p2...]/<master-name>[/<db>][?sentinel_password=...]``
+    parsed; a malformed one raises ``ValueError`` (a configuration error, not an outage)."""
+    scheme, _, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    netloc, _, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    path, _, query = tail.partition("?")
+    sentinels = []
+    for item in filter(None, (h.strip() for h in hosts.split(","))):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"sentinel {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    if not sentinels:
+        raise ValueError("no sentinel given (redis+sentinel://host:port[,host:port...]/<master-name>)")
+    master, _, db = path.strip("/").partition("/")
+    if not master:
+        raise ValueError("no master name (redis+sentinel://host:port/<master-name>[/<db>])")
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(_SENTINEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; a sentinel URL takes {', '.join(_SENTINEL_OPTIONS)}")
+    user, colon, password = auth.partition(":")
+    if not colon:  # a lone credential is the password (Redis before ACLs had nothing else)
+        user, password = "", auth
+    return SentinelURL(sentinels, unquote(master), int(db or 0), unquote(user) or None,
+                       unquote(password) or None, options.get("sentinel_username") or None,
+                       options.get("sentinel_password") or None)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """redis-py's sentinel pool (connections that find the master through the sentinels) with the
+    blocking pool's waiting for a free connection, as on one Redis."""
+
+
+class _AsyncBlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionPool):
+    """The asyncio counterpart of ``_BlockingSentinelPool``."""
+
+
+def _sentinel_kwargs(parts: SentinelURL, socket_timeout: float) -> dict[str, object]:
+    """How the sentinels themselves are reached: bounded like every connection, their own credentials."""
+    options: dict[str, object] = dict(socket_timeout=min(socket_timeout, 5.0),
+                                      socket_connect_timeout=min(socket_timeout, 5.0), decode_responses=True)
+    if parts.sentinel_password:
+        options.update(username=parts.sentinel_username, password=parts.sentinel_password)
+    return options
+
+
+def _sentinel(url: str, max_connections: int, socket_timeout: float) -> redis.Redis:
+    """The master's client: each connection asks the sentinels for the master's address when it
+    connects; after a failover the old connections fail (refused, or ``READONLY`` from a demoted
+    master, which redis-py turns into a ``ConnectionError``) and are retried on the new master."""
+    parts = sentinel_parts(url)
+    manager = Sentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, socket_timeout))
+    return manager.master_for(  # type: ignore[no-any-return]
+        parts.master, redis_class=redis.Redis, connection_pool_class=_BlockingSentinelPool, db=parts.db,
+        username=parts.username, password=parts.password, retry=Retry(*_RETRY),
+        **_pool_options(max_connections, socket_timeout))
+
+
+def _async_sentinel(url: str, max_connections: int, socket_timeout: float) -> aioredis.Redis:
+    parts = sentinel_parts(url)
+    manager = AsyncSentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, socket_timeout))
+    return manager.master_for(  # type: ignore[no-any-return]
+        parts.master, redis_class=aioredis.Redis, connection_pool_class=_AsyncBlockingSentinelPool,
+        db=parts.db, username=parts.username, password=parts.password, retry=AsyncRetry(*_RETRY),
+        **_pool_options(max_connections, socket_timeout))
+
+
+def celery_broker(url: str) -> tuple[str, dict[str, object]]:
+    """The broker URL and transport options to give Celery for chatq's broker setting.
+
+    kombu's Redis transport takes a Sentinel as ``sentinel://[:password@]host:port/db;sentinel://...``
+    with the master's name in ``broker_transport_options``; chatq's ``redis+sentinel://`` URL, the
+    same for the store and the broker, is mapped to that. Anything else is given as it is."""
+    if not is_sentinel_url(url):
+        return url, {}
+    parts = sentinel_parts(url)
+    auth = ""
+    if parts.password:
+        auth = f"{quote(parts.username or '', safe='')}:{quote(parts.password, safe='')}@"
+    first, *rest = parts.sentinels
+    hosts = [f"sentinel://{auth}{_host(first)}/{parts.db}", *(f"sentinel://{_host(h)}/{parts.db}" for h in rest)]
+    options: dict[str, object] = {"master_name": parts.master}
+    if parts.sentinel_password:
+        options["sentinel_kwargs"] = {"username": parts.sentinel_username, "password": parts.sentinel_password}
+    return ";".join(hosts), options
+
+
+def sentinel_url_of_celery_broker(broker_url: str, options: dict[str, Any]) -> str | None:
+    """``celery_broker``'s inverse: the ``redis+sentinel://`` URL of a kombu sentinel broker, so a
+    producer pushes wake-ups with the store's kind of client (None if it is not one)."""
+    if not broker_url.startswith("sentinel://") or not options.get("master_name"):
+        return None
+    hosts, auth, db = [], "", 0
+    for n, item in enumerate(broker_url.split(";")):
+        parts = urlsplit(item.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            return None
+        hosts.append(_host((parts.hostname, parts.port or 26379)))
+        if n == 0:
+            db = int(parts.path.strip("/") or 0)
+            if parts.password:
+                auth = f"{parts.username or ''}:{parts.password}@"  # still percent-encoded
+    query = ""
+    sentinel_kwargs = options.get("sentinel_kwargs") or {}
+    if sentinel_kwargs.get("password"):
+        query = "?" + urlencode({k: sentinel_kwargs[k.removeprefix("sentinel_")] for k in _SENTINEL_OPTIONS
+                                 if sentinel_kwargs.get(k.removeprefix("sentinel_"))})
+    return f"{SENTINEL_SCHEME}://{auth}{','.join(hosts)}/{quote(str(options['master_name']), safe='')}/{db}{query}"
+
+
+def _host(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _cluster(url: str, max_connections: int, socket_timeout: float) -> redis.RedisCluster:
@@ -173,6 +325,8 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
         client = _clients.get(key)
         if client is None and is_cluster_url(url):
             client = _clients[key] = _cluster(url, max_connections, socket_timeout)  # type: ignore[assignment]
+        elif client is None and is_sentinel_url(url):
+            client = _clients[key] = _sentinel(url, max_connections, socket_timeout)
         elif client is None:
             pool = redis.BlockingConnectionPool.from_url(
                 url, retry=Retry(*_RETRY), **_pool_options(max_connections, socket_timeout))
@@ -189,18 +343,25 @@ def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float =
     """
     if is_cluster_url(url):
         return _async_cluster(url, max_connections, socket_timeout)  # type: ignore[return-value]
+    if is_sentinel_url(url):
+        return _async_sentinel(url, max_connections, socket_timeout)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, retry=AsyncRetry(*_RETRY), **_pool_options(max_connections, socket_timeout))
     return aioredis.Redis(connection_pool=pool)
 
 
 def is_redis_url(url: str) -> bool:
-    """A single Redis's URL, or a cluster's."""
-    return urlsplit(url).scheme in REDIS_SCHEMES or is_cluster_url(url)
+    """A single Redis's URL, a cluster's, or a Sentinel-watched master's."""
+    return urlsplit(url).scheme in REDIS_SCHEMES or is_cluster_url(url) or is_sentinel_url(url)
 
 
 def redact(url: str) -> str:
     """The URL without its password, for log lines."""
+    if is_sentinel_url(url) and "sentinel_password=" in url:
+        base, _, query = url.partition("?")
+        url = base + "?" + "&".join(
+            f"{k}=***" if k == "sentinel_password" else f"{k}={quote(v, safe='')}"
+            for k, v in parse_qsl(query, keep_blank_values=True))
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
@@ -223,9 +384,10 @@ def wait_for_redis(url: str, *, what: str = "Redis", log_every: float = 5.0, tim
     """
     if not is_redis_url(url):
         raise RedisUnusable(f"{what} URL {redact(url)!r} is not a redis://, rediss://, unix:// or "
-                            "redis+cluster:// URL")
+                            "redis+cluster:// or redis+sentinel:// URL")
     try:
         client: Any = (_LazyCluster(url) if is_cluster_url(url)
+                       else _SentinelPing(url) if is_sentinel_url(url)
                        else redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0))
     except ValueError as exc:
         raise RedisUnusable(f"{what} URL {redact(url)!r} is invalid: {exc}") from exc
@@ -270,3 +432,22 @@ class _LazyCluster:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+class _SentinelPing:
+    """The master's client for the start-up wait, closed with the sentinels' clients: no master
+    known yet (``MasterNotFoundError``, a ``ConnectionError``) is waited out like a Redis down."""
+
+    def __init__(self, url: str):
+        parts = sentinel_parts(url)  # a malformed URL fails now, not as an outage
+        self.manager = Sentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, 5.0))
+        self.client = self.manager.master_for(parts.master, db=parts.db, username=parts.username,
+                                              password=parts.password, socket_timeout=5.0,
+                                              socket_connect_timeout=5.0)
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        self.client.close()
+        self.manager.close()

@@ -34,9 +34,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATQ_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description=(
-        "The store: one Redis, or a Redis Cluster as redis+cluster://host:port[,host:port...]/."))
+        "The store: one Redis, a Redis Cluster as redis+cluster://host:port[,host:port...]/, or a master "
+        "watched by Sentinel as redis+sentinel://[:password@]host:port[,host:port...]/<master-name>[/<db>]."))
     broker_url: str | None = Field(None, description=(
-        "Defaults to redis_url; amqp:// works too. Never a Redis Cluster: give a standalone Redis "
+        "Defaults to redis_url; amqp:// and redis+sentinel:// work too. Never a Redis Cluster: give a standalone Redis "
         "(or RabbitMQ) when the store is one."))
     namespace: str = Field("chatq", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     queue: str = "chatq"

@@ -33,7 +33,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
 from .celery_app import RUN_SESSION, make_app
-from .redis_pool import get_redis
+from .redis_pool import get_redis, sentinel_url_of_celery_broker
 from .settings import Settings
 
 BATCH = 2000
@@ -50,12 +50,16 @@ def redis_broker(app: Celery) -> str | None:
 
     Direct pushes reproduce kombu's Redis transport as chatq configures it: no key prefix, no TLS
     options of Celery's own (``rediss://`` URLs carry theirs), task protocol 2, default priority.
+    A Sentinel broker is pushed to with a ``redis+sentinel://`` client, which follows the master
+    through a failover as the store's does.
     """
     conf = app.conf
     url = conf.broker_write_url or conf.broker_url
-    if not url or urlsplit(url).scheme not in ("redis", "rediss"):
-        return None
     options = conf.broker_transport_options or {}
+    if url and (sentinel := sentinel_url_of_celery_broker(url, options)):
+        url = sentinel
+    elif not url or urlsplit(url).scheme not in ("redis", "rediss"):
+        return None
     if options.get("global_keyprefix") or conf.broker_use_ssl or conf.task_protocol != 2 \
             or conf.task_default_priority is not None:
         return None
