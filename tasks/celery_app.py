@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from celery import Celery
+from kombu import Exchange, Queue
 
 from .broker_transport import transport_for
 from .redis_pool import celery_broker
@@ -43,6 +46,36 @@ FEEDING = {
 """Broker connection limits for a process whose Celery pool has ``FEEDERS`` threads."""
 
 
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+"""Broker URL schemes of RabbitMQ (kombu's py-amqp transport)."""
+
+
+def is_amqp(broker_url: str) -> bool:
+    return urlsplit(broker_url).scheme in AMQP_SCHEMES
+
+
+def quorum_queue(name: str) -> Queue:
+    """chatq's queue on RabbitMQ: a durable quorum queue, replicated and safe across a node's loss,
+    where a classic queue is neither. Bound to a direct exchange of its own name, as Celery binds a
+    queue it creates itself, so only the queue's type differs from what earlier versions declared
+    (a queue of that name declared classic must be deleted first: RabbitMQ refuses to redeclare it)."""
+    return Queue(name, Exchange(name, "direct"), routing_key=name, durable=True,
+                 queue_arguments={"x-queue-type": "quorum"})
+
+
+def quorum_settings(settings: Settings) -> dict[str, Any]:
+    """Celery settings for a RabbitMQ broker: the app's queue is a quorum queue, and so is any other
+    a worker is told to consume (``-Q``); the prefetch is per consumer (``worker_detect_quorum_queues``
+    turns global QoS off, which quorum queues do not support). Nothing for other brokers."""
+    if not is_amqp(settings.broker):
+        return {}
+    return {
+        "task_queues": [quorum_queue(settings.queue)],
+        "task_create_missing_queue_type": "quorum",
+        "worker_detect_quorum_queues": True,
+    }
+
+
 def make_app(settings: Settings) -> Celery:
     s = settings
     # A redis+sentinel:// broker is kombu's sentinel:// URL plus the master's name as an option.
@@ -68,6 +101,7 @@ def make_app(settings: Settings) -> Celery:
         # -c's default; a worker's runtime takes it and gives Celery's own pool FEEDERS threads.
         worker_concurrency=s.concurrency,
         **FEEDING,
+        **quorum_settings(s),
     )
     if transport := transport_for(broker):
         app.conf.broker_transport = transport
