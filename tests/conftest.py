@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu import Connection
 
 # Tests never reach a real provider, whatever the developer's shell exports.
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CHATQ_REDIS_URL", "CHATQ_NAMESPACE"):
     os.environ.pop(_var, None)
 
+from chatq.tasks.celery_app import is_amqp
 from chatq.tasks.client import ChatClient
 from chatq.tasks.redis_pool import get_redis
 from chatq.tasks.settings import Settings
@@ -118,6 +120,10 @@ class Fleet:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        if is_amqp(self.settings.broker):  # a RabbitMQ queue (durable) outlives its workers: delete it
+            with Connection(self.settings.broker, connect_timeout=5) as conn:
+                conn.default_channel.queue_delete(self.settings.queue)
+                conn.default_channel.exchange_delete(self.settings.queue)
         r = get_redis(self.redis_url)  # one Redis or a cluster (SCAN walks every primary)
         keys = list(r.scan_iter(f"{self.settings.namespace}:*", count=1000))
         for i in range(0, len(keys), 500):
