@@ -21,7 +21,8 @@ from kombu import Connection, Queue
 
 from chatq.api.app import create_app
 from chatq.tasks.batch import BatchClient
-from chatq.tasks.celery_app import is_amqp
+from chatq.tasks.celery_app import is_amqp, make_app
+from chatq.tasks.settings import Settings
 
 from .conftest import BROKER_URL, Fleet, wait_all
 from .test_api import KEY_A, api_settings, http, serve, signing
@@ -106,6 +107,16 @@ def held_sessions(fleet: Fleet) -> list[str]:
     entries += [payload for payload, _exchange, routing_key in map(json.loads, r.hvals("unacked"))
                 if routing_key == queue]
     return [e["headers"]["argsrepr"] for e in entries]
+
+
+def test_only_an_amqp_broker_gets_a_quorum_queue():
+    amqp_app = make_app(Settings(broker_url=RABBITMQ_URL, queue="q1"))
+    queue = amqp_app.amqp.queues["q1"]
+    assert queue.queue_arguments == {"x-queue-type": "quorum"} and queue.durable and not queue.auto_delete
+    assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("q1", "direct", "q1")
+    assert amqp_app.conf.worker_detect_quorum_queues
+    redis_app = make_app(Settings(broker_url=BROKER_URL, queue="q1"))
+    assert not redis_app.amqp.queues["q1"].queue_arguments
 
 
 def test_rabbitmq_holds_chatqs_queue_as_a_durable_quorum_queue(bfleet):
