@@ -62,3 +62,19 @@ def test_readme_file_table_matches_the_tree():
                if p.name != "__init__.py" or p.parent.name == "chatq" and p.parent.parent == ROOT}
     assert modules - named == set(), "modules the README's file table does not mention"
     assert {n for n in named if not (ROOT / n).exists()} == set(), "files the README's table names that do not exist"
+
+
+def test_the_multinode_compose_file_puts_the_store_on_a_cluster_and_the_broker_on_rabbitmq():
+    from chatq.tasks.redis_pool import cluster_nodes
+
+    override = yaml.safe_load((ROOT / "docker-compose.multinode.yml").read_text())
+    services = override["services"]
+    nodes = [name for name in services if name.startswith("redis-") and name != "redis-cluster-init"]
+    assert len(nodes) == 3 and all("--cluster-enabled yes" in " ".join(services[n]["command"]) for n in nodes)
+    assert "--cluster create" in " ".join(services["redis-cluster-init"]["command"])
+    for role in ("worker", "api"):
+        env = services[role]["environment"]
+        assert env["CHATQ_REDIS_URL"] == "redis+cluster://" + ",".join(f"{n}:6379" for n in nodes) + "/"
+        assert [host for host, _ in cluster_nodes(env["CHATQ_REDIS_URL"])[1]] == nodes, "a URL chatq reads"
+        assert env["CHATQ_BROKER_URL"].startswith("amqp://") and "@rabbitmq:5672" in env["CHATQ_BROKER_URL"]
+    assert "consumer_timeout" in services["rabbitmq"]["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
