@@ -13,7 +13,7 @@ from chatq.tasks import tracing
 from chatq.tasks.settings import Settings, get_settings
 from chatq.tasks.webhooks import WebhookSender
 
-from . import batches, errors, jobs, ops, sessions
+from . import batches, console, errors, jobs, ops, sessions
 from .auth import KeyRing, MetricsGate
 from .body_limit import BodyLimit
 from .config import ApiSettings, get_api_settings
@@ -64,6 +64,7 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     errors.install(app)
     for module in (jobs, sessions, batches, ops):
         app.include_router(module.router)
+    console.install(app)  # the web console at /ui, on the same keys and tenants
     batch_prefix = batches.router.prefix
     app.add_middleware(BodyLimit, limit_for=lambda path: (
         api.max_batch_bytes if path.startswith(batch_prefix) else api.max_body_bytes))

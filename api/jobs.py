@@ -46,7 +46,7 @@ def checked_callback(svc: Services, tenant: Tenant, url: object | None) -> str |
     return str(url)
 
 
-def _submit(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None,
+def submit_job(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None,
             request: Request, response: Response) -> Job:
     route = request.scope["route"].path
     with tracing.serving(f"POST {route}", request.headers, {"http.request.method": "POST", "http.route": route}), \
@@ -77,7 +77,7 @@ _SUBMIT = dict(
 async def _answer(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None, stream: bool,
                   request: Request, response: Response) -> Job | Response:
     """Submit (refusals are the usual JSON errors), then the job, or its event stream from the start."""
-    job = await run_in_threadpool(_submit, svc, tenant, body, session_id, request, response)
+    job = await run_in_threadpool(submit_job, svc, tenant, body, session_id, request, response)
     if not stream:
         return job
     return await open_stream(svc.streams, tenant.client.keys, job.job_id, 0,
