@@ -1,0 +1,158 @@
+"""The web console's rules over plain HTTP (httpx): who is let in, what each tenant sees, what a
+cross-site request cannot do, and that the key never shows up in a URL. The browser's view is in
+tests/test_console_browser.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from chatq.api.app import create_app
+
+from .test_api import KEY_A, KEY_B, api_settings, finished, http, serve, sid, submit
+
+COOKIE = "chatq_console"
+SCRIPT = {"X-Chatq-Console": "1"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture(scope="module")
+def base_url(fleet) -> Iterator[str]:
+    with serve(create_app(api_settings(), fleet.settings)) as url:
+        yield url
+
+
+@contextmanager
+def console(base_url: str, key: str | None) -> Iterator[httpx.Client]:
+    """A browser-like client: no Authorization header, logged in through the form (if a key is given)."""
+    with httpx.Client(base_url=base_url, timeout=60, trust_env=False) as c:
+        if key is not None:
+            r = c.post("/ui/login", content=f"key={key}", headers=FORM)
+            assert r.status_code == 303 and r.headers["location"] == "/ui/jobs", r.text
+        yield c
+
+
+@pytest.fixture
+def ui_a(base_url) -> Iterator[httpx.Client]:
+    with console(base_url, KEY_A) as c:
+        yield c
+
+
+@pytest.fixture
+def ui_b(base_url) -> Iterator[httpx.Client]:
+    with console(base_url, KEY_B) as c:
+        yield c
+
+
+@pytest.fixture
+def api_a(base_url) -> Iterator[httpx.Client]:
+    with http(base_url, KEY_A) as c:
+        yield c
+
+
+def test_pages_send_the_anonymous_to_the_login_page_and_fragments_answer_401(base_url):
+    with console(base_url, None) as c:
+        for page in ("/ui", "/ui/jobs", "/ui/fleet", "/ui/sessions", "/ui/playground", "/ui/batches"):
+            r = c.get(page, follow_redirects=True)
+            assert r.status_code == 200 and r.url.path == "/ui/login" and 'name="key"' in r.text, page
+        for fragment in ("/ui/jobs/rows", "/ui/fleet/panel", "/ui/jobs/" + "0" * 32 + "/events"):
+            assert c.get(fragment).status_code == 401, fragment
+        # An API key as a bearer header is for /v1: the console goes by its cookie alone.
+        r = c.get("/ui/jobs", headers={"Authorization": f"Bearer {KEY_A}"})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+
+
+def test_login_keeps_the_key_in_an_httponly_strict_cookie_for_ui_only(base_url):
+    with console(base_url, None) as c:
+        wrong = c.post("/ui/login", content="key=not-a-key", headers=FORM)
+        assert wrong.status_code == 401 and "unknown API key" in wrong.text and COOKIE not in wrong.headers.get(
+            "set-cookie", "")
+        r = c.post("/ui/login", content=f"key={KEY_A}", headers=FORM)
+        assert r.status_code == 303 and KEY_A not in r.headers["location"]
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        page = c.get("/ui/jobs")
+        assert page.status_code == 200 and "acme" in page.text and KEY_A not in page.text
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+        # The cookie opens nothing under /v1 (a browser would not even send it there).
+        assert c.get("/v1/sessions", headers={"Cookie": f"{COOKIE}={KEY_A}"}).status_code == 401
+        out = c.post("/ui/logout")
+        assert out.status_code == 303 and 'max-age=0' in out.headers["set-cookie"].lower()
+        assert c.get("/ui/jobs").status_code == 303
+
+
+def test_cross_site_requests_are_refused(ui_a):
+    evil = {"Origin": "http://evil.example"}
+    assert ui_a.post("/ui/login", content=f"key={KEY_A}", headers={**FORM, **evil}).status_code == 403
+    assert ui_a.post("/ui/logout", headers=evil).status_code == 403
+    body = {"message": "hello"}
+    assert ui_a.post("/ui/playground/submit", json=body).status_code == 403  # a form cannot set the header
+    assert ui_a.post("/ui/playground/submit", json=body, headers={**SCRIPT, **evil}).status_code == 403
+    assert ui_a.post("/ui/jobs/" + "0" * 32 + "/cancel", headers=evil).status_code == 403
+
+
+def test_a_job_its_events_and_its_failure_on_the_console(ui_a, api_a):
+    s = sid("ui")
+    ok = submit(api_a, "My name is Alice", s)
+    bad = submit(api_a, "[[fault:400]] x", sid("ui"))
+    reply = finished(api_a, ok["job_id"])["result"]["content"]
+    assert finished(api_a, bad["job_id"])["status"] == "failed"
+    rows = ui_a.get("/ui/jobs/rows").text
+    assert ok["job_id"] in rows and bad["job_id"] in rows
+    failed = ui_a.get("/ui/jobs/rows", params={"status": "failed"}).text
+    assert bad["job_id"] in failed and ok["job_id"] not in failed
+    page = ui_a.get(f"/ui/jobs/{bad['job_id']}")
+    assert page.status_code == 200 and 'id="job-error"' in page.text and "400" in page.text
+    with ui_a.stream("GET", f"/ui/jobs/{ok['job_id']}/events") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    assert "event: job.started" in text and "event: job.succeeded" in text
+    assert ui_a.get(f"/ui/jobs/{ok['job_id']}/events", headers={"Last-Event-ID": "999"}).status_code == 204
+    session = ui_a.get(f"/ui/sessions/{s}")
+    assert session.status_code == 200 and "My name is Alice" in session.text and reply in session.text
+
+
+def test_the_playground_submits_as_the_api_does(ui_a, api_a):
+    r = ui_a.post("/ui/playground/submit", json={"message": "My name is Bo", "session_id": sid("pg")}, headers=SCRIPT)
+    assert r.status_code == 200, r.text
+    assert finished(api_a, r.json()["job_id"])["status"] == "succeeded"
+    bad = ui_a.post("/ui/playground/submit", json={"message": "hi", "agent": "nobody"}, headers=SCRIPT)
+    assert bad.status_code == 422 and "unknown agent" in bad.json()["error"]["message"]
+
+
+def test_another_tenant_sees_none_of_it(ui_a, ui_b, api_a):
+    s = sid("secret")
+    job = submit(api_a, "My name is Carol", s)
+    finished(api_a, job["job_id"])
+    assert s in ui_a.get("/ui/sessions").text
+    assert s not in ui_b.get("/ui/sessions").text
+    assert job["job_id"] not in ui_b.get("/ui/jobs/rows").text
+    assert ui_b.get(f"/ui/sessions/{s}").status_code == 404
+    assert ui_b.get(f"/ui/jobs/{job['job_id']}").status_code == 404
+    assert ui_b.get(f"/ui/jobs/{job['job_id']}/record").status_code == 404
+    assert ui_b.get(f"/ui/jobs/{job['job_id']}/events").status_code == 404
+    assert ui_b.post(f"/ui/jobs/{job['job_id']}/cancel", headers=SCRIPT).status_code == 404
+
+
+def test_fleet_and_batch_pages(ui_a, api_a):
+    lines = b'{"custom_id": "one", "message": "hello"}\n{"custom_id": "two", "message": "hi"}\n'
+    batch = api_a.post("/v1/batches", content=lines, headers={"Content-Type": "application/x-ndjson"})
+    assert batch.status_code == 202, batch.text
+    batch_id = batch.json()["batch_id"]
+    assert ui_a.get("/ui/batches", params={"id": batch_id}).headers["location"] == f"/ui/batches/{batch_id}"
+    page = ui_a.get(f"/ui/batches/{batch_id}")
+    assert page.status_code == 200 and 'id="batch-progress"' in page.text
+    assert ui_a.get("/ui/batches/" + "0" * 32).status_code == 404
+    fleet = ui_a.get("/ui/fleet")
+    assert fleet.status_code == 200 and 'id="throughput"' in fleet.text and 'id="fleet-running"' in fleet.text
+
+
+def test_without_api_keys_the_console_is_open_like_the_api(fleet):
+    with serve(create_app(api_settings(api_keys={}), fleet.settings)) as url, console(url, None) as c:
+        r = c.get("/ui/jobs")
+        assert r.status_code == 200 and "Log out" not in r.text
