@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -201,8 +201,10 @@ def _jobs(tenant: Tenant, status: JobStatus | None, session: str | None, limit: 
 def jobs_page(request: Request, tenant: PageTenant, status: Status = None,
               session: Annotated[str | None, Query(max_length=256)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> HTMLResponse:
+    query = {"status": status.value if status else None, "session": session or None, "limit": limit}
     return render(request, "jobs.html", tenant, jobs=_jobs(tenant, status, session, limit),
-                  status=status.value if status else "", session=session or "", limit=limit,
+                  status=query["status"] or "", session=session or "", limit=limit,
+                  rows=f"{PREFIX}/jobs/rows?" + urlencode({k: v for k, v in query.items() if v is not None}),
                   statuses=[s.value for s in JobStatus])
 
 
