@@ -136,6 +136,11 @@ def test_demo_batch_and_serve_from_a_project_of_ones_own(venv, project, make_fle
             assert time.monotonic() < deadline, "chatq serve never answered /healthz with 200"
             time.sleep(0.2)
         assert health == {"status": "ok", "redis": True, "workers": True}
+        # The console's templates and static files travel in the wheel as package data.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/jobs", timeout=5) as page:  # open: no keys
+            assert page.status == 200 and b'id="job-rows"' in page.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/static/console.js", timeout=5) as script:
+            assert script.status == 200 and b"EventSource" in script.read()
     finally:
         serve.terminate()
         serve.wait(10)
