@@ -156,3 +156,13 @@ def test_without_api_keys_the_console_is_open_like_the_api(fleet):
     with serve(create_app(api_settings(api_keys={}), fleet.settings)) as url, console(url, None) as c:
         r = c.get("/ui/jobs")
         assert r.status_code == 200 and "Log out" not in r.text
+
+
+def test_what_users_wrote_is_shown_as_text_never_as_markup(ui_a, api_a):
+    s = sid("xss")
+    markup = "<img src=x onerror=alert(1)> hi"
+    finished(api_a, submit(api_a, markup, s, metadata={"note": "<script>alert(2)</script>"})["job_id"])
+    for page in (f"/ui/sessions/{s}", "/ui/jobs/rows"):
+        text = ui_a.get(page).text
+        assert "<img src=x" not in text and "<script>alert" not in text, page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in ui_a.get(f"/ui/sessions/{s}").text
