@@ -12,6 +12,7 @@ namespace/queue names, and every process it starts is stopped on exit, failure o
     .venv/bin/python bench/run.py --quick        # a tiny workload, for the test suite
     .venv/bin/python bench/run.py --preset capacity  # long latencies, one default `chatq worker` (~10 min)
     .venv/bin/python bench/run.py --preset peer  # vs the tuned plain pattern: threads and gevent pools
+    .venv/bin/python bench/run.py --store cluster  # chatq's store on a local 3-master Redis Cluster
 
 Presets only change defaults: any option given beside one wins.
 """
@@ -40,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench import baseline_load, chatq_load, limit, proc_stats, report, workload  # noqa: E402
+from bench import baseline_load, chatq_load, cluster_store, limit, proc_stats, report, workload  # noqa: E402
 from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, start_testserver  # noqa: E402
 from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run  # noqa: E402
@@ -101,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "each one's median run and the median of the paired ratios (the machine's speed drifts)")
     p.add_argument("--skip", default="", help="contenders to skip, comma-separated: baseline,limit")
     p.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server (no DB number)")
+    p.add_argument("--store", choices=["single", "cluster"], default="single",
+                   help="chatq's store: a DB of --redis, or a local 3-master Redis Cluster the benchmark starts "
+                        "and stops (its broker stays on --redis; bench/cluster_store.py)")
     p.add_argument("--dbs", default="12,13,10,11",
                    help="Redis DBs: chatq store, chatq broker, baseline broker, baseline results+history")
     p.add_argument("--profile", type=Path, metavar="DIR",
@@ -140,11 +144,14 @@ def _backlog_run(spec: str, sessions: int, messages: int, p: argparse.ArgumentPa
 class Bench:
     """One benchmark run: its names, its processes, and the phases that fill ``runs``."""
 
-    def __init__(self, args: argparse.Namespace, procs: Processes):
+    def __init__(self, args: argparse.Namespace, procs: Processes, cluster: cluster_store.ClusterStore | None = None):
         self.args = args
         self.procs = procs
+        self.cluster = cluster
         self.tag = f"bench-{uuid.uuid4().hex[:6]}"
         store, broker, base_broker, base_store = (f"{args.redis}/{d}" for d in args.dbs.split(","))
+        if cluster:
+            store = cluster.url
         self.urls = {"store": store, "broker": broker, "base_broker": base_broker, "base_store": base_store}
         self.runs: list[Run] = []
         self.open_runs: list[Run] = []
@@ -184,8 +191,11 @@ class Bench:
         settings = Settings(redis_url=self.urls["store"], broker_url=self.urls["broker"],
                             namespace=self.tag, queue=self.tag)
         self.client = chatq_load.make_client(settings, waiters=max([a.sessions, *(s for _, s, _ in a.backlog)]) + 64)
-        self.r = redis.Redis.from_url(self.urls["store"])
-        self.redis_pid = int(self.r.info("server")["process_id"])
+        self.r = _store_client(self.urls["store"])
+        # every Redis serving this run's chatq: the one Redis, or the broker's and the cluster's nodes
+        self.redis_pids = [int(redis.Redis.from_url(self.urls["broker"]).info("server")["process_id"])]
+        if self.cluster:
+            self.redis_pids += self.cluster.pids()
         self.r_base = redis.Redis.from_url(self.urls["base_store"])
         self._await_workers(self.client.app, self._node_names, self.workers)
         if self.baselines:
@@ -236,7 +246,7 @@ class Bench:
     # phases
     def _monitor(self, node: list[int], groups: dict[str, list[int]]) -> Monitor:
         return Monitor(node, {"client": [os.getpid()], **groups, "server": [self.server_pid],
-                              "redis": [self.redis_pid]}, self.server)
+                              "redis": self.redis_pids}, self.server)
 
     def _profile(self, phase: str):
         if not self.args.profile:
@@ -423,15 +433,26 @@ class Bench:
     def clean_redis(self) -> None:
         """Delete every key this run made (its DBs may be shared with other benchmark runs)."""
         for url in self.urls.values():
-            r = redis.Redis.from_url(url)
+            r = _store_client(url)
             _delete(r, list(r.scan_iter(f"*{self.tag}*", count=1000)))
 
 
-def _used_memory(r: redis.Redis) -> int:
+def _store_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A plain (bytes) client of a benchmark URL: one Redis, or a cluster for a ``redis+cluster://`` URL."""
+    if cluster_store.is_cluster_url(url):
+        return cluster_store.client(url)
+    return redis.Redis.from_url(url)
+
+
+def _used_memory(r: redis.Redis | redis.RedisCluster) -> int:
     """used_memory without the clients' buffers: a burst leaves hundreds of idle pooled
-    connections behind (~20 KB each), which are not data."""
-    m = r.info("memory")
-    return int(m["used_memory"]) - int(m.get("mem_clients_normal", 0)) - int(m.get("mem_clients_slaves", 0))
+    connections behind (~20 KB each), which are not data. A cluster's: summed over its masters."""
+    nodes = cluster_store.masters(r) if isinstance(r, redis.RedisCluster) else [r]
+    total = 0
+    for node in nodes:
+        m = node.info("memory")
+        total += int(m["used_memory"]) - int(m.get("mem_clients_normal", 0)) - int(m.get("mem_clients_slaves", 0))
+    return total
 
 
 def _quiesce(broker: redis.Redis, queue: str, timeout: float = 15) -> None:
@@ -464,6 +485,10 @@ def _progress(run: Run, label: str = "") -> None:
           + (f", errors: {run.errors[:2]}" if run.errors else ""), flush=True)
 
 
+def bench_broker(args: argparse.Namespace) -> str:
+    return f"{args.redis}/{args.dbs.split(',')[1]}"
+
+
 def machine() -> str:
     return f"nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
 
@@ -482,16 +507,25 @@ def main(argv: list[str] | None = None) -> int:
           + ("a thread per session (ChatClient.wait)" if args.waiters == "threads" else "done notifications only"),
           flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-"))
-    with Processes(logdir) as procs:
-        bench = Bench(args, procs)
+    spread = None
+    with Processes(logdir) as procs, contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(cluster_store.started(logdir)) if args.store == "cluster" else None
+        if cluster:
+            print(f"  chatq's store: a local Redis Cluster of {len(cluster.ports)} masters ({cluster.url}); "
+                  f"its broker: {bench_broker(args)}", flush=True)
+        bench = Bench(args, procs, cluster)
         try:
             bench.start()
+            if cluster:
+                cluster.mark()
             bench.warm_up()
             for latency in args.latencies:
                 bench.latency_phase(latency)
             for spec in args.backlog:
                 bench.backlog_phase(*spec)
             bench.open_loop_phase()
+            if cluster:
+                spread = cluster.spread(bench.tag)
         except BaseException:
             print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
             raise
@@ -521,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.cpu(bench.runs))
     print("\nMemory")
     print(report.memory(bench.runs))
+    if spread:
+        print("\nThe store's keys over the cluster's slots (after the run: sessions kept, job records deleted)")
+        print(cluster_store.describe(spread))
     checks = report.targets(bench.runs, bench.open_runs, bench.paired, args.preset)
     print("\nTargets")
     for name, ok, measured in checks:
@@ -530,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + summarize(f, top=12))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "argv": sys.argv[1:], "node": bench.node(),
+                                         "store": args.store, "spread": spread,
                                          "runs": [asdict(r) | {"rate": r.rate, "overall_rate": r.overall_rate}
                                                   for r in bench.runs + bench.open_runs]},
                                         default=str, indent=1))

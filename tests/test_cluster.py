@@ -7,20 +7,18 @@ One cluster for the module (started with ``redis-server --cluster-enabled yes`` 
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from chatq.api.app import create_app
+from chatq.testing.cluster import local_cluster, until
+from chatq.testing.cluster import missing as local_cluster_missing
 from chatq.tasks.batch import BatchClient
 from chatq.tasks.redis_pool import cluster_nodes, get_redis
 from chatq.tasks.settings import Settings
@@ -33,71 +31,14 @@ from .test_crash_recovery import _wait_for_running
 from .test_live_turns import SLOW, deltas, first_event
 
 
-def _free_port() -> int:
-    """A port free along with its cluster bus port (+10000)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535:
-            continue
-        try:
-            with socket.socket() as bus:
-                bus.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _start_cluster(folder: Path, ports: list[int]) -> None:
-    """Three masters on free ports, recorded in ``ports`` as each starts (the caller stops them)."""
-    for _ in range(3):
-        port = _free_port()
-        subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                        "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
-                        "--daemonize", "yes", "--dir", str(folder), "--logfile", str(folder / f"{port}.log")],
-                       check=True)
-        ports.append(port)
-    for port in ports:
-        _until(lambda p=port: redis.Redis(port=p).ping(), f"node {port} answers")
-    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    for port in ports:
-        _until(lambda p=port: redis.Redis(port=p, decode_responses=True).execute_command("CLUSTER INFO")
-               .get("cluster_state") == "ok",
-               f"node {port} sees the cluster ok")
-
-
-def _until(check, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory) -> Iterator[str]:
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"the Redis Cluster tests start a local cluster and need {' and '.join(missing)} "
+    absent = local_cluster_missing()
+    if absent:
+        pytest.skip(f"the Redis Cluster tests start a local cluster and need {' and '.join(absent)} "
                     "(apt-get install redis-server)")
-    folder = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    try:
-        _start_cluster(folder, ports)
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2]) + "/"
-    finally:
-        for port in ports:
-            try:
-                redis.Redis(port=port).shutdown(nosave=True)
-            except redis.RedisError:
-                pass  # shutting down closes the connection
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as (url, _ports):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +112,7 @@ def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(cfleet,
     broker = redis.Redis.from_url(BROKER_URL)
     queue = cfleet.settings.queue
     assert cclient.chat("warm up", timeout=30).status == "succeeded"
-    _until(lambda: cclient.r.zcard(cclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
+    until(lambda: cclient.r.zcard(cclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
     cclient.app.control.cancel_consumer(queue, reply=True)
     try:
         job = cclient.submit("hello, nobody is consuming wake-ups")
