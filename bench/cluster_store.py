@@ -63,6 +63,7 @@ class ClusterStore:
         use; the busiest slots; the ``{ns}`` slot's key count (CLUSTER COUNTKEYSINSLOT)."""
         end = self._now()
         per_slot: Counter[int] = Counter()
+        kinds: Counter[str] = Counter()
         nodes = []
         fleet_slot = key_slot(f"{namespace}:{{{namespace}}}:x".encode())
         owner = None
@@ -73,17 +74,28 @@ class ClusterStore:
             keys = [k for k in n.scan_iter(f"{namespace}:*", count=1000)]
             slots = Counter(key_slot(k.encode()) for k in keys)
             per_slot.update(slots)
+            kinds.update(_kind(k) for k in keys)
             c0, cpu0 = self._start.get(port, (0, 0.0))
             c1, cpu1 = end[port]
             nodes.append(dict(port=port, slots=sum(b - a + 1 for a, b in ranges), dbsize=n.dbsize(), keys=len(keys),
                               slots_used=len(slots), commands=c1 - c0, cpu_s=round(cpu1 - cpu0, 2)))
         fleet_keys = self.nodes[owner].execute_command("CLUSTER COUNTKEYSINSLOT", fleet_slot) if owner else -1
         counts = sorted(per_slot.values())
-        return dict(namespace=namespace, nodes=nodes, slots_used=len(per_slot), keys=sum(counts),
+        return dict(namespace=namespace, nodes=nodes, slots_used=len(per_slot), keys=sum(counts), kinds=dict(kinds),
                     keys_per_used_slot=dict(min=counts[0] if counts else 0, median=counts[len(counts) // 2] if counts else 0,
                                             max=counts[-1] if counts else 0),
                     busiest=[dict(slot=s, keys=k, fleet=s == fleet_slot) for s, k in per_slot.most_common(3)],
                     fleet_slot=dict(slot=fleet_slot, node=owner, keys=fleet_keys))
+
+
+def _kind(key: str) -> str:
+    """``ns:{t}:s:<id>:meta`` -> ``s:meta``; ``ns:{ns}:pending`` -> ``{ns}:pending``."""
+    parts = key.split(":")
+    if len(parts) >= 5 and parts[2] in ("s", "j"):
+        return f"{parts[2]}:{parts[-1]}"
+    if len(parts) >= 3 and parts[1] == f"{{{parts[0]}}}":
+        return "{ns}:" + parts[2]
+    return ":".join(parts[1:3]) if len(parts) >= 3 else key
 
 
 def _own_ranges(n: redis.Redis, port: int) -> list[tuple[int, int]]:
@@ -102,6 +114,8 @@ def describe(spread: dict) -> str:
              f"{n['slots_used']} slots; {n['commands']} commands, {n['cpu_s']:.2f} s CPU during the run"
              + (" (holds the {ns} slot)" if n["port"] == spread["fleet_slot"]["node"] else "")
              for n in spread["nodes"]]
+    lines.append("  keys by kind: " + ", ".join(f"{kind} {n}" for kind, n in sorted(spread["kinds"].items(),
+                                                                                   key=lambda kv: -kv[1])))
     k = spread["keys_per_used_slot"]
     lines.append(f"  {spread['keys']} keys in {spread['slots_used']} of 16384 slots: per used slot min {k['min']}, "
                  f"median {k['median']}, max {k['max']}")
