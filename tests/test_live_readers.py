@@ -332,7 +332,7 @@ def test_cli_events_now_and_following(fleet, client):
 
 
 def test_cli_events_without_follow_returns_at_once_on_a_running_job(fleet, client):
-    job = client.submit("[[stall:5]] still going", sid("cli"))
+    job = client.submit("[[stall:60]] still going", sid("cli"))  # cancelled at the end
     for event in client.stream(job.job_id):
         break  # job.started is in the log
     now = cli(fleet, "events", job.job_id)
@@ -343,7 +343,7 @@ def test_cli_events_without_follow_returns_at_once_on_a_running_job(fleet, clien
 
 def test_cli_cancel_stops_a_running_job(fleet, client):
     s = sid("cli")
-    job = client.submit("[[stall:5]] stop me from the shell", s)
+    job = client.submit("[[stall:60]] stop me from the shell", s)
     next(iter(client.stream(job.job_id)))  # it has started
     out = cli(fleet, "cancel", job.job_id, "--rollback")
     assert out.returncode == 0, out.stderr
