@@ -21,7 +21,7 @@ from chatq.tasks.models import Job
 from chatq.tasks.settings import Settings
 
 from .stats import Run
-from .workload import Check, Workload, check, text
+from .workload import Check, Workload, check
 
 
 def make_client(settings: Settings, waiters: int) -> ChatClient:
@@ -78,7 +78,7 @@ def check_sessions(client: ChatClient, wl: Workload) -> Check:
     for sid, count in wl.counts.items():
         session = client.get_session(sid)
         actual = [(m.role, m.content) for m in session.messages] if session else []
-        total.add(check(sid, count, actual))
+        total.add(check(sid, count, actual, wl.words))
     return total
 
 
@@ -192,7 +192,7 @@ class Burst:
         self.started = self.first = time.time()
         for sid, j in self.wl.order:
             t0 = time.perf_counter()
-            job_id = client.submit(text(sid, j), sid).job_id
+            job_id = client.submit(self.wl.text(sid, j), sid).job_id
             spent["existing" if j else "new"].append(time.perf_counter() - t0)
             self.keys[job_id] = (sid, j)
             self.inbox[sid].put(job_id)
@@ -258,7 +258,7 @@ def open_loop(client: ChatClient, wl: Workload, rate: float, latency: float, tim
             pause = t0 + i / rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            job_id = client.submit(text(sid, j), sid).job_id
+            job_id = client.submit(wl.text(sid, j), sid).job_id
             pool.submit(timings.wait, client, (sid, j), job_id, timeout)
     timings.fill(run, wl, started)
     run.errors = timings.errors[:5]

@@ -116,18 +116,25 @@ def start_testserver(procs: Processes, latency: float) -> tuple[str, str]:
 
 
 class TestServerControl:
-    """``/control`` and ``/stats`` of the test server: set the latency, reset and read max in-flight."""
+    """``/control``, ``/stats`` and ``/streams`` of the test server: set the latency (and the delay
+    between a streamed reply's chunks), reset and read max in-flight, read the streams' emission logs."""
 
     __test__ = False
 
     def __init__(self, root: str):
         self.http = httpx.Client(base_url=root, timeout=10)
 
-    def set(self, latency: float) -> None:
-        self.http.post("/control", json={"latency": latency, "reset": True}).raise_for_status()
+    def set(self, latency: float, chunk_delay: float = 0.0) -> None:
+        self.http.post("/control", json={"latency": latency, "chunk_delay": chunk_delay, "reset": True}
+                       ).raise_for_status()
 
     def stats(self) -> dict[str, int]:
         return self.http.get("/stats").json()
+
+    def streams(self, contains: str) -> list[dict]:
+        """The streamed replies to messages containing ``contains`` (the server keeps the last 1,000),
+        each with its emission log: ``[content characters sent so far, time.time()]`` per chunk."""
+        return self.http.get("/streams", params={"contains": contains}, timeout=60).json()
 
 
 class Monitor:

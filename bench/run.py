@@ -169,16 +169,9 @@ class Bench:
         self.server = TestServerControl(root)
         self.server_pid = self.procs.children[-1].pid
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "bench"}
-        chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
-                     "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
-        if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
-            # The setting rather than `-c`: read at start-up whatever the CLI's import order.
-            chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
-            chatq_env["CHATQ_PROCESSES"] = "1"  # the node's shape as given: --workers processes
-        self.workers = [
-            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
-            for i in range(a.workers)
-        ]
+        self.chatq_env = {**env, "CHATQ_REDIS_URL": self.urls["store"], "CHATQ_BROKER_URL": self.urls["broker"],
+                          "CHATQ_NAMESPACE": self.tag, "CHATQ_QUEUE": self.tag}
+        self.start_node()
         self.baseline_env = {"BENCH_BASELINE_BROKER": self.urls["base_broker"],
                              "BENCH_BASELINE_BACKEND": self.urls["base_store"],
                              "BENCH_BASELINE_QUEUE": f"{self.tag}-baseline", "BENCH_BASELINE_PREFIX": self.tag}
@@ -190,17 +183,45 @@ class Bench:
                 self.baseline_workers.append(self.procs.start(base.name, base.argv(), {**env, **self.baseline_env}))
         settings = Settings(redis_url=self.urls["store"], broker_url=self.urls["broker"],
                             namespace=self.tag, queue=self.tag)
-        self.client = chatq_load.make_client(settings, waiters=max([a.sessions, *(s for _, s, _ in a.backlog)]) + 64)
+        self.client = chatq_load.make_client(settings, waiters=self.waiters())
         self.r = _store_client(self.urls["store"])
         # every Redis serving this run's chatq: the one Redis, or the broker's and the cluster's nodes
         self.redis_pids = [int(redis.Redis.from_url(self.urls["broker"]).info("server")["process_id"])]
         if self.cluster:
             self.redis_pids += self.cluster.pids()
         self.r_base = redis.Redis.from_url(self.urls["base_store"])
-        self._await_workers(self.client.app, self._node_names, self.workers)
+        self.await_node()
         if self.baselines:
             self._await_workers(self.baselines[0].app.app, [f"{b.name}-{os.getpid()}@" for b in self.baselines],
                                 self.baseline_workers)
+
+    def waiters(self) -> int:
+        """Threads that may wait on the client at once: its Redis pool is sized for them."""
+        a = self.args
+        return max([a.sessions, *(s for _, s, _ in a.backlog)]) + 64
+
+    def start_node(self, env: dict[str, str] | None = None) -> None:
+        """The chatq node: ``--workers`` x ``chatq worker``, with ``env`` added to the settings."""
+        a = self.args
+        chatq_env = {**self.chatq_env, **(env or {})}
+        if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
+            # The setting rather than `-c`: read at start-up whatever the CLI's import order.
+            chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
+            chatq_env["CHATQ_PROCESSES"] = "1"  # the node's shape as given: --workers processes
+        self.workers = [
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
+            for i in range(a.workers)
+        ]
+
+    def await_node(self) -> None:
+        self._await_workers(self.client.app, self._node_names, self.workers)
+
+    def stop_node(self) -> None:
+        """Stop the chatq node (to start it again with other settings)."""
+        for p in self.workers:
+            self.procs.stop(p)
+            self.procs.children.remove(p)
+        self.workers = []
 
     def _node_names(self) -> list[str]:
         """Celery node-name prefixes of the chatq node's processes: ``chatq-<pid>@`` for a worker of
@@ -325,15 +346,18 @@ class Bench:
             run.check = limit.check_sessions(histories, wl)
             self._finish(run, mon)
 
-    def _chatq_run(self, latency: float, suffix: str) -> Run:
+    def _chatq_run(self, latency: float, suffix: str, name: str = "chatq", words: int = 0) -> Run:
+        """The workload through the chatq node; ``words``: long replies (the streaming benchmark's)."""
         a = self.args
-        wl = workload.make(f"{self.tag}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival)
+        label = "" if name == "chatq" else "-" + name.replace(" ", "-")
+        wl = workload.make(f"{self.tag}{label}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival, words=words)
         self.server.set(latency)
         before = _used_memory(self.r)
         with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
-                self._profile(f"{latency:g}s{suffix}"):
+                self._profile(f"{latency:g}s{label}{suffix}"):
             run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency,
                                    waiters=a.waiters)
+        run.name = name
         run.check = chatq_load.check_sessions(self.client, wl)
         _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)
         k = self.client.keys

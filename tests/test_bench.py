@@ -50,3 +50,25 @@ def test_quick_benchmark_runs_and_chatq_loses_no_turn():
     for r in backlog.values():
         assert float(r[-5]) >= 1.0, r
     assert "chatq: zero turns lost or reordered, no failed job: 0" in out  # the cut run's late jobs included
+
+
+def test_quick_streaming_benchmark_runs_and_prints_its_figures():
+    # bench/streaming.py: the cost pairs (streaming on and off at each latency) and the open-loop
+    # chunk -> reader delays, with every reader's text checked against the reply; no speed asserted.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming.py"), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
+    rows = _section(out, "Streaming cost", "Client + workers")
+    assert {(r[0], r[2] + " " + r[3]) for r in rows} == {(lat, f"stream {s}") for lat in ("0s", "0.05s")
+                                                       for s in ("on", "off")}
+    for r in rows:
+        done, total = r[4].split("/")
+        assert done == total == "24", r
+        assert r[-1] == "0", r  # lost + reordered
+    delays = _section(out, "Chunk -> reader", "CPU ms per job of the open-loop runs")
+    assert len(delays) == 1 and delays[0][0] in ("sse", "python"), delays
+    assert delays[0][6] == "10/10", delays  # jobs done
+    assert int(delays[0][10]) > 10, delays  # deltas measured: more than one a job
+    assert delays[0][-3:] == ["0", "/", "0"], delays  # no reader error or wrong text, none unmatched
+    assert "zero turns lost or reordered, no failed job, every reader's text whole: 0" in out
