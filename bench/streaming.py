@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=200,
                    help="sessions per chatq worker process (CHATQ_CONCURRENCY); 0: `chatq worker`'s own default")
     p.add_argument("--flush-ms", type=float, help="the node's CHATQ_STREAM_FLUSH_MS (default: its own)")
-    p.add_argument("--rate", type=float, default=30, help="latency: jobs submitted per second (open loop)")
+    p.add_argument("--rate", default="30", help="latency: jobs submitted per second (open loop), comma-separated")
     p.add_argument("--seconds", type=float, default=15, help="latency: seconds of submitting")
     p.add_argument("--chunk-delay", type=float, default=0.025, help="latency: seconds between a reply's chunks")
     p.add_argument("--ttft", type=float, default=0.0, help="latency: provider latency before the first chunk")
@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.readers = [x.strip() for x in args.readers.split(",") if x.strip()]
     if not set(args.readers) <= {"sse", "python", "auto"}:
         p.error(f"--readers: choose from sse, python, auto, not {args.readers}")
-    if args.rate * args.seconds > 900:
+    args.rates = [float(x) for x in str(args.rate).split(",") if x.strip()]
+    if max(args.rates, default=0) * args.seconds > 900:
         p.error("--rate x --seconds over 900: the test server keeps the emission logs of its last 1,000 streams")
     return args
 
@@ -318,7 +319,7 @@ class StreamBench(run.Bench):
     def waiters(self) -> int:
         # Python readers: a thread per live stream, each holding a pool connection while it blocks.
         o = self.opts
-        live = o.rate * (o.ttft + o.chunk_delay * (o.words + 3) + 10)
+        live = max(o.rates, default=0) * (o.ttft + o.chunk_delay * (o.words + 3) + 10)
         return max(super().waiters(), int(live) + 64)
 
     def start_node(self, env: dict[str, str] | None = None) -> None:
@@ -399,25 +400,25 @@ class StreamBench(run.Bench):
                     self._chatq_run(latency, suffix, name=f"stream {'on' if on else 'off'}", words=o.words)
                     self.logs.append(self._drop_jobs())
 
-    def latency_phase(self, reader: str) -> None:
+    def latency_phase(self, reader: str, rate: float) -> None:
         o = self.opts
         self.set_stream(True)
-        n = max(1, round(o.rate * o.seconds))
-        tag = f"{self.tag}-open-{reader}"
+        n = max(1, round(rate * o.seconds))
+        tag = f"{self.tag}-open{len(self.delays)}-{reader}"
         wl = workload.Workload([(f"{tag}-s{i:05d}", 0) for i in range(n)], o.words)
         duration = o.ttft + o.chunk_delay * (o.words + 3)
         timeout = o.seconds + 3 * duration + 60
-        d = Delays(reader, o.rate, o.seconds, o.chunk_delay, o.words, jobs=n)
+        d = Delays(reader, rate, o.seconds, o.chunk_delay, o.words, jobs=n)
         readers = (SseReaders(self.api or "", timeout) if reader == "sse"
                    else PythonReaders(self.client, timeout))
         node = [p.pid for p in self.workers]
         groups = {"workers": node, **({"api": [self.api_proc.pid]} if reader == "sse" else {})}
         texts: dict[str, str] = {}
         self.server.set(o.ttft, o.chunk_delay)
-        with readers, self._monitor(node, groups) as mon, self._profile(f"open-{reader}"):
+        with readers, self._monitor(node, groups) as mon, self._profile(f"open-{rate:g}-{reader}"):
             t0 = time.monotonic() + 0.05
             for i, (sid, j) in enumerate(wl.order):
-                pause = t0 + i / o.rate - time.monotonic()
+                pause = t0 + i / rate - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
                 job_id = self.client.submit(wl.text(sid, j), sid).job_id
@@ -438,7 +439,7 @@ class StreamBench(run.Bench):
         measure_delays(d, readers.got, texts, self.server.streams(tag), replies)
         self._drop_jobs()
         self.delays.append(d)
-        print(f"  open loop {o.rate:g}/s x {o.seconds:g}s, {reader} readers: {d.succeeded}/{n} jobs, "
+        print(f"  open loop {rate:g}/s x {o.seconds:g}s, {reader} readers: {d.succeeded}/{n} jobs, "
               f"{d.live_max} streams live max, {len(d.deltas)} deltas: p50 {d.ms('deltas', 50):.1f} ms, "
               f"p99 {d.ms('deltas', 99):.1f} ms" + (f", read errors {d.read_errors}" if d.read_errors else "")
               + (f", wrong text {d.text_wrong}" if d.text_wrong else ""), flush=True)
@@ -551,10 +552,12 @@ def main(argv: list[str] | None = None) -> int:
                     if not has_sse:
                         print(f"  (chatq serve has no {EVENTS_PATH} yet: the Python reader instead)", flush=True)
                         procs.stop(bench.api_proc)
-                print(f"latency: open loop {o.rate:g} jobs/s for {o.seconds:g}s, a chunk every "
-                      f"{o.chunk_delay * 1000:g} ms, readers {', '.join(dict.fromkeys(readers))}", flush=True)
-                for reader in dict.fromkeys(readers):
-                    bench.latency_phase(reader)
+                print(f"latency: open loop {', '.join(f'{r:g}' for r in o.rates)} jobs/s for {o.seconds:g}s, "
+                      f"a chunk every {o.chunk_delay * 1000:g} ms, readers {', '.join(dict.fromkeys(readers))}",
+                      flush=True)
+                for rate in o.rates:
+                    for reader in dict.fromkeys(readers):
+                        bench.latency_phase(reader, rate)
         except BaseException:
             print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
             raise
