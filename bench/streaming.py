@@ -225,6 +225,9 @@ class SseReaders(Readers):
                 async for raw in resp.content:  # one line each; an event ends at a blank line
                     line = raw.decode().rstrip("\r\n")
                     if not line:
+                        if data and kind == "error":  # the stream's last event: an error after it began
+                            into.error = f"error event: {' '.join(data)[:200]}"
+                            return
                         if data:
                             into.events.append((time.time(), kind, json.loads("\n".join(data))))
                             if kind in TERMINAL:
