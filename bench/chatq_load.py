@@ -54,6 +54,11 @@ class _Timings:
         with self.lock:
             done = {k: v for k, v in self.done.items() if cutoff is None or v[1] <= cutoff}
         run.jobs = sum(1 for job, _ in done.values() if job.status == "succeeded")
+        failed = [(k, job) for k, (job, _) in done.items() if job.status != "succeeded"]
+        if failed:  # why, in the run's errors (the first few are printed)
+            with self.lock:
+                self.errors += [f"{k}: {job.status} after {job.attempts} attempt(s): {job.error or job.last_error}"
+                                for k, job in failed[:5]]
         if cutoff is None:
             run.failed = wl.jobs - run.jobs
         else:
