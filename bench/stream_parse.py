@@ -1,13 +1,16 @@
-"""What parsing one streamed reply costs in-process, by way of parsing it: where a streaming worker's
-CPU goes (``bench/streaming.py`` measures the whole; py-spy puts most of it in the SDK's chunk models).
+"""What parsing one streamed reply costs in-process, way by way: where a streaming worker's CPU goes
+(``bench/streaming.py`` measures the whole; py-spy showed most of it in the SDK's chunk models before
+the worker got its own parser).
 
 The test server's chunks for a reply of ``--words`` words (its ``stream_chunks``, the bytes it sends
-as ``data:`` lines), parsed ``--n`` times each way; CPU ms per reply (``time.process_time``):
+as ``data:`` events), parsed ``--n`` times each way; CPU ms per reply (``time.process_time``):
 
 - json: ``json.loads`` of every chunk, nothing else (the floor);
+- chatq: what ``worker/provider.py``'s ``_read_stream`` runs: the bytes (a read per chunk) through
+  ``SSELines``, each chunk ``json.loads`` and ``StreamAssembly.add``, the completion at the end;
 - SDK chunks: what ``openai.AsyncStream`` does per chunk (``construct_type`` into a ``ChatCompletionChunk``);
 - SDK chunks + assembler: and ``ChatCompletionStreamState.handle_chunk`` on each, the snapshot at the
-  end: what ``worker/provider.py``'s ``_read_stream`` runs;
+  end: what the worker ran before its own parser (``1bffcb8``);
 - pydantic chunks: ``ChatCompletionChunk.model_validate_json`` per chunk (validated, compiled);
 - whole reply: the same reply unstreamed, ``ChatCompletion.model_validate_json`` once.
 
@@ -26,6 +29,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatq.testing.server import complete, stream_chunks
+from chatq.worker.reply import SSELines, StreamAssembly
 
 
 def main() -> None:
@@ -36,6 +40,15 @@ def main() -> None:
     completion = complete({"messages": [{"role": "user", "content": f"hello [[stream words={a.words}]]"}]})
     chunks = [json.dumps(c, separators=(",", ":")) for c in stream_chunks(completion, include_usage=True)[0]]
     whole = json.dumps(completion)
+    wire = [f"data: {c}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]  # a read per chunk, as paced
+
+    def chatq() -> None:
+        lines, assembly = SSELines(), StreamAssembly()
+        for data in wire:
+            for payload in lines.feed(data):
+                if payload.strip() != b"[DONE]":
+                    assembly.add(json.loads(payload))
+        assembly.completion()
 
     def sdk() -> None:
         for c in chunks:
@@ -49,6 +62,7 @@ def main() -> None:
 
     ways: list[tuple[str, Callable[[], object]]] = [
         ("json", lambda: [json.loads(c) for c in chunks]),
+        ("chatq", chatq),
         ("SDK chunks", sdk),
         ("SDK chunks + assembler", sdk_assembled),
         ("pydantic chunks", lambda: [ChatCompletionChunk.model_validate_json(c) for c in chunks]),
