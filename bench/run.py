@@ -346,12 +346,14 @@ class Bench:
             run.check = limit.check_sessions(histories, wl)
             self._finish(run, mon)
 
-    def _chatq_run(self, latency: float, suffix: str, name: str = "chatq", words: int = 0) -> Run:
-        """The workload through the chatq node; ``words``: long replies (the streaming benchmark's)."""
+    def _chatq_run(self, latency: float, suffix: str, name: str = "chatq", words: int = 0,
+                   chunk_delay: float = 0.0) -> Run:
+        """The workload through the chatq node; ``words``: long replies, ``chunk_delay``: seconds
+        between a streamed reply's chunks (the streaming benchmark's)."""
         a = self.args
         label = "" if name == "chatq" else "-" + name.replace(" ", "-")
         wl = workload.make(f"{self.tag}{label}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival, words=words)
-        self.server.set(latency)
+        self.server.set(latency, chunk_delay)
         before = _used_memory(self.r)
         with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
                 self._profile(f"{latency:g}s{label}{suffix}"):

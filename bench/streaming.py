@@ -18,7 +18,11 @@ at once. A reader follows each job's events from its submission: over SSE (``GET
 loop) or in Python (``ChatClient.stream``, a thread per job). For each ``message.delta`` read, the
 delay from the test server writing the chunk that completed that text (its emission log: content
 characters sent so far -> ``time.time()``) to the reader having it (``time.time()``; one machine, one
-clock). ``--readers auto`` is SSE when the API serves it, else Python.
+clock). Two seconds of the same, unmeasured, go first (the API's first streams, the readers' connections).
+``--readers auto`` is SSE when the API serves it, else Python.
+
+The emission time is taken just after the server's write: a server descheduled between the two (a
+busy machine) dates the chunk late, and the delay comes out too short, even below zero.
 
     .venv/bin/python bench/streaming.py --repeat 3      # RESULTS.md's figures
     .venv/bin/python bench/streaming.py --skip latency  # the cost only; --skip cost: the latency only
@@ -71,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, default=5, help="cost: messages per session")
     p.add_argument("--latency", default="0,1", help="cost: provider latencies in seconds, comma-separated")
     p.add_argument("--repeat", type=int, default=1, help="cost: runs of each setting at each latency")
+    p.add_argument("--cost-chunk-delay", type=float, default=0.0,
+                   help="cost: seconds between a streamed reply's chunks (0: back to back)")
     p.add_argument("--words", type=int, default=125,
                    help="words of every reply (the test server pads it, streamed or not): 125 ~ 200 tokens")
     p.add_argument("--waiters", choices=["threads", "listen"], default="threads",
@@ -400,7 +406,8 @@ class StreamBench(run.Bench):
                 first = bool(self.stream)  # alternate: no restart between latencies or pairs
                 for on in (first, not first):
                     self.set_stream(on)
-                    self._chatq_run(latency, suffix, name=f"stream {'on' if on else 'off'}", words=o.words)
+                    self._chatq_run(latency, suffix, name=f"stream {'on' if on else 'off'}", words=o.words,
+                                    chunk_delay=o.cost_chunk_delay)
                     self.logs.append(self._drop_jobs())
 
     def latency_phase(self, reader: str, rate: float) -> None:
@@ -416,19 +423,17 @@ class StreamBench(run.Bench):
                    else PythonReaders(self.client, timeout))
         node = [p.pid for p in self.workers]
         groups = {"workers": node, **({"api": [self.api_proc.pid]} if reader == "sse" else {})}
-        texts: dict[str, str] = {}
-        self.server.set(o.ttft, o.chunk_delay)
-        with readers, self._monitor(node, groups) as mon, self._profile(f"open-{rate:g}-{reader}"):
-            t0 = time.monotonic() + 0.05
-            for i, (sid, j) in enumerate(wl.order):
-                pause = t0 + i / rate - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                job_id = self.client.submit(wl.text(sid, j), sid).job_id
-                texts[job_id] = wl.text(sid, j)
-                readers.follow(job_id)
-            if not readers.wait(timeout):
-                print(f"  {reader}: readers still reading after {timeout:.0f}s", flush=True)
+        with readers:
+            self.server.set(o.ttft, o.chunk_delay)
+            # Unmeasured, the same for 2 s first: the API's first streams, connections, threads.
+            warm = f"{self.tag}-warmopen{len(self.delays)}-{reader}"
+            self._submit(readers, workload.Workload([(f"{warm}-s{i:05d}", 0) for i in range(max(1, round(2 * rate)))],
+                                                    o.words), rate)
+            readers.wait(timeout)
+            with self._monitor(node, groups) as mon, self._profile(f"open-{rate:g}-{reader}"):
+                texts = self._submit(readers, wl, rate)
+                if not readers.wait(timeout):
+                    print(f"  {reader}: readers still reading after {timeout:.0f}s", flush=True)
         self.server.set(0.0)
         self._fill(d, mon, n)
         jobs = self.client.jobs.get_many(list(texts))
@@ -439,16 +444,31 @@ class StreamBench(run.Bench):
         d.lost, d.reordered = check.lost, check.reordered
         replies = {job_id: workload.reply([{"role": "user", "content": text}], o.words)
                    for job_id, text in texts.items()}
-        measure_delays(d, readers.got, texts, self.server.streams(tag), replies)
+        measure_delays(d, {job_id: readers.got[job_id] for job_id in texts}, texts, self.server.streams(tag), replies)
         self._drop_jobs()
         self.delays.append(d)
         print(f"  open loop {rate:g}/s x {o.seconds:g}s, {reader} readers: {d.succeeded}/{n} jobs, "
               f"{d.live_max} streams live max, {len(d.deltas)} deltas: p50 {d.ms('deltas', 50):.1f} ms, "
-              f"p99 {d.ms('deltas', 99):.1f} ms" + (f", read errors {d.read_errors}" if d.read_errors else "")
+              f"p99 {d.ms('deltas', 99):.1f} ms, min {1000 * min(d.deltas, default=math.nan):.1f} ms"
+              + (f", read errors {d.read_errors}" if d.read_errors else "")
               + (f", wrong text {d.text_wrong}" if d.text_wrong else ""), flush=True)
         errors = [f.error for f in readers.got.values() if f.error][:3]
         if errors:
             print(f"    e.g. {errors}", flush=True)
+
+    def _submit(self, readers: Readers, wl: workload.Workload, rate: float) -> dict[str, str]:
+        """Submit at ``rate`` jobs/s whatever the replies do (open loop), a reader following each from
+        its submission; every job's message by its ID."""
+        texts: dict[str, str] = {}
+        t0 = time.monotonic() + 0.05
+        for i, (sid, j) in enumerate(wl.order):
+            pause = t0 + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            job_id = self.client.submit(wl.text(sid, j), sid).job_id
+            texts[job_id] = wl.text(sid, j)
+            readers.follow(job_id)
+        return texts
 
     @staticmethod
     def _fill(d: Delays, mon: Monitor, jobs: int) -> None:
@@ -542,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.start()
             bench.warm_up()
             if "cost" not in o.skip:
-                print(f"cost: {o.sessions} sessions x {o.messages} messages, latencies {o.latencies}, "
+                chunks = f"a chunk every {o.cost_chunk_delay * 1000:g} ms" if o.cost_chunk_delay else "chunks back to back"
+                print(f"cost: {o.sessions} sessions x {o.messages} messages, latencies {o.latencies}, {chunks}, "
                       f"CHATQ_STREAM on and off, {o.repeat} pair(s) each", flush=True)
                 bench.cost_phase()
             if "latency" not in o.skip:
