@@ -28,7 +28,7 @@ from .conftest import BROKER_URL, Fleet, wait_all
 from .test_api import KEY_A, api_settings, http, serve, signing
 from .test_batch import expected_replies, openai_line
 from .test_core import expected_history, history_pairs
-from .test_crash_recovery import _wait_for_running
+from .test_crash_recovery import _wait_for_running, sigkill_mid_run_loses_nothing
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -198,23 +198,7 @@ def test_the_http_api_submits_and_long_polls(bfleet):
 def test_sigkill_mid_run_is_recovered_by_lease_and_sweeper(tmp_path, fake_openai, broker_url):
     fleet = Fleet(tmp_path, fake_openai.base_url, broker_url=broker_url)
     try:
-        doomed = fleet.start_worker(20)
-        client = fleet.client()
-        sessions = [sid("crash") for _ in range(4)]
-        texts = {s: [f"{s} turn {i} [[stall:0.4]]" for i in range(4)] for s in sessions}
-        jobs = [client.submit(t, s).job_id for s in sessions for t in texts[s]]
-        _wait_for_running(client, jobs)
-        time.sleep(0.6)
-        fleet.kill(doomed)
-        interrupted = [j for j in client.jobs.get_many(jobs) if j.status == "running"]
-        assert interrupted, "the kill should land mid-job"
-        fleet.start_worker(20)
-        done = wait_all(client, jobs, timeout=90)
-        assert all(j.status == "succeeded" for j in done), fleet.logs()
-        for s in sessions:
-            assert history_pairs(client, s) == expected_history(texts[s])
-        retried = {j.job_id: j for j in done}
-        assert all(retried[j.job_id].attempts == 2 for j in interrupted)
+        sigkill_mid_run_loses_nothing(fleet, sessions=4, turns=4)
     finally:
         fleet.stop()
 
