@@ -11,9 +11,9 @@ off, off on, ...) because this VM's speed drifts. Prints jobs/s and CPU ms per j
 client: submit + ``ChatClient.wait``, the same in both; the workers; the test server and Redis
 apart) and the issue's target: streaming costs the client and workers at most 20% more per job.
 
-**latency**: an open-loop run, ``--rate`` jobs/s for ``--seconds`` (each job its own session), the
-test server pacing every reply ``--chunk-delay`` seconds a chunk, so a few hundred streams are live
-at once. A reader follows each job's events from its submission: over SSE (``GET
+**latency**: an open-loop run at each ``--rate`` (jobs/s, for ``--seconds``; each job its own
+session), the test server pacing every reply ``--chunk-delay`` seconds a chunk, so rate x a reply's
+duration (3.3 s by default) streams are live at once. A reader follows each job's events from its submission: over SSE (``GET
 /v1/jobs/{id}/events`` of a ``chatq serve`` the bench starts; aiohttp, every stream on one asyncio
 loop) or in Python (``ChatClient.stream``, a thread per job). For each ``message.delta`` read, the
 delay from the test server writing the chunk that completed that text (its emission log: content
@@ -24,9 +24,9 @@ clock). Two seconds of the same, unmeasured, go first (the API's first streams, 
 The emission time is taken just after the server's write: a server descheduled between the two (a
 busy machine) dates the chunk late, and the delay comes out too short, even below zero.
 
-    .venv/bin/python bench/streaming.py --repeat 3      # RESULTS.md's figures
-    .venv/bin/python bench/streaming.py --skip latency  # the cost only; --skip cost: the latency only
-    .venv/bin/python bench/streaming.py --quick         # a tiny workload, for the test suite
+    .venv/bin/python bench/streaming.py --skip latency --repeat 3             # RESULTS.md's cost (~7 min)
+    .venv/bin/python bench/streaming.py --skip cost --readers sse,python      # RESULTS.md's delays (~3 min)
+    .venv/bin/python bench/streaming.py --quick                               # a tiny run, for the test suite
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=200,
                    help="sessions per chatq worker process (CHATQ_CONCURRENCY); 0: `chatq worker`'s own default")
     p.add_argument("--flush-ms", type=float, help="the node's CHATQ_STREAM_FLUSH_MS (default: its own)")
-    p.add_argument("--rate", default="30", help="latency: jobs submitted per second (open loop), comma-separated")
+    p.add_argument("--rate", default="5,10,20", help="latency: jobs submitted per second (open loop), comma-separated")
     p.add_argument("--seconds", type=float, default=15, help="latency: seconds of submitting")
     p.add_argument("--chunk-delay", type=float, default=0.025, help="latency: seconds between a reply's chunks")
     p.add_argument("--ttft", type=float, default=0.0, help="latency: provider latency before the first chunk")
@@ -541,7 +541,8 @@ def targets(ratios: dict[float, list[tuple[float, float, float]]], ds: list[Dela
                     x <= TARGET_COST, f"{on:.2f} vs {off:.2f} ms = {x:.2f}x{each}"))
     for d in ds:
         p99 = d.ms("deltas", 99)
-        out.append((f"open loop, {d.reader} reader: chunk -> reader p99 < {TARGET_P99_MS:g} ms", p99 < TARGET_P99_MS,
+        out.append((f"open loop {d.rate:g}/s, {d.reader} reader: chunk -> reader p99 < {TARGET_P99_MS:g} ms",
+                    p99 < TARGET_P99_MS,
                     f"{p99:.1f} ms (p50 {d.ms('deltas', 50):.1f})"))
     bad = sum(r.check.lost + r.check.reordered + r.failed for r in runs) + sum(
         d.lost + d.reordered + (d.jobs - d.succeeded) + d.read_errors + d.text_wrong for d in ds)
