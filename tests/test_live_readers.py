@@ -23,28 +23,10 @@ from chatq.tasks.models import JobEvent
 from chatq.tasks.redis_pool import get_async_redis
 
 from .conftest import ROOT
-from .test_api import KEY_A, KEY_B, api_settings, assert_error, finished, http, serve, sid, signing, submit
+from .test_api import a, assert_error, b, base_url, finished, sid, submit  # noqa: F401  (fixtures)
 
 LONG = "[[stream words=40 delay=0.02]]"
 """A reply of about 40 words streamed over about a second: several delta events."""
-
-
-@pytest.fixture(scope="module")
-def base_url(fleet) -> Iterator[str]:
-    with serve(create_app(api_settings(), signing(fleet.settings))) as url:
-        yield url
-
-
-@pytest.fixture
-def a(base_url) -> Iterator[httpx.Client]:
-    with http(base_url, KEY_A) as c:
-        yield c
-
-
-@pytest.fixture
-def b(base_url) -> Iterator[httpx.Client]:
-    with http(base_url, KEY_B) as c:
-        yield c
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[dict]:

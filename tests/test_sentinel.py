@@ -29,6 +29,7 @@ from chatq.tasks.redis_pool import (RedisUnusable, celery_broker, get_redis, red
                                     sentinel_url_of_celery_broker, wait_for_redis)
 from chatq.tasks.settings import Settings
 from chatq.tasks.wakeups import redis_broker
+from chatq.testing.cluster import until
 
 from .conftest import Fleet
 from .test_core import expected_history, history_pairs
@@ -40,18 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _until(check, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -92,10 +81,10 @@ class Sentinels:
                 f"sentinel parallel-syncs {MASTER} 1\n")
             self._server(f"sentinel-{i}", str(conf), "--sentinel")
             self.sentinel_ports.append(port)
-        _until(lambda: redis.Redis(port=self.replica_port, decode_responses=True).info("replication")
+        until(lambda: redis.Redis(port=self.replica_port, decode_responses=True).info("replication")
                .get("master_link_status") == "up", "the replica syncs with the master")
         for port in self.sentinel_ports:
-            _until(lambda p=port: self._sees_everyone(p), f"sentinel {port} sees the replica and the other sentinels")
+            until(lambda p=port: self._sees_everyone(p), f"sentinel {port} sees the replica and the other sentinels")
 
     def _sees_everyone(self, port: int) -> bool:
         s = redis.Redis(port=port, decode_responses=True)
@@ -203,11 +192,11 @@ def test_a_failover_mid_load_loses_no_job_and_no_turn(tmp_path, fake_openai, sen
         texts = {s: [f"{s} turn {i} [[stall:0.2]]" for i in range(3)] for s in sessions}
         jobs = {s: [client.submit(texts[s][i], s).job_id for i in range(2)] for s in sessions}
         all_jobs = [j for s in sessions for j in jobs[s]]
-        _until(lambda: sum(j.status == "succeeded" for j in client.jobs.get_many(all_jobs)) >= 15,
+        until(lambda: sum(j.status == "succeeded" for j in client.jobs.get_many(all_jobs)) >= 15,
                "some of the load is done before the kill", timeout=60)
         old = sentinels.master_address()
         sentinels.kill_master()
-        _until(lambda: sentinels.master_address() != old, "the sentinels promote the replica", timeout=60)
+        until(lambda: sentinels.master_address() != old, "the sentinels promote the replica", timeout=60)
         assert sentinels.master_address()[1] == sentinels.replica_port
         # The fleet goes on: a third turn for every session, submitted to the new master.
         for s in sessions:
