@@ -221,13 +221,15 @@ def assemble(chunks, tools=()) -> ChatCompletion:
     return state.get_final_completion()
 
 
-def settled(server: TestServer, text: str) -> dict:
-    """The one stream recorded for ``text``, once it has ended (the server records it on its own thread)."""
+def settled(server: TestServer, text: str, count: int = 1) -> dict:
+    """The last of ``count`` streams recorded for ``text``, once it has ended (the server records it on its
+    own thread, after the client may already have read ``[DONE]``)."""
     deadline = time.monotonic() + 5
-    while not ((found := server.streams(text)) and found[0]["ended"]) and time.monotonic() < deadline:
+    while not ((found := server.streams(text)) and len(found) >= count and found[-1]["ended"]) \
+            and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(found) == 1
-    return found[0]
+    assert len(found) == count
+    return found[-1]
 
 
 def sse(server: TestServer, body: dict) -> tuple[httpx.Response, list[bytes]]:
@@ -251,7 +253,7 @@ def test_stream_is_openai_sse_and_assembles_to_the_plain_reply(server, sdk):
     assert r.headers["content-type"].startswith("text/event-stream")
     assert events[-2:] == [b"data: [DONE]", b""] and all(e.startswith(b"data: {") for e in events[:-2])
     assert "usage" not in json.loads(events[-3][6:])  # asked for no usage: none, not even null
-    record = server.streams(text)[-1]
+    record = settled(server, text, count=2)
     assert (record["outcome"], record["chunks"]) == ("done", len(events) - 2)
     assert record["emissions"][-1][0] == len(plain.choices[0].message.content)
 
@@ -362,7 +364,7 @@ def test_cut_drops_the_stream_mid_reply(server, sdk):
     assert (record["outcome"], record["chunks"]) == ("cut", 4)
     full = assemble(chat(sdk, text, stream=True)).choices[0].message.content  # n=1: once only
     assert full == chat(sdk, text).choices[0].message.content and full.startswith("echo #1: one two three four five")
-    assert server.streams(text)[-1]["outcome"] == "done"
+    assert settled(server, text, count=2)["outcome"] == "done"
 
 
 def test_client_closing_early_is_recorded_at_once(server, sdk):
