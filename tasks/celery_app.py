@@ -76,6 +76,25 @@ def quorum_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+REDIS_BROKER_OPTIONS = {"ack_emulation": False}
+"""kombu's Redis transport options for chatq: no acknowledgement emulation.
+
+With it (kombu's default) every delivery is also written to an ``unacked`` hash and index and every
+ack removes it again, so that a dead consumer's messages come back after ``visibility_timeout``.
+chatq needs none of that: a wake-up only says "this session has work", and a session whose wake-up
+is lost (its worker SIGKILLed while the wake-up waited in the process) has queued work and no
+lease, which the sweeper wakes within a few intervals. A warm shutdown loses nothing either: the
+process hands back the wake-ups it still holds (kombu restores them as the channel closes; the
+runtime re-wakes those it refused). Without it a backlog's new sessions cost the workers 13-15% less CPU per
+job (``bench/RESULTS.md``), and a reconnect has no unacked messages to restore, the step of kombu's
+Redis transport that can kill a worker (``broker_transport``)."""
+
+
+def broker_options(broker: str) -> dict[str, Any]:
+    """Transport options for ``broker`` (kombu's URL): chatq's for a Redis or Sentinel broker."""
+    return dict(REDIS_BROKER_OPTIONS) if urlsplit(broker).scheme in ("redis", "rediss", "sentinel") else {}
+
+
 def make_app(settings: Settings) -> Celery:
     s = settings
     # A redis+sentinel:// broker is kombu's sentinel:// URL plus the master's name as an option.
@@ -97,7 +116,7 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_max_retries=None,  # retry forever: an outage costs time, never the worker
         # A running job keeps running through a broker outage: its commit is fenced by the session lease.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout, **sentinel_options},
+        broker_transport_options={**broker_options(broker), **sentinel_options},
         # -c's default; a worker's runtime takes it and gives Celery's own pool FEEDERS threads.
         worker_concurrency=s.concurrency,
         **FEEDING,

@@ -191,6 +191,8 @@ class ChatClient:
         self._profiles = load_profiles(s)
         self._fleet_agents: tuple[float, set[str], dict[str, str]] = (0.0, set(), {})
         self.wakeups = wakeups or WakePublisher.shared(s)
+        # The broker is this Redis: a submit that creates a session wakes it in its own round trip.
+        self._wakes_inline = self.wakeups.pushes_to(s.redis_url) and not self.machine.cluster
         tracing.configure()
 
     @property
@@ -335,16 +337,18 @@ class ChatClient:
             return self._write(job, on_busy, session_ttl)
 
     def _write(self, job: Job, on_busy: str, session_ttl: int | None) -> Job:
+        # Built for every submit, used by those that create their session: ~10 µs against a round trip.
+        wake = self.wakeups.message(job.session_id, self.namespace, job.job_id) if self._wakes_inline else ""
         if on_busy in ("interrupt", "rollback"):
             submitted = self.machine.interrupt(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
-                                               hand_to=self._fleet_keys, queue=self.settings.queue)
+                                               hand_to=self._fleet_keys, queue=self.settings.queue, wake=wake)
             if submitted.outcome is SubmitOutcome.stale:
                 raise SessionBusy(f"session {job.session_id}'s queue kept changing while interrupting it; try again")
             self._finished_elsewhere(submitted.cancelled)
             outcome = submitted.outcome
         else:
             outcome = self.machine.submit(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
-                                          hand_to=self._fleet_keys, queue=self.settings.queue)
+                                          hand_to=self._fleet_keys, queue=self.settings.queue, wake=wake)
         if outcome is SubmitOutcome.busy:
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
         if outcome is SubmitOutcome.existing:

@@ -75,6 +75,7 @@ INTERRUPT_TRIES = 10
 class SubmitOutcome(StrEnum):
     created = "created"              # alone and unheld: the caller wakes it (Celery)
     handed = "handed"                # alone and unheld, given to a waiting worker process: no wake-up
+    woken = "woken"                  # alone and unheld, its Celery wake-up pushed by the submit itself
     held = "held"                    # alone, but a lease holder will reach it before it can release
     queued_behind = "queued-behind"  # an earlier job's holder or wake-up will reach it
     existing = "existing"            # a job with this ID exists (idempotent resubmission)
@@ -280,6 +281,7 @@ class SessionMachine:
         hand_to: Keys | None = None,
         queue: str = "",
         now: datetime | None = None,
+        wake: str = "",
     ) -> SubmitOutcome | None:
         """Append a job to its session's FIFO, creating the session on first use.
 
@@ -289,15 +291,22 @@ class SessionMachine:
         ``created`` session with ``hand_to`` (the fleet's keys), when that round trip saw workers
         registered for hand-offs on Celery queue ``queue``, a second: hand it to one with room
         (``handed``); else the caller publishes a wake-up.
+
+        ``wake`` (with ``hand_to`` and ``queue``; a standalone Redis that is also the Celery broker):
+        the session's wake-up message, for the script to hand over or push itself when the session
+        is ``created`` (``handed`` or ``woken``), so a new session costs the one round trip an
+        existing one does.
         """
         pipe = client if client is not None else self.r.pipeline(transaction=False)
-        self._queue_submit(pipe, job_id, session_id, fields, on_busy, session_ttl, announce, now or utcnow())
+        self._queue_submit(pipe, job_id, session_id, fields, on_busy, session_ttl, announce, now or utcnow(),
+                           wake=self._wake_keys(wake, hand_to, queue, session_id, job_id))
         if client is not None:
             return None
-        return self._submitted(pipe, session_id, job_id, hand_to, queue).outcome
+        return self._submitted(pipe, session_id, job_id, None if wake else hand_to, queue).outcome
 
     def interrupt(self, job_id: str, session_id: str, fields: dict[str, str], mode: str,
-                  session_ttl: int | None = None, hand_to: Keys | None = None, queue: str = "") -> Submitted:
+                  session_ttl: int | None = None, hand_to: Keys | None = None, queue: str = "",
+                  wake: str = "") -> Submitted:
         """``submit`` with on_busy ``interrupt`` or ``rollback``: in the same step, the session's
         running job is asked to stop (``keep`` or ``rollback``) and its queued ones are cancelled.
         The script must name every job's keys, so the FIFO is read first; if it moved meanwhile
@@ -305,15 +314,26 @@ class SessionMachine:
         for _ in range(INTERRUPT_TRIES):
             stopping = self.r.lrange(self.keys.fifo(session_id), 0, -1)
             pipe = self.r.pipeline(transaction=False)
-            self._queue_submit(pipe, job_id, session_id, fields, mode, session_ttl, True, utcnow(), stopping)
-            submitted = self._submitted(pipe, session_id, job_id, hand_to, queue)
+            self._queue_submit(pipe, job_id, session_id, fields, mode, session_ttl, True, utcnow(), stopping,
+                               self._wake_keys(wake, hand_to, queue, session_id, job_id))
+            submitted = self._submitted(pipe, session_id, job_id, None if wake else hand_to, queue)
             if submitted.outcome is not SubmitOutcome.stale:
                 return submitted
         return submitted
 
+    def _wake_keys(self, wake: str, hand_to: Keys | None, queue: str, session_id: str,
+                   job_id: str) -> tuple[list[str], list[str]]:
+        """The submit script's extra keys and arguments that let it wake a created session itself."""
+        if not wake:
+            return [], ["", ""]
+        if hand_to is None or not queue or self.cluster:
+            raise ValueError("a submit can push its own wake-up only on a standalone Redis, given the fleet's keys and queue")
+        return [hand_to.idle(queue), hand_to.handed(queue), queue], [f"{self.keys.ns} {session_id} {job_id}", wake]
+
     def _queue_submit(self, pipe: redis.client.Pipeline, job_id: str, session_id: str, fields: dict[str, str],
                       on_busy: str, session_ttl: int | None, announce: bool, now: datetime,
-                      stopping: list[str] = ()) -> None:  # type: ignore[assignment]
+                      stopping: list[str] = (),  # type: ignore[assignment]
+                      wake: tuple[list[str], list[str]] = ([], ["", ""])) -> None:
         if not is_id(job_id) or job_id[:4] != bucket(session_id):
             raise ValueError(f"job ID {job_id!r} does not carry session {session_id!r}'s bucket (keys.new_job_id)")
         k = self.keys
@@ -322,10 +342,11 @@ class SessionMachine:
         keys = [k.job(job_id), k.fifo(session_id), k.lease(session_id), k.session(session_id), k.messages(session_id)]
         for other in stopping:
             keys += [k.job(other), k.events(other)]
+        wake_keys, wake_args = wake
         self._submit(
-            keys=keys,
+            keys=keys + wake_keys,
             args=[job_id, on_busy, now.isoformat(), ttl_arg(session_ttl), self.result_ttl, self.calls.maxlen,
-                  k.done_channel(""), self.fleet.cancel_channel, len(stopping), *stopping,
+                  k.done_channel(""), self.fleet.cancel_channel, len(stopping), *wake_args, *stopping,
                   *(x for pair in fields.items() for x in pair)],
             client=pipe,
         )

@@ -81,7 +81,6 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds a worker process with room waits, per round trip, to be handed "
         "sessions directly by producers (no Celery message); 0 turns hand-offs off.")
     max_attempts: int = Field(3, ge=1, description="Runs of a job whose workers keep dying.")
-    visibility_timeout: int = Field(3600, ge=1)
 
     max_message_chars: int = Field(32_000, ge=1, description=(
         "Characters of a message's text: a string, or the sum of its text content parts."))

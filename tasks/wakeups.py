@@ -67,15 +67,23 @@ def redis_broker(app: Celery) -> str | None:
 
 
 class WakePublisher:
-    def __init__(self, app: Celery, queue: str, broker: redis.Redis | None | object = _AUTO):
+    def __init__(self, app: Celery, queue: str, broker: redis.Redis | None | object = _AUTO,
+                 broker_url: str | None = None):
         """``broker``: the Redis client to push wake-ups with (None: always through Celery); by
-        default the process's client for the app's broker, when ``redis_broker`` allows it."""
+        default the process's client for the app's broker, when ``redis_broker`` allows it.
+        ``broker_url``: that client's URL, if given."""
         self.app = app
         self.queue = queue
         if broker is _AUTO:
-            url = redis_broker(app)
-            broker = get_redis(url) if url else None
+            broker_url = redis_broker(app)
+            broker = get_redis(broker_url) if broker_url else None
         self.broker: redis.Redis | None = broker  # type: ignore[assignment]
+        self.broker_url = broker_url if broker is not None else None
+
+    def pushes_to(self, redis_url: str) -> bool:
+        """Whether wake-ups are pushed straight to the Redis at ``redis_url`` (the same server and
+        database): then a submit script there can push a new session's wake-up itself."""
+        return self.broker_url is not None and self.broker_url == redis_url
 
     def message(self, session_id: str, namespace: str, job_id: str | None = None) -> str:
         """The wake-up as kombu's Redis transport stores it: what ``send_task`` would push."""
@@ -163,7 +171,7 @@ class WakePublisher:
                 url = redis_broker(app)
                 broker = get_redis(url, settings.redis_max_connections, settings.redis_socket_timeout) \
                     if url else None
-                found = _shared[key] = cls(app, settings.queue, broker)
+                found = _shared[key] = cls(app, settings.queue, broker, url)
             return found
 
 

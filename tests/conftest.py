@@ -47,9 +47,12 @@ def fake_openai() -> Iterator[TestServer]:
 class Fleet:
     """A namespace, a queue and the worker processes serving them."""
 
-    def __init__(self, tmp: Path, base_url: str | None, redis_url: str = REDIS_URL, broker_url: str = BROKER_URL,
+    def __init__(self, tmp: Path, base_url: str | None, redis_url: str = REDIS_URL, broker_url: str | None = None,
                  **settings: str):
+        """``broker_url``: by default the store's Redis, as chatq's own default (``BROKER_URL`` is a
+        Redis broker apart from the store)."""
         tag = uuid.uuid4().hex[:8]
+        broker_url = broker_url or redis_url
         self.redis_url = redis_url
         self.env = {
             **os.environ,
@@ -124,6 +127,9 @@ class Fleet:
             with Connection(self.settings.broker, connect_timeout=5) as conn:
                 conn.default_channel.queue_delete(self.settings.queue)
                 conn.default_channel.exchange_delete(self.settings.queue)
+        else:  # a Redis broker: the queue's list and kombu's binding of it
+            queue = self.settings.queue
+            get_redis(self.settings.broker).delete(queue, f"_kombu.binding.{queue}")
         r = get_redis(self.redis_url)  # one Redis or a cluster (SCAN walks every primary)
         keys = list(r.scan_iter(f"{self.settings.namespace}:*", count=1000))
         for i in range(0, len(keys), 500):

@@ -88,9 +88,9 @@ def ready_count(fleet: Fleet) -> int:
 
 
 def held_sessions(fleet: Fleet) -> list[str]:
-    """The sessions of every wake-up the broker still holds for the fleet's queue, whether ready or
-    delivered and unacked, once no consumer is left (RabbitMQ requeues a dead consumer's unacked
-    messages; kombu's Redis transport keeps them in its ``unacked`` hash until restored)."""
+    """The sessions of every wake-up the broker still holds for the fleet's queue, once no consumer is
+    left: RabbitMQ's ready and (requeued) unacked messages; a Redis broker's list (chatq's Redis
+    transport keeps no unacked copies: ``celery_app.REDIS_BROKER_OPTIONS``)."""
     queue = fleet.settings.queue
     if is_amqp(fleet.settings.broker):
         with Connection(fleet.settings.broker, connect_timeout=5) as conn:
@@ -103,10 +103,7 @@ def held_sessions(fleet: Fleet) -> list[str]:
             channel.close()  # unacked: back in the queue
             return found
     r = redis.Redis.from_url(fleet.settings.broker, decode_responses=True)
-    entries = [json.loads(m) for m in r.lrange(queue, 0, -1)]
-    entries += [payload for payload, _exchange, routing_key in map(json.loads, r.hvals("unacked"))
-                if routing_key == queue]
-    return [e["headers"]["argsrepr"] for e in entries]
+    return [json.loads(m)["headers"]["argsrepr"] for m in r.lrange(queue, 0, -1)]
 
 
 def test_only_an_amqp_broker_gets_a_quorum_queue():
@@ -208,7 +205,8 @@ def test_a_wake_up_is_acked_once_its_session_runs_and_held_only_while_the_proces
     """What RabbitMQ's ``consumer_timeout`` has to cover (README, "Running it for real"): the wake-up of
     a session that is running was acked when the session went on the loop, however long its job; one
     delivered to a full process stays unacked until a slot frees. Seen by killing the worker mid-job:
-    a broker redelivers exactly what was never acked."""
+    RabbitMQ redelivers exactly what was never acked; a Redis broker keeps no unacked copy, so that
+    wake-up died with the worker and the sweeper wakes its session."""
     fleet = Fleet(tmp_path, fake_openai.base_url, broker_url=broker_url, idle_wait="0")  # wake-ups only
     try:
         worker = fleet.start_worker(1)  # room for one session
@@ -224,9 +222,40 @@ def test_a_wake_up_is_acked_once_its_session_runs_and_held_only_while_the_proces
         fleet.kill(worker)
         held = held_sessions(fleet)
         assert not any(running in h for h in held), f"the running session's wake-up was acked: {held}"
-        assert any(queued in h for h in held), f"the full process's wake-up was not acked: {held}"
+        if is_amqp(broker_url):
+            assert any(queued in h for h in held), f"the full process's wake-up was not acked: {held}"
+        else:
+            assert held == [], f"no unacked copies on a Redis broker: {held}"
         fleet.start_worker(4)
         done = wait_all(client, [long_job, behind], timeout=90)
         assert [j.status for j in done] == ["succeeded", "succeeded"], fleet.logs()
+    finally:
+        fleet.stop()
+
+
+def test_a_warm_shutdown_hands_back_every_wake_up_it_holds(tmp_path, fake_openai, broker_url):
+    """A full process asked to stop (SIGTERM) finishes its running turn and gives the broker back the
+    wake-ups waiting in it, at once: with the sweeper too slow to matter here, another worker then
+    runs every session."""
+    fleet = Fleet(tmp_path, fake_openai.base_url, broker_url=broker_url, idle_wait="0", sweep_interval="600")
+    try:
+        worker = fleet.start_worker(1)
+        fleet.wait_ready(worker)
+        client = fleet.client()
+        running = sid("long")
+        long_job = client.submit(f"a long job {running} [[stall:3]]", running).job_id
+        _wait_for_running(client, [long_job])
+        behind = {sid("behind"): "" for _ in range(12)}
+        for s in behind:
+            behind[s] = client.submit(f"waits in the stopping process {s}", s).job_id
+        _until(lambda: ready_count(fleet) < len(behind), "wake-ups are delivered to the full process")
+        worker.terminate()
+        assert worker.wait(30) == 0, fleet.logs()
+        held = held_sessions(fleet)
+        assert sorted(s for s in behind if any(s in h for h in held)) == sorted(behind), held
+        assert client.get(long_job).status == "succeeded"
+        fleet.start_worker(4)
+        done = wait_all(client, list(behind.values()), timeout=60)
+        assert {j.status for j in done} == {"succeeded"}, fleet.logs()
     finally:
         fleet.stop()

@@ -30,7 +30,7 @@ from chatq.tasks.client import ChatClient, validate_metadata
 from chatq.tasks.errors import InvalidRequest, JobNotFound
 from chatq.tasks.urls import WebhookRefused, check_destination
 
-from .conftest import BROKER_URL, ROOT
+from .conftest import ROOT
 from .test_api import http, serve
 
 T = uuid.uuid4().hex[:8]
@@ -389,7 +389,7 @@ def test_a_batch_no_worker_ever_runs_expires_after_the_idle_bound(make_fleet):
             time.sleep(0.1)
         assert not client.r.exists(batches.store.conversations_key(info.batch_id))
     finally:
-        redis.Redis.from_url(BROKER_URL).delete(f.settings.queue)  # the wake-up no worker took
+        redis.Redis.from_url(f.settings.broker).delete(f.settings.queue)  # the wake-up no worker took
 
 
 # The 413 every client can read

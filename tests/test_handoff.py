@@ -17,7 +17,7 @@ from chatq.tasks.models import Job
 from chatq.tasks.session_machine import SessionMachine
 from chatq.worker.handoff import Handoff
 
-from .conftest import BROKER_URL, REDIS_URL
+from .conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def with_waiting_worker(make_fleet, idle_wait: str):
 def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
     fleet, worker, client = with_waiting_worker(make_fleet, "20")
     client.app.control.cancel_consumer(fleet.settings.queue, reply=True)
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(fleet.settings.broker)
     job = client.submit("hello, nobody is consuming wake-ups")
     done = client.wait(job.job_id, 30)
     assert done.status == "succeeded", fleet.logs()

@@ -132,6 +132,30 @@ def test_submit_hands_a_created_session_only_to_a_live_waiter(r, keys, machine):
         "room for one, one item already handed: the next one is published"
 
 
+def test_a_submit_given_its_wake_up_hands_or_pushes_it_in_the_same_step_and_only_for_a_new_session(r, keys, machine):
+    queue = f"{keys.ns}:q"  # the Celery queue's list, under the test's namespace (cleaned up with it)
+
+    def submit(session: str) -> tuple[SubmitOutcome | None, str]:
+        job = Job(job_id=new_job_id(session), session_id=session, message="hi")
+        wake = f"wake {session} {job.job_id}"
+        return machine.submit(job.job_id, session, encode_job(job), hand_to=keys, queue=queue, wake=wake), job.job_id
+
+    r.zadd(keys.idle(queue), {"h:1#1": int(time.time() * 1000) + 60_000})  # a process with room for one
+    outcome, handed = submit("w1")
+    assert outcome is SubmitOutcome.handed and r.lrange(keys.handed(queue), 0, -1) == [f"{keys.ns} w1 {handed}"]
+    assert r.llen(queue) == 0, "handed: no Celery message"
+    outcome, woken = submit("w2")
+    assert outcome is SubmitOutcome.woken, "room for one, already handed one: the wake-up goes to Celery"
+    assert r.lrange(queue, 0, -1) == [f"wake w2 {woken}"]
+    assert submit("w2")[0] is SubmitOutcome.queued_behind and r.llen(queue) == 1, "an existing session: nothing"
+    start(machine, "w1")
+    r.delete(keys.handed(queue))
+    assert submit("w1")[0] is SubmitOutcome.queued_behind and r.llen(queue) == 1
+    r.delete(keys.idle(queue))
+    outcome, third = submit("w3")
+    assert outcome is SubmitOutcome.woken and r.lrange(queue, 0, 0) == [f"wake w3 {third}"]
+
+
 # --- cancel -----------------------------------------------------------------------------------
 
 def test_cancel_outcomes(r, keys, machine):
@@ -387,7 +411,7 @@ def test_interrupting_submit_stops_the_running_job_and_cancels_the_queued(r, key
     stale = machine._submit(keys=[keys.job(job.job_id), keys.fifo("s"), keys.lease("s"), keys.session("s"),
                                   keys.messages("s"), keys.job(running), keys.events(running)],
                             args=[job.job_id, "rollback", "now", "", TTL, 100, keys.done_channel(""),
-                                  keys.cancel_channel, 1, running, "message", "now"])
+                                  keys.cancel_channel, 1, "", "", running, "message", "now"])
     assert stale == ["stale"] and not r.exists(keys.job(job.job_id)), "a FIFO read before it moved: nothing written"
     submitted = machine.interrupt(job.job_id, "s", encode_job(job), "rollback")
     assert submitted == (SubmitOutcome.queued_behind, [queued])

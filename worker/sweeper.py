@@ -1,7 +1,8 @@
 """Finds sessions whose work nobody holds (a dead worker's, or a lost wake-up) and wakes them.
 
 Runs in every worker; a short Redis lock makes one sweep per interval fleet-wide. It bounds how
-long a session can stall to about lease + 2 × interval, far below the broker's visibility timeout.
+long a session can stall to about lease + 2 × interval (chatq's Redis broker keeps no unacked copies:
+the sweeper is what recovers a wake-up that died with its worker).
 A sweep cannot tell a lost wake-up from one waiting in the broker behind a backlog, so a session
 it finds stalled again, untouched since its wake-up, is woken again only after a back-off
 doubling from 4 intervals up to ``BACKOFF_CAP`` (``SessionMachine.sweep``): a backlog costs a few
