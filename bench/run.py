@@ -105,8 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--store", choices=["single", "cluster"], default="single",
                    help="chatq's store: a DB of --redis, or a local 3-master Redis Cluster the benchmark starts "
                         "and stops (its broker stays on --redis; bench/cluster_store.py)")
-    p.add_argument("--dbs", default="12,13,10,11",
-                   help="Redis DBs: chatq store, chatq broker, baseline broker, baseline results+history")
+    p.add_argument("--dbs", default="12,12,10,11",
+                   help="Redis DBs: chatq store, chatq broker (the store's, as chatq's default has it), baseline broker, "
+                        "baseline results+history")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy the chatq workers and the client during each chatq phase (bench/profile.py)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")

@@ -5,9 +5,10 @@ runner thread waits for a hand-off and every new session's wake-up is a Celery m
 Rounds alternate: ``--batch`` submissions to new sessions, then one more to each of those
 sessions, so both kinds see the same machine load. CPU is the submitting thread's own
 (``time.thread_time``); Redis commands (store and broker together) are counted on a private
-redis-server (store in DB 0, broker in DB 1) unless ``--redis`` names another.
+redis-server (store in DB 0, the broker in the same DB as chatq's default has it, or in DB 1 with
+``--broker-apart``) unless ``--redis`` names another.
 
-    python -m bench.submit_cost [--n 3000] [--batch 100] [--profile FILE]
+    python -m bench.submit_cost [--n 3000] [--batch 100] [--broker-apart] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def with_db(url: str, db: int) -> str:
     return url.rsplit("/", 1)[0] + f"/{db}"
 
 
-def measure(url: str, n: int, batch: int, profile: str | None) -> None:
+def measure(url: str, n: int, batch: int, profile: str | None, broker_db: int = 0) -> None:
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    client = ChatClient(settings=Settings(redis_url=url, broker_url=with_db(url, 1), namespace=tag, queue=tag))
+    broker = with_db(url, broker_db)
+    client = ChatClient(settings=Settings(redis_url=with_db(url, 0), broker_url=broker, namespace=tag, queue=tag))
     try:
         for i in range(20):  # warm up: scripts loaded, broker connected, code paths imported
             client.submit("warm-up", f"warm{i}")
@@ -72,7 +74,7 @@ def measure(url: str, n: int, batch: int, profile: str | None) -> None:
         keys = list(client.r.scan_iter(f"{tag}:*", count=5000))
         for i in range(0, len(keys), 5000):
             client.r.delete(*keys[i:i + 5000])
-        client.r.from_url(with_db(url, 1)).delete(tag, f"_kombu.binding.{tag}", f"_kombu.binding_permanent.{tag}")
+        client.r.from_url(broker).delete(tag, f"_kombu.binding.{tag}", f"_kombu.binding_permanent.{tag}")
 
 
 def main() -> None:
@@ -80,10 +82,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000, help="submissions of each kind")
     ap.add_argument("--batch", type=int, default=100, help="sessions per round")
     ap.add_argument("--profile", help="write a cProfile of the new-session submissions here")
-    ap.add_argument("--redis", help="an existing Redis (DB 0 store, DB 1 broker) instead of a private one")
+    ap.add_argument("--broker-apart", action="store_true", help="the broker in DB 1, not the store's DB 0")
+    ap.add_argument("--redis", help="an existing Redis (DB 0 store) instead of a private one")
     args = ap.parse_args()
     with (nullcontext(args.redis) if args.redis else private_redis()) as url:
-        measure(url, args.n, args.batch, args.profile)
+        measure(url, args.n, args.batch, args.profile, 1 if args.broker_apart else 0)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from . import pipelines
+
 log = logging.getLogger(__name__)
 
 _clients: dict[tuple[str, int, float], redis.Redis | redis.RedisCluster] = {}
@@ -185,7 +187,7 @@ def _sentinel(url: str, max_connections: int, socket_timeout: float) -> redis.Re
     parts = sentinel_parts(url)
     manager = Sentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, socket_timeout))
     return manager.master_for(  # type: ignore[no-any-return]
-        parts.master, redis_class=redis.Redis, connection_pool_class=_BlockingSentinelPool, db=parts.db,
+        parts.master, redis_class=pipelines.Redis, connection_pool_class=_BlockingSentinelPool, db=parts.db,
         username=parts.username, password=parts.password, retry=Retry(*_RETRY),
         **_pool_options(max_connections, socket_timeout))
 
@@ -194,7 +196,7 @@ def _async_sentinel(url: str, max_connections: int, socket_timeout: float) -> ai
     parts = sentinel_parts(url)
     manager = AsyncSentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, socket_timeout))
     return manager.master_for(  # type: ignore[no-any-return]
-        parts.master, redis_class=aioredis.Redis, connection_pool_class=_AsyncBlockingSentinelPool,
+        parts.master, redis_class=pipelines.AsyncRedis, connection_pool_class=_AsyncBlockingSentinelPool,
         db=parts.db, username=parts.username, password=parts.password, retry=AsyncRetry(*_RETRY),
         **_pool_options(max_connections, socket_timeout))
 
@@ -330,7 +332,7 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
         elif client is None:
             pool = redis.BlockingConnectionPool.from_url(
                 url, retry=Retry(*_RETRY), **_pool_options(max_connections, socket_timeout))
-            client = _clients[key] = redis.Redis(connection_pool=pool)
+            client = _clients[key] = pipelines.Redis(connection_pool=pool)
         return client  # type: ignore[return-value]
 
 
@@ -347,7 +349,7 @@ def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float =
         return _async_sentinel(url, max_connections, socket_timeout)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, retry=AsyncRetry(*_RETRY), **_pool_options(max_connections, socket_timeout))
-    return aioredis.Redis(connection_pool=pool)
+    return pipelines.AsyncRedis(connection_pool=pool)
 
 
 def is_redis_url(url: str) -> bool:

@@ -25,8 +25,10 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from chatq.tasks.broker_transport import transport_for
+from chatq.tasks.client import ChatClient
 from chatq.tasks.job_store import DoneListener
 from chatq.tasks.redis_pool import RedisUnusable, wait_for_redis
+from chatq.tasks.settings import Settings
 
 from .conftest import ROOT, Fleet, wait_all
 from .test_core import expected_history, history_pairs
@@ -337,6 +339,29 @@ def test_wait_for_redis_refuses_what_waiting_cannot_fix(private_redis):
         with pytest.raises(RedisUnusable, match="refuses this client"):
             wait_for_redis(url, timeout=5)
     assert wait_for_redis(private_redis.url(0).replace("//", "//:sekrit@")) < 1
+
+
+def test_a_pipelines_scripts_cost_no_extra_round_trip_and_survive_a_flushed_script_cache(private_redis):
+    """A submit is one round trip (no ``SCRIPT EXISTS`` before it, ``chatq.tasks.pipelines``), and a
+    Redis that lost its scripts (restarted, or ``SCRIPT FLUSH``) gets them loaded and the calls sent
+    again: nothing is lost and nothing runs twice."""
+    private_redis.start()
+    url = private_redis.url(0)
+    client = ChatClient(settings=Settings(redis_url=url, namespace="pipe", queue="pipe"))
+    r = redis.Redis.from_url(url, decode_responses=True)
+    first = client.submit("one", "s1")  # the scripts are not loaded yet: NOSCRIPT, loaded, sent again
+    r.config_resetstat()
+    second = client.submit("two", "s1")
+    stats = r.info("commandstats")
+    assert "cmdstat_script|exists" not in stats and "cmdstat_script|load" not in stats, stats
+    assert stats["cmdstat_evalsha"]["calls"] == 2  # announce and submit, in the one pipeline
+    r.script_flush()
+    third = client.submit("three", "s2")
+    assert r.lrange(client.keys.fifo("s1"), 0, -1) == [first.job_id, second.job_id]
+    assert r.lrange(client.keys.fifo("s2"), 0, -1) == [third.job_id]
+    wakes = [json.loads(m)["headers"]["argsrepr"] for m in r.lrange("pipe", 0, -1)]
+    assert wakes == ["['s2']", "['s1']"], "each new session woken once, by its submit"
+    assert {j.status for j in client.jobs.get_many([first.job_id, second.job_id, third.job_id])} == {"queued"}
 
 
 def _lose_the_broker_with_a_message_unacked(private_redis: PrivateRedis, transport: str | None):
