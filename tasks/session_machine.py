@@ -17,9 +17,13 @@ work or strands a session:
   first, so a producer dying between the two leaves a mark without work (the sweeper drops it),
   never work without a mark. On a Redis Cluster the two slots may live on different nodes, and
   commands to different nodes are not ordered with each other even in one pipeline, so there the
-  mark is its own round trip, made before the submit is sent. A ``created`` session then costs a second call: ``handoff_give`` if
-  the pipeline saw workers registered for one, else (or if it gave nothing) a Celery wake-up;
-  a producer dying before either leaves a marked session the sweeper wakes.
+  mark is its own round trip, made before the submit is sent. When the Celery broker is the same
+  standalone Redis (chatq's default), the submit script wakes a session it creates itself -- a
+  hand-off if a waiting process has room, else the wake-up message pushed onto the Celery queue --
+  so a new session costs the one round trip an existing one does. Otherwise a ``created`` session
+  costs a second call: ``handoff_give`` if the pipeline saw workers registered for one, else (or if
+  it gave nothing) a Celery wake-up; a producer dying before either leaves a marked session the
+  sweeper wakes.
 * **Nothing on the hot path removes a pending mark**: a removal racing a concurrent submit could
   drop that submit's fresh mark. The sweeper alone does: it reads marks older than two intervals
   with their scores, looks at each session's FIFO and lease, and drops the idle ones by

@@ -14,7 +14,9 @@ with work queued (``bench/submit_cost.py``). Here the message Celery would send 
 headers, JSON body, in the envelope kombu's Redis transport keeps in the queue's list -- is built
 directly and pushed with the process's pooled Redis client: ``celery worker`` consumes it as its
 own (``tests/test_units.py`` checks it against ``send_task``'s, field by field). Any other broker,
-or a Redis one configured in ways this does not reproduce, goes through ``send_task``.
+or a Redis one configured in ways this does not reproduce, goes through ``send_task``. When the
+broker is the store's own Redis (``pushes_to``), a submit hands the message to its script, which
+pushes it only if the submit created the session (``SessionMachine.submit``).
 """
 
 from __future__ import annotations
