@@ -29,6 +29,7 @@ from chatq.tasks.session_machine import SessionMachine
 from chatq.worker.handoff import Handoff
 from chatq.worker.rate_limit import RateLimiter
 
+from .conftest import BROKER_URL
 from .test_core import run_cli
 
 SESSIONS = ["victim", "victim:messages", "victim:meta", "victim:msgs", "q", "q:queue", "q:fifo", "x", "x:lease",
@@ -153,7 +154,10 @@ def test_every_script_call_of_a_whole_session_life_touches_one_hash_slot(fleet, 
             pass  # this process runs every session itself
 
     tag = f"slot{uuid.uuid4().hex[:6]}"  # a queue no worker consumes: this process runs it all
-    settings = fleet.settings.model_copy(update={"namespace": tag, "queue": tag, "idle_wait": 0.2})
+    # The broker apart from the store, as on a cluster: a submit to the store's own Redis as broker
+    # also pushes the wake-up (fleet keys, another slot), which only a standalone Redis does.
+    settings = fleet.settings.model_copy(update={"namespace": tag, "queue": tag, "idle_wait": 0.2,
+                                                 "broker_url": BROKER_URL})
     client = ChatClient(settings=settings, tenant="acme")
     r = client.r
 

@@ -240,6 +240,12 @@ class Runtime:
                 log.warning("listening for stop requests failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
 
+    async def _wake_elsewhere(self, session_id: str, namespace: str, job_id: str | None) -> None:
+        try:
+            await asyncio.to_thread(self.wakeups.wake, session_id, namespace, job_id)
+        except Exception as exc:  # the session is queued in Redis: the sweeper wakes it
+            log.warning("could not wake session %s for another process (%s); the sweeper will", session_id, exc)
+
     async def _listen(self) -> None:
         """The hand-off listener: while the process has room, wait for handed sessions, start each."""
         assert self.handoff is not None
@@ -258,5 +264,10 @@ class Runtime:
                 continue
             for h in handed:
                 with self._slots:
-                    self._in_flight += 1
-                self._spawn(h.session_id, h.namespace, h.job_id)
+                    room_left = self._in_flight < self.capacity
+                    if room_left:
+                        self._in_flight += 1
+                if room_left:
+                    self._spawn(h.session_id, h.namespace, h.job_id)
+                else:  # Celery's threads filled the room while this waited: back through the broker
+                    await self._wake_elsewhere(h.session_id, h.namespace or self.settings.namespace, h.job_id)
