@@ -46,7 +46,7 @@ class Profiler:
             out = self.out_dir / f"{self.phase}-{name}.txt"
             self.files.append(out)
             self.procs.append(subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--gil", "--nonblocking", "--threads", "-r", str(self.rate),
+                [exe, "record", "--pid", str(pid), "--subprocesses", "--gil", "--nonblocking", "--threads", "-r", str(self.rate),
                  "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return self
 
