@@ -29,6 +29,7 @@ from chatq.tasks.client import ChatClient
 from chatq.tasks.job_store import DoneListener
 from chatq.tasks.redis_pool import RedisUnusable, wait_for_redis
 from chatq.tasks.settings import Settings
+from chatq.testing.server import last_user_text
 
 from .conftest import ROOT, Fleet, wait_all
 from .test_core import expected_history, history_pairs
@@ -169,7 +170,9 @@ def _assert_every_thread_free(fleet: Fleet, server) -> None:
     jobs = [client.submit(f"after the outage {uuid.uuid4().hex[:8]} [[stall:3]]").job_id for _ in range(40)]
     done = wait_all(client, jobs, timeout=60)
     assert all(j.status == "succeeded" for j in done), fleet.logs()
-    assert server.stats["max_in_flight"] == 40
+    texts = [last_user_text(b) for b in server.recorded("after the outage")]
+    twice = sorted(t for t in set(texts) if texts.count(t) > 1)
+    assert server.stats["max_in_flight"] == 40, (server.stats, f"asked twice: {twice}", fleet.logs())
 
 
 def _start(fleet: Fleet, private_redis: PrivateRedis):

@@ -367,6 +367,19 @@ def test_cut_drops_the_stream_mid_reply(server, sdk):
     assert settled(server, text, count=2)["outcome"] == "done"
 
 
+def test_a_stalled_call_whose_client_hangs_up_is_no_longer_in_flight(server):
+    """A call its client gave up on (a cancelled turn) ends at the server too, so it does not count as
+    in flight for the stall's remaining seconds."""
+    before = server.stats["in_flight"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}/chat/completions", timeout=0.5,
+                   json={"model": "m", "messages": user(tag("[[stall:30]] hang up"))})
+    deadline = time.monotonic() + 5
+    while server.stats["in_flight"] > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.stats["in_flight"] == before
+
+
 def test_client_closing_early_is_recorded_at_once(server, sdk):
     text = tag("[[stream delay=1]] hang up")
     stream = chat(sdk, text, stream=True)

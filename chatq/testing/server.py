@@ -293,6 +293,16 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
+async def _hung_up_during(receive: Receive, seconds: float) -> bool:
+    """Sleep ``seconds`` unless the client hangs up first (a cancelled call): whether it did."""
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({gone}, timeout=seconds)
+        return gone.done()
+    finally:
+        gone.cancel()
+
+
 class _Stream:
     """A streamed answer as an ASGI app: the headers at once, then the chunks at their pace.
 
@@ -414,7 +424,8 @@ class ChatCompletions:
             if st.counters[key] > float(params.get("n", math.inf if always else 1)):
                 continue
             if kind == "stall":
-                await asyncio.sleep(float(arg or 0))
+                if await _hung_up_during(request.receive, float(arg or 0)):
+                    return None  # nobody is left to answer: the call ends now, as in-flight counts
                 continue
             st.faults += 1
             if kind == "drop":
