@@ -32,7 +32,7 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
     core = settings or get_settings()
     tracing.configure("api")  # traces of submissions over HTTP, if OTEL_* variables ask for them
     tenants = Tenants(core)
-    keyring = KeyRing(api.api_keys)
+    keyring = KeyRing(api.api_keys, api.operator_keys)
     names: list[str | None] = list(api.tenants) if api.tenants else [None]
     metrics = Metrics(tenants, names, api.max_active_jobs)
     gate = MetricsGate(api, keyring)
@@ -50,6 +50,8 @@ def create_app(api_settings: ApiSettings | None = None, settings: Settings | Non
                         "(fine for local use; set keys before exposing it)")
         else:
             log.info("API keys configured for %d tenant(s)", len(names))
+        if api.operator_keys and keyring.open:
+            log.warning("CHATQ_OPERATOR_KEYS is set without CHATQ_API_KEYS: the console is open to all anyway")
         if not gate.open and api.metrics_key is None:
             log.warning("/metrics answers 401: set CHATQ_METRICS_KEY (its own bearer key) or CHATQ_METRICS_OPEN=true")
         yield

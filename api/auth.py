@@ -1,4 +1,5 @@
-"""API keys to tenants, and the per-request dependency that resolves the caller's tenant."""
+"""API keys to tenants (and the console's operator keys), and the per-request dependency that
+resolves the caller's tenant."""
 
 from __future__ import annotations
 
@@ -29,10 +30,14 @@ class KeyRing:
 
     Fixed-length digests hide the key's length, and never stopping at the first match keeps the
     time independent of which key (if any) matched.
+
+    Operator keys (``CHATQ_OPERATOR_KEYS``) are the console's only: ``tenant`` never matches them,
+    so they open nothing under ``/v1``; ``console_role`` tells the console's login which kind a key is.
     """
 
-    def __init__(self, keys: dict[str, str]):
+    def __init__(self, keys: dict[str, str], operators: list[str] | tuple[str, ...] = ()):
         self._entries = [(_digest(k), tenant) for k, tenant in keys.items()]
+        self._operators = [_digest(k) for k in operators]
 
     @property
     def open(self) -> bool:
@@ -46,13 +51,23 @@ class KeyRing:
                 found = tenant
         return found
 
+    def console_role(self, presented: str) -> tuple[str | None, bool]:
+        """(the key's tenant, None if it names none; whether it is an operator key), every entry compared."""
+        digest, operator = _digest(presented), False
+        for known in self._operators:
+            if hmac.compare_digest(known, digest):
+                operator = True
+        return self.tenant(presented), operator
+
 
 @dataclass(frozen=True)
 class Tenant:
-    """The caller: its tenant name (None for the open tenant) and that tenant's client."""
+    """The caller: its tenant name (None for the open tenant) and that tenant's client; ``operator``
+    when an operator views that tenant in the console."""
 
     name: str | None
     client: ChatClient
+    operator: bool = False
 
     @property
     def label(self) -> str:

@@ -9,7 +9,7 @@ import re
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from chatq.tasks.settings import OPEN_TENANT, parse_pairs
@@ -20,12 +20,17 @@ TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATQ_", extra="ignore")
+    # Keys are secrets: a validation error names the setting, never echoes what it holds.
+    model_config = SettingsConfigDict(env_prefix="CHATQ_", extra="ignore", hide_input_in_errors=True)
 
     api_keys: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, repr=False,
         description="`key1:tenant_a,key2:tenant_b`. Empty: one open tenant, no authentication (local use).",
     )
+    operator_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="`key1,key2`: keys of the web console's operators, who may view every tenant of "
+                    "CHATQ_API_KEYS. They open nothing under `/v1`.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; 413 beyond.")
     max_batch_bytes: int = Field(16 << 20, ge=1024, description="Largest JSONL batch body; 413 beyond.")
     max_active_jobs: int = Field(10_000, ge=0, description="Queued + running jobs per tenant; 429 beyond; 0: no limit.")
@@ -59,6 +64,18 @@ class ApiSettings(BaseSettings):
         if bad:
             raise ValueError(f"CHATQ_API_KEYS: tenant names must match {TENANT.pattern}: {bad}")
         return keys
+
+    @field_validator("operator_keys", mode="before")
+    @classmethod
+    def _parse_operator_keys(cls, raw: Any) -> Any:
+        return [k.strip() for k in raw.split(",") if k.strip()] if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _operators_apart(self) -> ApiSettings:
+        """A key is a tenant's or an operator's, never both (never echoed: keys are secrets)."""
+        if set(self.operator_keys) & set(self.api_keys):
+            raise ValueError("CHATQ_OPERATOR_KEYS: a key that is also in CHATQ_API_KEYS; give operators keys of their own")
+        return self
 
     @property
     def tenants(self) -> list[str]:

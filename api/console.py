@@ -3,7 +3,11 @@ fleet, sessions, a chat playground and batches, server-rendered with Jinja2 and 
 in the package (no build step, no CDN: it works offline).
 
 Who sees what follows the HTTP API: an API key names a tenant, and the console shows that tenant's
-namespace only (without keys, the one open tenant). A browser's ``EventSource`` cannot send an
+namespace only (without keys, the one open tenant). An operator key (``CHATQ_OPERATOR_KEYS``, the
+console's only) sees every tenant of ``CHATQ_API_KEYS``: an overview of them all (``/ui/tenants``)
+and every page as the tenant it picks, which a second cookie remembers. That cookie names a tenant,
+not a secret, and only an operator's key makes the console read it: a tenant's key always shows
+its own tenant, whatever that cookie says. A browser's ``EventSource`` cannot send an
 ``Authorization`` header, and a key in a URL ends up in logs and histories, so the console takes the
 key once, in a login form's POST body, and keeps it in a cookie that is ``HttpOnly`` (scripts cannot
 read it), ``SameSite=Strict`` (other sites' requests do not carry it) and scoped to ``/ui`` (the JSON
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,12 +34,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from chatq.tasks.batch import BatchNotFound
+from chatq.tasks.batch import BatchNotFound, BatchSummary
 from chatq.tasks.errors import InvalidRequest, JobNotFound
-from chatq.tasks.job_listing import SNAPSHOT_MAX
 from chatq.tasks.models import Job, JobStatus, utcnow
 
 from .auth import Tenant
+from .console_plots import MINUTES, last_hour
 from .deps import Services, Svc
 from .errors import APIError, NotFound, Unauthorized
 from .jobs import MAX_SEQ, submit_job
@@ -45,10 +48,11 @@ from .streams import open_stream
 
 PREFIX = "/ui"
 COOKIE = "chatq_console"
+TENANT_COOKIE = "chatq_console_tenant"
+SWITCH_BACK = {f"{PREFIX}/{page}" for page in ("jobs", "fleet", "sessions", "playground", "batches", "tenants")}
 COOKIE_MAX_AGE = 12 * 3600
 XHR_HEADER = "X-Chatq-Console"
 HERE = Path(__file__).parent
-PLOT_MINUTES = 60
 
 templates = Jinja2Templates(directory=HERE / "templates" / "console")
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -81,8 +85,15 @@ def _tenant_of(request: Request) -> Tenant | None:
     if svc.keyring.open:
         return Tenant(None, svc.tenants.client(None))
     key = request.cookies.get(COOKIE)
-    name = svc.keyring.tenant(key) if key else None
-    return None if name is None else Tenant(name, svc.tenants.client(name))
+    name, operator = svc.keyring.console_role(key) if key else (None, False)
+    if name is not None:  # a tenant's key: its own tenant, whatever else the request carries
+        return Tenant(name, svc.tenants.client(name))
+    if not operator:
+        return None
+    names = svc.settings.tenants
+    chosen = request.cookies.get(TENANT_COOKIE)
+    name = chosen if chosen in names else names[0]
+    return Tenant(name, svc.tenants.client(name), operator=True)
 
 
 def page_tenant(request: Request) -> Tenant:
@@ -119,7 +130,8 @@ XhrTenant = Annotated[Tenant, Depends(xhr_tenant)]
 
 def render(request: Request, name: str, tenant: Tenant | None, status_code: int = 200, **context: Any) -> HTMLResponse:
     svc = _services(request)
-    context.update(tenant=tenant, open=svc.keyring.open, prefix=PREFIX)
+    context.update(tenant=tenant, open=svc.keyring.open, prefix=PREFIX,
+                   tenant_names=svc.settings.tenants if tenant is not None and tenant.operator else [])
     return templates.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
 
 
@@ -174,18 +186,71 @@ async def login(request: Request) -> Response:
     svc = _services(request)
     if svc.keyring.open:
         return RedirectResponse(f"{PREFIX}/jobs", status_code=303)
-    if not key or svc.keyring.tenant(key) is None:
+    name, operator = svc.keyring.console_role(key) if key else (None, False)
+    if name is None and not operator:
         return render(request, "login.html", None, status_code=401, error="unknown API key")
-    response = RedirectResponse(f"{PREFIX}/jobs", status_code=303)
-    response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE, path=PREFIX, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    response = RedirectResponse(f"{PREFIX}/tenants" if operator else f"{PREFIX}/jobs", status_code=303)
+    _set_cookie(request, response, COOKIE, key)
     return response
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+    response.set_cookie(name, value, max_age=COOKIE_MAX_AGE, path=PREFIX, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
 
 
 @router.post("/logout", response_class=HTMLResponse, dependencies=[Depends(same_origin)])
 def logout() -> Response:
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
+    for name in (COOKIE, TENANT_COOKIE):
+        response.delete_cookie(name, path=PREFIX, httponly=True, samesite="strict")
+    return response
+
+
+# The operator's view: every tenant at a glance, and which one the other pages show.
+def _operator(tenant: Tenant) -> Tenant:
+    if not tenant.operator:  # a tenant's key: the page does not exist for it
+        raise NotFound("the tenants overview is for operator keys (CHATQ_OPERATOR_KEYS)")
+    return tenant
+
+
+def _overview(request: Request, tenant: Tenant, name: str) -> HTMLResponse:
+    """Per tenant: its work now and in the last minute (``chatq top``'s snapshot) and its sessions."""
+    _operator(tenant)
+    svc = _services(request)
+    rows = []
+    for t in svc.settings.tenants:
+        client = svc.tenants.client(t)
+        rows.append((t, client.listing.snapshot(window=60.0, longest=0), client.sessions.page(0, 1)[1]))
+    return render(request, name, tenant, rows=rows)
+
+
+@router.get("/tenants", response_class=HTMLResponse)
+def tenants_page(request: Request, tenant: PageTenant) -> HTMLResponse:
+    try:
+        return _overview(request, tenant, "tenants.html")
+    except NotFound:
+        return render(request, "missing.html", tenant, status_code=404, what="page")
+
+
+@router.get("/tenants/panel", response_class=HTMLResponse)
+def tenants_panel(request: Request, tenant: XhrTenant) -> HTMLResponse:
+    return _overview(request, tenant, "_tenants.html")
+
+
+@router.post("/tenant", response_class=HTMLResponse, dependencies=[Depends(same_origin)])
+async def switch_tenant(request: Request) -> Response:
+    """An operator picks the tenant the console shows; back to the page it came from (a console page)."""
+    tenant = page_tenant(request)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    name = (form.get("tenant") or [""])[0]
+    back = (form.get("next") or [""])[0]
+    if not tenant.operator or name not in _services(request).settings.tenants:
+        return render(request, "missing.html", tenant, status_code=404, what=f"tenant {name}")
+    if back not in SWITCH_BACK:  # one of the lists: another tenant's job or session would be unknown here
+        back = f"{PREFIX}/jobs"
+    response = RedirectResponse(back, status_code=303)
+    _set_cookie(request, response, TENANT_COOKIE, name)
     return response
 
 
@@ -252,24 +317,11 @@ def cancel(job_id: str, tenant: XhrTenant) -> dict[str, Any]:
 
 
 # The fleet.
-def _throughput(tenant: Tenant) -> list[dict[str, int]]:
-    """Jobs finished per minute over the last hour, by outcome (what the plot draws)."""
-    now = time.time()
-    finished = tenant.client.listing.recent(SNAPSHOT_MAX, since_ms=(now - PLOT_MINUTES * 60) * 1000)
-    minutes: list[Counter[str]] = [Counter() for _ in range(PLOT_MINUTES)]
-    for job in finished:
-        if job.finished_at is not None:
-            age = int((now - job.finished_at.timestamp()) // 60)
-            if 0 <= age < PLOT_MINUTES:
-                minutes[PLOT_MINUTES - 1 - age]["ok" if job.status == JobStatus.succeeded else "bad"] += 1
-    return [{"ok": m["ok"], "bad": m["bad"]} for m in minutes]
-
-
 def _fleet(request: Request, tenant: Tenant, name: str) -> HTMLResponse:
     snapshot, processes = tenant.client.fleet(window=60.0)
-    per_minute = _throughput(tenant)
-    return render(request, name, tenant, fleet=snapshot, processes=processes, per_minute=per_minute,
-                  peak=max([m["ok"] + m["bad"] for m in per_minute] + [1]))
+    now = time.time()
+    hour = last_hour(tenant.client.listing.timings((now - MINUTES * 60) * 1000), now)
+    return render(request, name, tenant, fleet=snapshot, processes=processes, hour=hour)
 
 
 @router.get("/fleet", response_class=HTMLResponse)
@@ -323,12 +375,25 @@ async def playground_submit(body: ChatIn, tenant: XhrTenant, svc: Svc, request: 
 
 
 # Batches.
+BATCHES_SHOWN = 50
+
+
+def _recent_batches(request: Request, tenant: Tenant) -> list[BatchSummary]:
+    return _services(request).tenants.batches(tenant.name).recent(BATCHES_SHOWN)
+
+
 @router.get("/batches", response_class=HTMLResponse)
 def batches_page(request: Request, tenant: PageTenant,
                  id: Annotated[str | None, Query(max_length=256)] = None) -> Response:
     if id:
         return RedirectResponse(f"{PREFIX}/batches/{id.strip()}", status_code=303)
-    return render(request, "batches.html", tenant)
+    return render(request, "batches.html", tenant, batches=_recent_batches(request, tenant), shown=BATCHES_SHOWN)
+
+
+@router.get("/batches/rows", response_class=HTMLResponse)
+def batches_rows(request: Request, tenant: XhrTenant) -> HTMLResponse:
+    """The recent batches' rows alone, which the page's script fetches to refresh itself."""
+    return render(request, "_batch_rows.html", tenant, batches=_recent_batches(request, tenant))
 
 
 def _batch(request: Request, batch_id: str, tenant: Tenant, name: str) -> HTMLResponse:

@@ -12,6 +12,10 @@ array ``[custom_id, session_id, job_id...]`` per conversation, in input order). 
 computed from the job records on each read, so nothing can drift. Both keys expire after the
 batch's jobs' records, whether or not anyone reads the batch (``chatq.tasks.batch_expiry``).
 
+The namespace's ``batches`` index (a sorted set of the newest ``BATCHES_MAX`` batch IDs by creation
+time, written once per batch after its hash) lets the console list recent batches; their progress there
+comes from the hash's count of unfinished turns, one read per batch, not from every job's record.
+
 A failed turn fails its conversation but not the rest of it: later turns still run, as they do in
 an interactive session (the failed turn leaves no history), and the result line carries every
 reply produced plus the error of the first failing turn.
@@ -40,14 +44,17 @@ from .models import JobError, JobResult, Usage, utcnow
 from .urls import check_destination
 from .session_machine import CancelOutcome
 
-__all__ = ["BatchClient", "BatchInfo", "BatchInvalid", "BatchNotFound", "BatchStatus", "CancelReport",
-           "ConversationResult", "Counts", "LineError", "TurnError"]
+__all__ = ["BatchClient", "BatchInfo", "BatchInvalid", "BatchNotFound", "BatchStatus", "BatchSummary",
+           "CancelReport", "ConversationResult", "Counts", "LineError", "TurnError"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2000
 """Jobs (or conversations, on reads) per pipeline round trip: large enough to amortize latency,
 small enough to keep the client's buffers and Redis's output buffer modest."""
+
+BATCHES_MAX = 1000
+"""Batches the namespace's index lists (the newest); older ones are still read by ID until they expire."""
 
 ConversationStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "missing"]
 OutputFormat = Literal["chatq", "openai"]
@@ -96,6 +103,21 @@ class BatchStatus(Counts, BatchRef):
     @property
     def done(self) -> bool:
         return self.turns.queued == 0 and self.turns.running == 0
+
+
+class BatchSummary(BatchRef):
+    """A batch as the recent list shows it: from its hash alone, without reading its jobs."""
+
+    total: int = Field(description="Conversations.")
+    turns: int = Field(description="Jobs: every turn of every conversation.")
+    turns_finished: int = Field(description="Turns counted as finished so far by the workers (and cancels); a "
+                                            "count lost to a worker's death shows here until the batch is read.")
+    finished_at: datetime | None = None
+
+    @computed_field
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
 
 
 class TurnError(JobError):
@@ -218,6 +240,30 @@ class BatchStore:
         pipe.expire(self.key(info.batch_id), ttl)
         pipe.expire(entries_key, ttl)
         pipe.execute()
+        # Listed once complete; one key (its own slot on a cluster), so a transaction of its own.
+        index = self.r.pipeline(transaction=True)
+        index.zadd(self.keys.batches, {info.batch_id: info.created_at.timestamp() * 1000})
+        index.zremrangebyrank(self.keys.batches, 0, -BATCHES_MAX - 1)
+        index.execute()
+
+    def recent(self, limit: int) -> list[BatchSummary]:
+        """The newest ``limit`` listed batches, newest first; expired ones are dropped from the index."""
+        ids = self.r.zrevrange(self.keys.batches, 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hmget(self.key(batch_id), ("created_at", "total", "turns", "unfinished", "finished_at"))
+        out, gone = [], []
+        for batch_id, (created_at, total, turns, unfinished, finished_at) in zip(ids, pipe.execute()):
+            if created_at is None:
+                gone.append(batch_id)
+                continue
+            # Finished (the count reached 0, or a read saw every turn finished): all of them, counts lost or not.
+            done = int(turns) if finished_at else min(int(turns), int(turns) - int(unfinished or 0))
+            out.append(BatchSummary(batch_id=batch_id, created_at=created_at, total=total, turns=turns,
+                                    turns_finished=max(0, done), finished_at=finished_at))
+        if gone:
+            self.r.zrem(self.keys.batches, *gone)
+        return out
 
     def meta(self, batch_id: str) -> dict[str, str]:
         meta = self.r.hgetall(self.key(batch_id)) if looks_like_id(batch_id) else None
@@ -285,6 +331,11 @@ class BatchClient:
         self.store.write(info, p.conversations)
         self.wake_all([(c.session_id, c.jobs[0].job_id) for c in p.conversations])
         return info
+
+    def recent(self, limit: int = 50) -> list[BatchSummary]:
+        """The namespace's newest batches (up to ``BATCHES_MAX`` are listed), newest first, with
+        their progress as counted so far; ``status`` counts a batch's turns exactly."""
+        return self.store.recent(limit)
 
     def wake_all(self, sessions: list[tuple[str, str]]) -> None:
         """One wake-up per conversation's session (with its first job), published in bulk."""

@@ -5,7 +5,7 @@ Layout (``ns`` is a namespace: ``[A-Za-z0-9_.-]``, so never ``:``, ``{`` or ``}`
     ns:{t}:s:<session_id>:meta|msgs|fifo|lease     a session (hash, list of messages, list of job IDs, token)
     ns:{t}:j:<job_id>:rec|ck|ev                    a job's record (hash), its checkpoint and its event log (stream)
     ns:{<batch_id>}:batch:meta|convs               a batch (hash, list of conversations)
-    ns:{ns}:pending|woken|recent|sessions|agents|agent-overrides|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
+    ns:{ns}:pending|woken|recent|batches|sessions|agents|agent-overrides|namespaces|sweep-lock|idle:<queue>|handed:<queue>|stop:<worker>
                                                    the fleet's structures of the namespace
     ns:{rl:<model>}:<window>:r|t                   a rate-limit window (requests, tokens)
     ns:idem:<key>                                  an idempotency key, used alone
@@ -142,6 +142,11 @@ class Keys:
     def recent(self) -> str:
         """ZSET of the namespace's recently finished job IDs, scored by when (ms): ``jobs list``, ``top``."""
         return self._fleet("recent")
+
+    @property
+    def batches(self) -> str:
+        """ZSET of the namespace's newest batch IDs, scored by creation (ms), capped: the console's list."""
+        return self._fleet("batches")
 
     @property
     def woken(self) -> str:

@@ -4,24 +4,35 @@ tests/test_console_browser.py."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import httpx
 import pytest
 
 from chatq.api.app import create_app
+from chatq.testing.cluster import until
 
 from .test_api import KEY_A, KEY_B, api_settings, finished, http, serve, sid, submit
 
 COOKIE = "chatq_console"
 SCRIPT = {"X-Chatq-Console": "1"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+KEY_C = "key-c-" + uuid.uuid4().hex  # a tenant no other test writes to: its plots hold only one test's jobs
+OPERATOR_KEY = "operator-" + uuid.uuid4().hex
+
+
+def console_settings():
+    """The API's test settings with a third tenant and an operator key (the console's only)."""
+    return api_settings(api_keys={KEY_A: "acme", KEY_B: "globex", KEY_C: "plots"}, operator_keys=[OPERATOR_KEY])
 
 
 @pytest.fixture(scope="module")
 def base_url(fleet) -> Iterator[str]:
-    with serve(create_app(api_settings(), fleet.settings)) as url:
+    with serve(create_app(console_settings(), fleet.settings)) as url:
         yield url
 
 
@@ -31,7 +42,8 @@ def console(base_url: str, key: str | None) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=60, trust_env=False) as c:
         if key is not None:
             r = c.post("/ui/login", content=f"key={key}", headers=FORM)
-            assert r.status_code == 303 and r.headers["location"] == "/ui/jobs", r.text
+            landing = "/ui/tenants" if key == OPERATOR_KEY else "/ui/jobs"
+            assert r.status_code == 303 and r.headers["location"] == landing, r.text
         yield c
 
 
@@ -150,6 +162,37 @@ def test_fleet_and_batch_pages(ui_a, api_a):
     assert ui_a.get("/ui/batches/" + "0" * 32).status_code == 404
     fleet = ui_a.get("/ui/fleet")
     assert fleet.status_code == 200 and 'id="throughput"' in fleet.text and 'id="fleet-running"' in fleet.text
+    assert 'id="latency"' in fleet.text
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_the_fleet_plots_each_minutes_latency_from_the_jobs_records(base_url):
+    # Tenant "plots" has only these jobs: 4 that ran (one made to take 2 s by the test server), one
+    # cancelled while queued behind the slow one (no latency: it never ran).
+    with console(base_url, KEY_C) as ui, http(base_url, KEY_C) as api:
+        assert 'class="minute"' not in ui.get("/ui/fleet/panel").text  # nothing finished yet: no bars
+        slow = sid("slow")
+        jobs = [submit(api, f"[[stall:{s}]] {sid('msg')}", slow if s == 2 else sid("lat")) for s in (0, 0, 1, 2)]
+        queued = submit(api, "behind the slow one", slow)
+        api.post(f"/v1/jobs/{queued['job_id']}/cancel")
+        records = [finished(api, j["job_id"]) for j in jobs]
+        cancelled = finished(api, queued["job_id"])
+        assert cancelled["status"] == "cancelled" and cancelled["started_at"] is None
+        panel = ui.get("/ui/fleet/panel").text
+    run = [round((_epoch(j["finished_at"]) - _epoch(j["started_at"])) * 1000) for j in records]
+    done = [round((_epoch(j["finished_at"]) - _epoch(j["created_at"])) * 1000) for j in records]
+    assert max(run) >= 2000  # the stalled job's run time is in its record
+    bars = [dict(re.findall(r'data-([a-z0-9-]+)="(-?\d+)"', g)) for g in re.findall(r'<g class="minute"([^>]*)>', panel)]
+    assert 1 <= len(bars) <= 2, panel  # one minute, or two if the jobs straddled a minute's end
+    assert sum(int(b["jobs"]) for b in bars) == 4  # the cancelled job has no latency
+    # Fewer than 20 jobs a minute: a minute's p95 (nearest rank) is its slowest job, its p50 one of them.
+    assert max(int(b["run-p95-ms"]) for b in bars) == max(run)
+    assert max(int(b["done-p95-ms"]) for b in bars) == max(done)
+    assert all(int(b["run-p50-ms"]) in run and int(b["done-p50-ms"]) in done for b in bars)
+    assert all(int(b["minute"]) in (0, -1) for b in bars)  # the last minute (or the one before)
 
 
 def test_without_api_keys_the_console_is_open_like_the_api(fleet):
@@ -166,3 +209,60 @@ def test_what_users_wrote_is_shown_as_text_never_as_markup(ui_a, api_a):
         text = ui_a.get(page).text
         assert "<img src=x" not in text and "<script>alert" not in text, page
     assert "&lt;img src=x onerror=alert(1)&gt;" in ui_a.get(f"/ui/sessions/{s}").text
+
+
+def test_an_operator_views_every_tenant_and_a_tenants_key_still_sees_its_own(base_url, ui_b, api_a):
+    s_a, s_b = sid("op-a"), sid("op-b")
+    finished(api_a, submit(api_a, "My name is Ann", s_a)["job_id"])
+    with http(base_url, KEY_B) as api_b:
+        finished(api_b, submit(api_b, "My name is Bea", s_b)["job_id"])
+    with console(base_url, OPERATOR_KEY) as op:
+        overview = op.get("/ui/tenants")
+        assert overview.status_code == 200 and OPERATOR_KEY not in overview.text
+        for name in ("acme", "globex", "plots"):
+            assert f'data-tenant="{name}"' in overview.text
+        assert op.get("/ui/tenants/panel").status_code == 200
+        seen = {}
+        for name in ("acme", "globex"):
+            r = op.post("/ui/tenant", content=f"tenant={name}&next=/ui/sessions", headers=FORM)
+            assert r.status_code == 303 and r.headers["location"] == "/ui/sessions"
+            page = op.get("/ui/sessions")
+            assert f'<b id="tenant">{name}</b>' in page.text and 'id="switch"' in page.text
+            seen[name] = page.text
+            assert op.get(f"/ui/sessions/{s_a if name == 'acme' else s_b}").status_code == 200
+        assert s_a in seen["acme"] and s_b not in seen["acme"]
+        assert s_b in seen["globex"] and s_a not in seen["globex"]
+        # Only a tenant of CHATQ_API_KEYS, and only back to one of the console's lists.
+        assert op.post("/ui/tenant", content="tenant=nobody", headers=FORM).status_code == 404
+        r = op.post("/ui/tenant", content="tenant=acme&next=https://evil.example/", headers=FORM)
+        assert r.headers["location"] == "/ui/jobs"
+        assert op.post("/ui/tenant", content="tenant=acme", headers={**FORM, "Origin": "http://evil.example"}
+                       ).status_code == 403
+        # The operator key is the console's: it opens nothing under /v1.
+        with http(base_url, OPERATOR_KEY) as as_api:
+            assert as_api.get("/v1/sessions").status_code == 401
+    # A tenant's key ignores the operator's tenant cookie, and neither switches nor sees the overview.
+    ui_b.cookies.set("chatq_console_tenant", "acme", path="/ui")
+    assert s_a not in ui_b.get("/ui/sessions").text and ui_b.get(f"/ui/sessions/{s_a}").status_code == 404
+    assert ui_b.post("/ui/tenant", content="tenant=acme", headers=FORM).status_code == 404
+    assert s_a not in ui_b.get("/ui/sessions").text
+    assert ui_b.get("/ui/tenants").status_code == 404 and ui_b.get("/ui/tenants/panel").status_code == 404
+
+
+def test_the_batches_page_lists_the_tenants_batches_newest_first(ui_a, ui_b, api_a):
+    ids = []
+    for n in (1, 2):
+        lines = "".join(f'{{"custom_id": "c{i}", "message": "hello {i}"}}\n' for i in range(n)).encode()
+        r = api_a.post("/v1/batches", content=lines, headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["batch_id"])
+    for batch_id in ids:
+        until(lambda: api_a.get(f"/v1/batches/{batch_id}").json()["done"], f"batch {batch_id} done")
+    rows = ui_a.get("/ui/batches/rows").text
+    listed = re.findall(r'data-batch="([0-9a-f]{32})"', rows)
+    assert listed.index(ids[1]) < listed.index(ids[0])  # newest first
+    row = rows.split(f'data-batch="{ids[1]}"')[1].split("</tr>")[0]
+    assert 'value="2"' in row and 'max="2"' in row and ">done<" in row
+    page = ui_a.get("/ui/batches")
+    assert page.status_code == 200 and ids[0] in page.text and 'id="batch-rows"' in page.text
+    assert ids[0] not in ui_b.get("/ui/batches/rows").text  # another tenant's batches are not listed

@@ -18,7 +18,8 @@ import pytest
 from chatq.api.app import create_app
 
 from .conftest import ROOT
-from .test_api import KEY_A, KEY_B, api_settings, finished, http, serve, sid, submit
+from .test_api import KEY_A, KEY_B, finished, http, serve, sid, submit
+from .test_console import OPERATOR_KEY, console_settings
 
 CHROMIUM = os.environ.get("CHATQ_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
@@ -36,7 +37,7 @@ expect = sync_api.expect
 
 @pytest.fixture(scope="module")
 def base_url(fleet) -> Iterator[str]:
-    with serve(create_app(api_settings(), fleet.settings)) as url:
+    with serve(create_app(console_settings(), fleet.settings)) as url:
         yield url
 
 
@@ -48,7 +49,7 @@ def browser() -> Iterator:
         b.close()
 
 
-def logged_in(browser, base_url: str, key: str):
+def logged_in(browser, base_url: str, key: str, landing: str = "/ui/jobs"):
     """A fresh browser context (its own cookies) logged in through the console's form."""
     context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(WAIT)
@@ -57,7 +58,7 @@ def logged_in(browser, base_url: str, key: str):
     expect(page).to_have_url(f"{base_url}/ui/login")
     page.fill("#key", key)
     page.click("button[type=submit]")
-    expect(page).to_have_url(f"{base_url}/ui/jobs")
+    expect(page).to_have_url(f"{base_url}{landing}")
     return page
 
 
@@ -135,8 +136,13 @@ def test_a_batch_progress_bar_fills(page_a, api_a):
     lines = "".join(f'{{"custom_id": "c{i}", "message": "[[stall:1]] hello {i}"}}\n' for i in range(6)).encode()
     r = api_a.post("/v1/batches", content=lines, headers={"Content-Type": "application/x-ndjson"})
     assert r.status_code == 202, r.text
+    batch_id = r.json()["batch_id"]
     page_a.goto("/ui/batches")
-    page_a.fill("input[name=id]", r.json()["batch_id"])
+    listed = page_a.locator(f"tr[data-batch='{batch_id}']")
+    expect(listed.locator("progress")).to_have_attribute("value", "6")  # the list refreshes itself too
+    expect(listed.locator(".status")).to_have_text("done")
+    shot(page_a, "batches")
+    page_a.fill("input[name=id]", batch_id)
     page_a.click("text=Show")
     bar = page_a.locator("#batch-progress")
     expect(bar).to_have_attribute("max", "6")
@@ -148,10 +154,15 @@ def test_a_batch_progress_bar_fills(page_a, api_a):
 def test_the_fleet_page_refreshes(page_a, api_a):
     page_a.goto("/ui/fleet")
     expect(page_a.locator("#throughput")).to_be_visible()
+    expect(page_a.locator("#latency")).to_be_visible()
     job = submit(api_a, "[[stall:3]] busy", sid("br"))
     expect(page_a.locator("#fleet-running")).not_to_have_text("0")
     finished(api_a, job["job_id"])
     expect(page_a.locator("#fleet-running")).to_have_text("0")
+    # The latency plot draws the finished job's minute: a bar as high as the minute's p95.
+    bar = page_a.locator("#latency g.minute[data-minute='0'] rect.p95")
+    expect(bar).to_have_count(1)
+    assert bar.bounding_box()["height"] > 0
     shot(page_a, "fleet")
 
 
@@ -169,3 +180,23 @@ def test_another_tenant_does_not_see_the_first_tenants_sessions(browser, base_ur
         expect(page_b.locator("main")).to_contain_text("Unknown or expired session")
     finally:
         page_b.context.close()
+
+
+def test_an_operator_switches_between_tenants(browser, base_url, api_a):
+    s = sid("op")
+    finished(api_a, submit(api_a, "My name is Dora", s)["job_id"])
+    page = logged_in(browser, base_url, OPERATOR_KEY, landing="/ui/tenants")
+    try:
+        expect(page.locator("#tenants tr[data-tenant='acme']")).to_be_visible()
+        expect(page.locator("#tenants tr[data-tenant='globex']")).to_be_visible()
+        shot(page, "tenants")
+        page.goto("/ui/sessions")
+        page.select_option("#tenant-choice", "acme")  # the switcher submits itself
+        expect(page.locator("#tenant")).to_have_text("acme")
+        expect(page).to_have_url(f"{base_url}/ui/sessions")
+        expect(page.locator("#sessions")).to_contain_text(s)
+        page.select_option("#tenant-choice", "globex")
+        expect(page.locator("#tenant")).to_have_text("globex")
+        expect(page.locator("#sessions")).not_to_contain_text(s)
+    finally:
+        page.context.close()

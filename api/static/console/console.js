@@ -166,6 +166,8 @@ document.addEventListener("click", async (e) => {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(startRefreshing);
+  // An operator's tenant switcher: picking a tenant submits its form (the button does without script).
+  document.querySelectorAll("select[data-autosubmit]").forEach((s) => s.addEventListener("change", () => s.form.requestSubmit()));
   const events = document.getElementById("events");
   if (events) jobPage(events);
   const chat = document.getElementById("chat");
