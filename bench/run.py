@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
 import redis  # noqa: E402
 
 from bench import baseline_load, chatq_load, cluster_store, limit, proc_stats, report, workload  # noqa: E402
-from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, start_testserver  # noqa: E402
+from bench.procs import Monitor, Processes, TestServerControl, ensure_redis, free_port, start_testserver  # noqa: E402
 from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run  # noqa: E402
 
@@ -160,6 +162,8 @@ class Bench:
         self.baselines: list[baseline_load.Baseline] = []
         self.baseline_workers: list = []
         self.backlogs = 0
+        self.api: str | None = None  # `chatq serve`, for the benchmarks that start it (start_serve)
+        self.api_proc = None
 
     # set-up
     def start(self) -> None:
@@ -201,8 +205,10 @@ class Bench:
         a = self.args
         return max([a.sessions, *(s for _, s, _ in a.backlog)]) + 64
 
-    def start_node(self, env: dict[str, str] | None = None) -> None:
-        """The chatq node: ``--workers`` x ``chatq worker``, with ``env`` added to the settings."""
+    def start_node(self, env: dict[str, str] | None = None,
+                   worker_env: Callable[[int], dict[str, str]] | None = None) -> None:
+        """The chatq node: ``--workers`` x ``chatq worker``, with ``env`` added to the settings (and
+        ``worker_env(i)`` to worker i's: a metrics port of its own, say)."""
         a = self.args
         chatq_env = {**self.chatq_env, **(env or {})}
         if a.concurrency:  # else exactly as a user starts it: the node's shape is `chatq worker`'s default
@@ -210,9 +216,27 @@ class Bench:
             chatq_env["CHATQ_CONCURRENCY"] = str(a.concurrency)
             chatq_env["CHATQ_PROCESSES"] = "1"  # the node's shape as given: --workers processes
         self.workers = [
-            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"], chatq_env)
+            self.procs.start(f"chatq-worker-{i}", [sys.executable, "-m", "chatq", "worker", "-l", "WARNING"],
+                             {**chatq_env, **(worker_env(i) if worker_env else {})})
             for i in range(a.workers)
         ]
+
+    def start_serve(self, env: dict[str, str] | None = None) -> str:
+        """``chatq serve`` (the API and its console) on this run's namespace, once it answers; its URL."""
+        port = free_port()
+        self.api_proc = self.procs.start("chatq-api", [sys.executable, "-m", "chatq", "serve", "--port", str(port)],
+                                         {**self.chatq_env, **(env or {})})
+        self.api = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
+                    return self.api
+            except httpx.HTTPError:
+                pass
+            if self.api_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chatq serve did not start:\n{self.procs.log_tail(self.api_proc)}")
+            time.sleep(0.1)
 
     def await_node(self) -> None:
         self._await_workers(self.client.app, self._node_names, self.workers)

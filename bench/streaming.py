@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from bench import chatq_load, report, run, workload  # noqa: E402
-from bench.procs import Monitor, Processes, ensure_redis, free_port  # noqa: E402
+from bench.procs import Monitor, Processes, ensure_redis  # noqa: E402
 from bench.profile import Profiler, summarize  # noqa: E402
 from bench.stats import Run, percentile  # noqa: E402
 
@@ -319,8 +319,6 @@ class StreamBench(run.Bench):
         super().__init__(bench_args(opts), procs)
         self.opts = opts
         self.stream: bool | None = None
-        self.api: str | None = None
-        self.api_proc = None
         self.warmups = 0
         self.logs: list[dict[str, float]] = []  # per cost run: its event logs' entries and bytes per job
         self.delays: list[Delays] = []
@@ -371,20 +369,7 @@ class StreamBench(run.Bench):
 
     def start_api(self) -> bool:
         """``chatq serve`` on this namespace; whether it serves the SSE events endpoint."""
-        port = free_port()
-        self.api_proc = self.procs.start("chatq-api", [sys.executable, "-m", "chatq", "serve", "--port", str(port)],
-                                         self.chatq_env)
-        self.api = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.api}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.api_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chatq serve did not start:\n{self.procs.log_tail(self.api_proc)}")
-            time.sleep(0.1)
+        self.start_serve()
         paths = httpx.get(f"{self.api}/openapi.json", timeout=10).json().get("paths", {})
         return any(p.endswith("/events") and p.startswith("/v1/jobs/") for p in paths)
 

@@ -72,3 +72,26 @@ def test_quick_streaming_benchmark_runs_and_prints_its_figures():
     assert int(delays[0][10]) > 10, delays  # deltas measured: more than one a job
     assert delays[0][-3:] == ["0", "/", "0"], delays  # no reader error or wrong text, none unmatched
     assert "zero turns lost or reordered, no failed job, every reader's text whole: 0" in out
+
+
+def test_quick_ops_cost_benchmark_runs_and_prints_its_pairs():
+    # bench/ops_cost.py: a pair of runs, the node's metrics served and scraped with the console's fleet
+    # panel polled, and neither; every figure printed, every watcher's request answered; no speed asserted.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "ops_cost.py"), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
+    header = out.split("Ops cost")[1].splitlines()[1].split()
+    rows = _section(out, "Ops cost", "Workers, watched / unwatched")
+    assert sorted(r[1] for r in rows) == ["unwatched", "watched"], rows
+    for r in rows:
+        row = dict(zip(header, r))
+        assert row["jobs_ok"] == "24/24" and row["lost+reordered"] == "0" and row["errors"] == "0", row
+        for group in ("client", "workers", "api", "redis", "watchers"):
+            float(row[group])  # a figure for every process group
+        watched = row["setting"] == "watched"
+        # Watched: the panel fetched and the worker's and the API's /metrics scraped, from the window's start.
+        assert (int(row["panels"]) >= 1 and int(row["scrapes"]) >= 2) if watched else row["panels"] == row["scrapes"] == "0"
+    assert len(out.split("Workers, watched / unwatched")[1].splitlines()[1].split(",")) == 1  # one pair's ratio
+    assert "One job's metric updates" in out
+    assert "zero turns lost or reordered, no failed job, every watcher's request answered: 0" in out
