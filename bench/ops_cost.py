@@ -18,7 +18,12 @@ shown apart (``watchers``), not in the client's.
 
 Workers count their metrics whether or not they serve them (an increment or an observation in the
 process's memory), so the pairs price serving, scraping and the console's reads; the counting itself
-is priced apart, in this process: one job's metric updates, timed alone.
+is priced apart, in this process: one job's metric updates, timed alone. A pair's ratio carries the
+machine's noise (a few percent from run to run on a shared VM), so the cost of a scrape is also
+measured directly, on the node at rest after the pairs: one worker process's CPU over ``--scrapes``
+back-to-back scrapes, less its CPU over as long a time unscraped; with the runs' jobs/s that gives
+the share of the workers' CPU that scraping takes at this load. (The console's reads touch Redis and
+the API only, never a worker.)
 
 Prints CPU ms per job by process group, each pair's workers' ratio (watched / unwatched) and the
 issue's target: under 5% more workers' CPU per job when watched.
@@ -48,13 +53,13 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from bench import proc_stats, report, run  # noqa: E402
-from bench.procs import Monitor, Processes, ensure_redis, free_port  # noqa: E402
+from bench.procs import Monitor, Processes, cpu_seconds, ensure_redis, free_port  # noqa: E402
 from bench.stats import Run  # noqa: E402
 
 TARGET = 1.05  # watched: at most 5% more workers' CPU per job
 PANEL = "/ui/fleet/panel"
 QUICK: dict[str, object] = dict(sessions=8, messages=3, workers=1, concurrency=16, repeat=1, poll_every=0.2,
-                                scrape_every=0.2)
+                                scrape_every=0.2, scrapes=20)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="pairs (watched and unwatched, back to back)")
     p.add_argument("--poll-every", type=float, default=2.0, help="seconds between fetches of the console's fleet panel")
     p.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes of every /metrics")
+    p.add_argument("--scrapes", type=int, default=200, help="back-to-back scrapes of one idle worker, timed")
     p.add_argument("--workers", type=int, default=3, help="chatq worker processes (one node)")
     p.add_argument("--concurrency", type=int, default=200,
                    help="sessions per chatq worker process (CHATQ_CONCURRENCY); 0: `chatq worker`'s own default")
@@ -227,6 +233,22 @@ class OpsBench(run.Bench):
                 self.set_watched(on)
                 self.measure(f"-p{i}")
 
+    def scrape_cost(self) -> float:
+        """CPU ms one scrape of ``/metrics`` costs a worker process (the first worker's first), measured
+        at rest: the worker's CPU over ``--scrapes`` back-to-back scrapes less its CPU over as long unscraped."""
+        self.set_watched(True)
+        pid, url = self.workers[0].pid, self.metrics[0]
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            http.get(url).raise_for_status()
+            cpu, start = cpu_seconds(pid), time.monotonic()
+            for _ in range(self.opts.scrapes):
+                http.get(url).raise_for_status()
+            scraped, took = cpu_seconds(pid) - cpu, time.monotonic() - start
+        cpu = cpu_seconds(pid)
+        time.sleep(took)
+        idle = cpu_seconds(pid) - cpu
+        return 1000 * max(0.0, scraped - idle) / self.opts.scrapes
+
 
 def metric_updates_us(n: int = 20_000) -> float:
     """Microseconds of one job's metric updates on a worker (as ``worker/runner.py`` and
@@ -307,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.await_node()  # again, now that the API's /metrics is there to check
             bench.warm_up()
             bench.pairs()
+            scrape_ms = bench.scrape_cost()
         except BaseException:
             print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
             raise
@@ -326,13 +349,19 @@ def main(argv: list[str] | None = None) -> int:
     share = f" = {100 * updates / 1000 / statistics.median(off):.2f}% of the workers' CPU per job unwatched" if off else ""
     print(f"One job's metric updates, counted whether or not they are served (9 updates, timed alone): "
           f"{updates:.1f} us{share}")
+    processes = len(bench.metrics) - 1  # the workers' processes (the last URL is the API's)
+    rate = statistics.median(r.rate for r in bench.runs if r.name == "unwatched")
+    per_job = processes * scrape_ms / o.scrape_every / (rate * statistics.median(off)) if off else math.nan
+    print(f"One scrape of a worker process's /metrics, timed at rest ({o.scrapes} back to back): {scrape_ms:.2f} ms "
+          f"of its CPU; every {o.scrape_every:g}s on each of the {processes} process(es), at the unwatched runs' "
+          f"{rate:.0f} jobs/s: {per_job * 100:.3f}% of the workers' CPU per job")
     checks = targets(pairs, bench.runs, bench.seen)
     print("\nTargets")
     for name, ok, measured in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
     if o.json:
         o.json.write_text(json.dumps({
-            "machine": run.machine(), "argv": sys.argv[1:], "metric_updates_us": updates,
+            "machine": run.machine(), "argv": sys.argv[1:], "metric_updates_us": updates, "scrape_ms": scrape_ms,
             "runs": [asdict(r) | {"rate": r.rate, "watched": asdict(w)} for r, w in zip(bench.runs, bench.seen)]},
             default=str, indent=1))
     return 0 if checks[-1][1] else 1

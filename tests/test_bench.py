@@ -93,5 +93,5 @@ def test_quick_ops_cost_benchmark_runs_and_prints_its_pairs():
         # Watched: the panel fetched and the worker's and the API's /metrics scraped, from the window's start.
         assert (int(row["panels"]) >= 1 and int(row["scrapes"]) >= 2) if watched else row["panels"] == row["scrapes"] == "0"
     assert len(out.split("Workers, watched / unwatched")[1].splitlines()[1].split(",")) == 1  # one pair's ratio
-    assert "One job's metric updates" in out
+    assert "One job's metric updates" in out and "One scrape of a worker process's /metrics" in out
     assert "zero turns lost or reordered, no failed job, every watcher's request answered: 0" in out
