@@ -208,10 +208,9 @@ def logout() -> Response:
 
 
 # The operator's view: every tenant at a glance, and which one the other pages show.
-def _operator(tenant: Tenant) -> Tenant:
+def _operator(tenant: Tenant) -> None:
     if not tenant.operator:  # a tenant's key: the page does not exist for it
         raise NotFound("the tenants overview is for operator keys (CHATQ_OPERATOR_KEYS)")
-    return tenant
 
 
 def _overview(request: Request, tenant: Tenant, name: str) -> HTMLResponse:
