@@ -306,8 +306,9 @@ def targets(pairs: list[tuple[float, float, float]], runs: list[Run], seen: list
         x = statistics.median(p[2] for p in pairs)
         each = ", ".join(f"{p[2]:.3f}x" for p in pairs)
         out.append((f"watched: workers' CPU per job <= {TARGET:.2f}x unwatched", x <= TARGET,
-                    f"{statistics.median(p[0] for p in pairs):.3f} vs {statistics.median(p[1] for p in pairs):.3f} ms"
-                    f" = {x:.3f}x (median of {len(pairs)} pair(s): {each})"))
+                    f"{x:.3f}x, the median of {len(pairs)} pair(s)' ratios ({each}); the runs' own medians "
+                    f"{statistics.median(p[0] for p in pairs):.3f} ms watched, "
+                    f"{statistics.median(p[1] for p in pairs):.3f} ms unwatched"))
     bad = sum(r.check.lost + r.check.reordered + r.failed for r in runs) + sum(w.errors for w in seen)
     out.append(("zero turns lost or reordered, no failed job, every watcher's request answered", bad == 0, str(bad)))
     return out
