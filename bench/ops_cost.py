@@ -317,26 +317,19 @@ def targets(pairs: list[tuple[float, float, float]], runs: list[Run], seen: list
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
     ensure_redis()
-    print(f"chatq ops cost benchmark: {run.machine()}; node = {o.workers} worker process(es) x "
-          + (f"{o.concurrency} sessions" if o.concurrency else "the `chatq worker` defaults")
-          + f"; {o.sessions} sessions x {o.messages} messages at {o.latency:g}s, {o.repeat} pair(s); watched = "
+    print(f"chatq ops cost benchmark: {run.machine()}; node = {run.node_shape(o.workers, o.concurrency)}"
+          f"; {o.sessions} sessions x {o.messages} messages at {o.latency:g}s, {o.repeat} pair(s); watched = "
           f"console fleet panel every {o.poll_every:g}s, every /metrics every {o.scrape_every:g}s", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-ops-"))
     with Processes(logdir) as procs:
         bench = OpsBench(o, procs)
-        try:
+        with run.phases(bench, logdir):
             bench.start()
             bench.start_serve({"CHATQ_API_KEYS": ""})  # open: its console shows the namespace the node runs
             bench.await_node()  # again, now that the API's /metrics is there to check
             bench.warm_up()
             bench.pairs()
             scrape_ms = bench.scrape_cost()
-        except BaseException:
-            print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
-            bench.clean_redis()
     shutil.rmtree(logdir, ignore_errors=True)
     pairs = ratios(bench.runs)
     updates = metric_updates_us()

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -540,6 +540,25 @@ def bench_broker(args: argparse.Namespace) -> str:
     return f"{args.redis}/{args.dbs.split(',')[1]}"
 
 
+def node_shape(workers: int, concurrency: int, each: str = "sessions") -> str:
+    """How a run's chatq node is made, for its heading."""
+    return f"{workers} worker process(es) x " + (f"{concurrency} {each}" if concurrency else "the `chatq worker` defaults")
+
+
+@contextlib.contextmanager
+def phases(bench: Bench, logdir: Path) -> Iterator[Bench]:
+    """Where a benchmark runs its phases: on a failure it says where the processes' logs are; in any
+    case every process is stopped and the run's keys are deleted."""
+    try:
+        yield bench
+    except BaseException:
+        print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
+        raise
+    finally:
+        bench.procs.stop_all()
+        bench.clean_redis()
+
+
 def machine() -> str:
     return f"nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
 
@@ -552,8 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     pools = ", ".join(f"celery {p} x {baseline_load.POOLS[p][1]}" for p in args.baseline) or "skipped"
     print(f"  {args.sessions} sessions x {args.messages} messages ({args.arrival} arrival), latencies {args.latencies}, "
           f"backlog runs [{backlog}]" + (f" measured for at most {args.budget:g}s each" if args.budget else "")
-          + f"; chatq node = {args.workers} worker process(es) x "
-          + (f"{args.concurrency} threads" if args.concurrency else "the `chatq worker` defaults")
+          + f"; chatq node = {node_shape(args.workers, args.concurrency, 'threads')}"
           + f"; baseline = {pools}; chatq's client waits with "
           + ("a thread per session (ChatClient.wait)" if args.waiters == "threads" else "done notifications only"),
           flush=True)
@@ -565,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  chatq's store: a local Redis Cluster of {len(cluster.ports)} masters ({cluster.url}); "
                   f"its broker: {bench_broker(args)}", flush=True)
         bench = Bench(args, procs, cluster)
-        try:
+        with phases(bench, logdir):
             bench.start()
             if cluster:
                 cluster.mark()
@@ -577,12 +595,6 @@ def main(argv: list[str] | None = None) -> int:
             bench.open_loop_phase()
             if cluster:
                 spread = cluster.spread(bench.tag)
-        except BaseException:
-            print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
-            bench.clean_redis()
     shutil.rmtree(logdir, ignore_errors=True)
     ref = bench.baselines[0].name if bench.baselines else "baseline"
     latency_runs = [r for r in bench.runs if r.name != "chatq backlog"]

@@ -538,13 +538,12 @@ def targets(ratios: dict[float, list[tuple[float, float, float]]], ds: list[Dela
 def main(argv: list[str] | None = None) -> int:
     o = parse_args(argv)
     ensure_redis()
-    print(f"chatq streaming benchmark: {run.machine()}; node = {o.workers} worker process(es) x "
-          + (f"{o.concurrency} sessions" if o.concurrency else "the `chatq worker` defaults")
-          + f"; replies of {o.words} words", flush=True)
+    print(f"chatq streaming benchmark: {run.machine()}; node = {run.node_shape(o.workers, o.concurrency)}; "
+          f"replies of {o.words} words", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="chatq-bench-stream-"))
     with Processes(logdir) as procs:
         bench = StreamBench(o, procs)
-        try:
+        with run.phases(bench, logdir):
             bench.start()
             bench.warm_up()
             if "cost" not in o.skip:
@@ -568,12 +567,6 @@ def main(argv: list[str] | None = None) -> int:
                 for rate in o.rates:
                     for reader in dict.fromkeys(readers):
                         bench.latency_phase(reader, rate)
-        except BaseException:
-            print(f"benchmark failed; the processes' logs are in {logdir}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
-            bench.clean_redis()
     shutil.rmtree(logdir, ignore_errors=True)
     ratios = cost_ratios(bench.runs)
     if bench.runs:
