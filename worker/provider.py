@@ -110,10 +110,13 @@ class Provider:
             s = settings
             limits = type(DEFAULT_CONNECTION_LIMITS)(max_connections=max_connections,
                                                      max_keepalive_connections=max_connections)
+            # No read timeout: aiohttp re-arms it (a timer) at every packet a stream brings, and the
+            # whole call already runs under one ``asyncio.timeout`` (``_call``).
+            timeout = openai.Timeout(s.provider_timeout, read=None)
             self.client = openai.AsyncOpenAI(
                 api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "unused",
-                base_url=s.openai_base_url or None, max_retries=0, timeout=s.provider_timeout,
-                http_client=openai.DefaultAioHttpClient(timeout=s.provider_timeout, limits=limits),
+                base_url=s.openai_base_url or None, max_retries=0, timeout=timeout,
+                http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
             )
 
     async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> ChatCompletion:
