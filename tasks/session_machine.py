@@ -564,6 +564,12 @@ class AsyncSessionMachine:
         keys, args = self.calls.emit(session_id, job_id, token, events)
         return read_emit(await self._emit(keys=keys, args=args))
 
+    async def queue_emit(self, pipe: aioredis.client.Pipeline, session_id: str, job_id: str, token: str,
+                         events: list[tuple[str, str]]) -> None:
+        """``emit`` queued into a pipeline (``emit_many``); its reply reads with ``read_emit``."""
+        keys, args = self.calls.emit(session_id, job_id, token, events)
+        await self._emit(keys=keys, args=args, client=pipe)
+
     async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                      usage: Usage, created_at: str | None = None, result_json: str = "",
                      error_json: str = "", events: list[tuple[str, str]] = (),  # type: ignore[assignment]
@@ -584,3 +590,18 @@ class AsyncSessionMachine:
     async def release(self, session_id: str, token: str) -> int | None:
         keys, args = self.calls.release(session_id, token)
         return read_release(await self._release(keys=keys, args=args))
+
+
+Emit = tuple[AsyncSessionMachine, str, str, str, list[tuple[str, str]]]
+"""One job's events to append: its namespace's machine, session ID, job ID, lease token, events."""
+
+
+async def emit_many(r: aioredis.Redis, writes: list[Emit]) -> list[tuple[bool, str] | Exception]:
+    """Several running jobs' events in one round trip: each job's its own lease-fenced ``emit``
+    (one hash slot per call, so a cluster pipeline sends each to its node), in one pipeline. Per
+    write, what ``emit`` returns, or the error that call met; a connection error raises."""
+    pipe = r.pipeline(transaction=False)
+    for machine, session_id, job_id, token, events in writes:
+        await machine.queue_emit(pipe, session_id, job_id, token, events)
+    replies = await pipe.execute(raise_on_error=False)
+    return [reply if isinstance(reply, Exception) else read_emit(reply) for reply in replies]

@@ -210,39 +210,54 @@ def test_a_stopped_turn_never_keeps_a_tool_call_without_its_result():
 
 def test_the_event_writer_coalesces_and_keeps_order():
     """Unit: deltas inside one interval become one write; other events flush the text before them;
-    what is left at the end goes to the commit instead of a write of its own."""
-    from chatq.worker.event_writer import EventWriter
+    every job's pending events go in one flush; what is left at the end goes to the commit instead
+    of a write of its own; a write refused (the lease lost) ends the job's writes, and a stop flag
+    in a write's reply reaches the run."""
+    from chatq.worker.event_writer import EventFlusher
+    from chatq.worker.pacer import Pacer
 
-    class Machine:
-        def __init__(self):
-            self.writes: list[list[tuple[str, str]]] = []
+    flushes: list[list[tuple[str, list[tuple[str, str]]]]] = []
+    replies = {"j": (True, ""), "k": (True, "keep")}
 
-        async def emit(self, session_id, job_id, token, batch):
-            self.writes.append(batch)
-            await asyncio.sleep(0)
-            return True, ""
+    async def emit_many(writes):
+        flushes.append([(job_id, batch) for _, _, job_id, _, batch in writes])
+        await asyncio.sleep(0)
+        return [replies[job_id] for _, _, job_id, _, _ in writes]
 
     async def scenario():
-        machine = Machine()
-        writer = EventWriter(machine, "s", "j", "t", flush_seconds=5)  # type: ignore[arg-type]
+        flusher = EventFlusher(emit_many, Pacer(5))
+        stops: list[str] = []
+        writer = flusher.writer(None, "s", "j", "t")  # type: ignore[arg-type]
+        other = flusher.writer(None, "s2", "k", "t", on_stop=stops.append)  # type: ignore[arg-type]
         writer.next_call()
+        other.next_call()
         writer.delta("a")  # after a pause: at once
         await asyncio.sleep(0.01)
         for piece in "bcd":
             writer.delta(piece)  # within the interval: held
-        writer.event("tool.call", {"id": "1"})  # flushes "bcd" before it
+        other.delta("x")  # its first: at once, and takes the held text with it
+        writer.event("tool.call", {"id": "1"})  # after "bcd"
         await asyncio.sleep(0.01)
         writer.delta("e")
         started = time.monotonic()
         rest = await writer.settle()  # does not wait out the 5 s interval
         writer.delta("late")
-        return machine.writes, rest, time.monotonic() - started
+        replies["k"] = (False, "")
+        other.event("tool.call", {"id": "2"})
+        await asyncio.sleep(0.01)
+        other.event("tool.call", {"id": "3"})  # the lease is lost: nothing more is written
+        await asyncio.sleep(0.01)
+        return rest, time.monotonic() - started, stops, await other.settle()
 
-    writes, rest, took = asyncio.run(scenario())
-    assert writes == [[("message.delta", '{"text":"a","call":1}')],
-                      [("message.delta", '{"text":"bcd","call":1}'), ("tool.call", '{"id":"1"}')]]
+    rest, took, stops, other_rest = asyncio.run(scenario())
+    assert flushes == [[("j", [("message.delta", '{"text":"a","call":1}')])],
+                       [("j", [("message.delta", '{"text":"bcd","call":1}'), ("tool.call", '{"id":"1"}')]),
+                        ("k", [("message.delta", '{"text":"x","call":1}')])],
+                       [("k", [("tool.call", '{"id":"2"}')])]]
     assert rest == [("message.delta", '{"text":"e","call":1}')], "the tail goes with the commit"
     assert took < 4, "the end of the run cuts the coalescing wait short"
+    assert stops == ["keep"], "a stop flag in a write's reply reaches the run"
+    assert other_rest == [], "a writer that lost the lease hands nothing to a commit"
 
 
 def test_ctrl_c_in_chatq_chat_stops_the_turn(fleet, client):

@@ -1,12 +1,18 @@
-"""A running job's events, written to its log in order by the worker holding the session's lease.
+"""Running jobs' events, written to their logs in order by the worker holding each session's lease.
 
-Text deltas arrive per token; each write is one lease-fenced script call (``emit``), so they are
-coalesced: the first delta after a pause is written at once, the next ones together at most every
-``CHATQ_STREAM_FLUSH_MS``, and never more than one write is in flight. Other events (tool calls and
-results, retries) go out at once, after any text before them. A reader therefore sees text within
-about one flush interval of the provider sending it, and a long answer costs a few dozen writes, not
-one per token. Writes run in a task of their own, so stopping the turn never cuts one in half. At
-the end, ``settle`` waits for a write in flight and hands what is left to the job's commit, which
+Text deltas arrive per token, and a write is a lease-fenced script call (``emit``), so they are
+coalesced twice: per job, the text between two writes becomes one ``message.delta``; per process,
+one ``EventFlusher`` writes every job's pending events together, one ``emit`` per job in one
+pipeline, at each tick of the process's stream clock (``pacer``: every ``CHATQ_STREAM_FLUSH_MS``,
+right after the provider readers woken by the same tick have handed over their text). So a reader
+sees text within about one interval of the provider sending it, and a thousand streams cost a round
+trip per interval, not one each per delta.
+
+Not everything waits for the tick: a job's first text after a pause (its first delta, above all) and
+its other events (tool calls and results, retries) are written at the next turn of the loop, after
+any text before them. One flush is in flight at a time, so a job's writes never overtake each other.
+The flush runs in a task of its own, so stopping a turn never cuts one in half. At the end, a job's
+``settle`` waits for a flush carrying its events and hands what is left to the job's commit, which
 appends it before the terminal event in the same step: a reply that came whole (a provider that does
 not stream, the offline model, a fast stream's tail) costs no write of its own.
 """
@@ -17,32 +23,116 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatq.tasks.redis_pool import UNREACHABLE
-from chatq.tasks.session_machine import AsyncSessionMachine
+from chatq.tasks.session_machine import AsyncSessionMachine, Emit
+
+from .pacer import Pacer
 
 log = logging.getLogger(__name__)
 
+EmitMany = Callable[[list[Emit]], Awaitable[list[tuple[bool, str] | Exception]]]
+"""``chatq.tasks.session_machine.emit_many`` on the process's client: one reply per write."""
+
+
+class EventFlusher:
+    """The process's one writer of running jobs' events (see the module's docstring)."""
+
+    def __init__(self, emit_many: EmitMany, pacer: Pacer, clock: Callable[[], float] = time.monotonic):
+        self.emit_many = emit_many
+        self.pacer = pacer
+        self.clock = clock
+        pacer.on_tick = self._due
+        self._dirty: dict[EventWriter, None] = {}  # in the order they had something to write
+        self._pending = False  # a flush is due
+        self._starting = False
+        self._task: asyncio.Task | None = None
+
+    def writer(self, machine: AsyncSessionMachine, session_id: str, job_id: str, token: str,
+               on_stop: Callable[[str], None] | None = None) -> EventWriter:
+        """A job's writer: what its run reports goes through this flusher."""
+        return EventWriter(self, machine, session_id, job_id, token, on_stop)
+
+    def want(self, writer: EventWriter, urgent: bool) -> None:
+        """``writer`` has events to write: soon if ``urgent``, else at the next tick."""
+        self._dirty[writer] = None
+        if urgent:
+            self._due()
+        else:
+            self.pacer.arm()
+
+    def drop(self, writer: EventWriter) -> None:
+        self._dirty.pop(writer, None)
+
+    def _due(self) -> None:
+        """Flush soon: two turns of the loop from now, so that the readers woken by the same tick
+        hand over their text first, and a run that ended meanwhile settles first (its tail goes
+        with its commit instead of a write of its own). A flush in flight goes round again."""
+        self._pending = True
+        if self._task is None and not self._starting:
+            self._starting = True
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        self._starting = False
+        if self._task is None and self._dirty:
+            self._task = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending and self._dirty:
+                self._pending = False
+                await self._write_all()
+        finally:
+            self._task = None
+            if self._dirty:  # what came during the last round waits for the next tick
+                self.pacer.arm()
+
+    async def _write_all(self) -> None:
+        writers, self._dirty = list(self._dirty), {}
+        now = self.clock()
+        batches = [(w, batch) for w in writers if (batch := w.take(now))]
+        if not batches:
+            return
+        done = asyncio.get_running_loop().create_future()
+        for w, _ in batches:
+            w.in_flight = done
+        try:
+            replies: list[tuple[bool, str] | Exception] = await self.emit_many(
+                [(w.machine, w.session_id, w.job_id, w.token, batch) for w, batch in batches])
+        except UNREACHABLE as exc:  # the logs miss these; the jobs' results and history do not
+            log.warning("could not write the events of %d jobs (%s)", len(batches), exc)
+            replies = [exc] * len(batches)
+        except Exception as exc:
+            log.exception("could not write the events of %d jobs", len(batches))
+            replies = [exc] * len(batches)
+        finally:
+            for w, _ in batches:
+                w.in_flight = None
+        try:
+            for (w, batch), reply in zip(batches, replies):
+                w.written(batch, reply)
+        finally:
+            done.set_result(None)
+
 
 class EventWriter:
-    def __init__(self, machine: AsyncSessionMachine, session_id: str, job_id: str, token: str,
-                 flush_seconds: float, on_stop: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    """One running job's events, as its agent reports them (``delta``, ``event``, ``next_call``);
+    its flusher writes them. Made by ``EventFlusher.writer``."""
+
+    def __init__(self, flusher: EventFlusher, machine: AsyncSessionMachine, session_id: str, job_id: str,
+                 token: str, on_stop: Callable[[str], None] | None = None):
+        self.flusher = flusher
         self.machine = machine
         self.session_id, self.job_id, self.token = session_id, job_id, token
-        self.flush_seconds = flush_seconds
         self.on_stop = on_stop
-        self.clock = clock
         self.call = 0  # the turn's provider call the text belongs to
         self._text: list[str] = []
         self._events: list[tuple[str, str]] = []
-        self._urgent = False
-        self._last = -float("inf")
-        self._task: asyncio.Task | None = None
-        self._starting = False
-        self._nap: asyncio.Future | None = None
+        self._last = -float("inf")  # when its last write was sent
+        self.in_flight: asyncio.Future | None = None  # the flush carrying its last write
         self.lost = False  # the lease is gone: nothing more is written
         self.settled = False  # the commit takes the rest
 
@@ -52,7 +142,7 @@ class EventWriter:
         """A piece of the current call's reply text."""
         if not (self.lost or self.settled):
             self._text.append(text)
-            self._kick()
+            self.flusher.want(self, self.flusher.clock() - self._last >= self.flusher.pacer.seconds)
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""
@@ -60,15 +150,14 @@ class EventWriter:
             return
         self._seal_text()
         self._events.append((type, json.dumps(data, separators=(",", ":"), ensure_ascii=False)))
-        self._wake()
-        self._kick()
+        self.flusher.want(self, True)
 
     def next_call(self) -> None:
         """A new provider call starts: its text is told apart from the previous call's."""
         self._seal_text()
         self.call += 1
 
-    # -- writing -------------------------------------------------------------------------------
+    # -- what the flusher does -----------------------------------------------------------------
 
     def _seal_text(self) -> None:
         if self._text:
@@ -76,79 +165,37 @@ class EventWriter:
             self._events.append(("message.delta", json.dumps({"text": text, "call": self.call},
                                                              separators=(",", ":"), ensure_ascii=False)))
 
-    def _kick(self) -> None:
-        """Start writing, one loop turn from now: a reply that came whole is followed at once by the
-        end of the run, whose ``settle`` then takes it for the commit before any write starts."""
-        if self._task is None and not self._starting:
-            self._starting = True
-            asyncio.get_running_loop().call_soon(self._start)
+    def take(self, now: float) -> list[tuple[str, str]]:
+        """The events to write now (none once the run settled or the lease is lost)."""
+        if self.lost or self.settled:
+            return []
+        self._seal_text()
+        batch, self._events = self._events, []
+        if batch:
+            self._last = now
+        return batch
 
-    def _start(self) -> None:
-        self._starting = False
-        if self._task is None and not self.settled and (self._events or self._text):
-            self._task = asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while (self._events or self._text) and not self.lost and not self.settled:
-                if not self._urgent:
-                    wait = self._last + self.flush_seconds - self.clock()
-                    if wait > 0:
-                        await self._sleep(wait)
-                    if self.settled:
-                        break
-                self._urgent = False
-                self._seal_text()
-                batch, self._events = self._events, []
-                self._last = self.clock()
-                await self._write(batch)
-        finally:
-            self._task = None
-
-    async def _write(self, batch: list[tuple[str, str]]) -> None:
-        try:
-            written, stop = await self.machine.emit(self.session_id, self.job_id, self.token, batch)
-        except UNREACHABLE as exc:  # the log misses these; the job's result and history do not
-            log.warning("could not write %d events of job %s (%s)", len(batch), self.job_id, exc)
+    def written(self, batch: list[tuple[str, str]], reply: tuple[bool, str] | Exception) -> None:
+        if isinstance(reply, UNREACHABLE):
+            return  # said once for the whole flush
+        if isinstance(reply, Exception):
+            log.error("could not write %d events of job %s: %r", len(batch), self.job_id, reply)
             return
-        except Exception:
-            log.exception("could not write %d events of job %s", len(batch), self.job_id)
-            return
+        written, stop = reply
         if not written:
             self.lost = True
         elif stop and self.on_stop is not None:
             self.on_stop(stop)
 
-    async def _sleep(self, seconds: float) -> None:
-        """``asyncio.sleep`` that ``_wake`` ends early (an urgent event, the end of the run)."""
-        loop = asyncio.get_running_loop()
-        self._nap = nap = loop.create_future()
-        handle = loop.call_later(seconds, _done, nap)
-        try:
-            await nap
-        finally:
-            handle.cancel()
-            self._nap = None
-
-    def _wake(self) -> None:
-        self._urgent = True
-        if self._nap is not None:
-            _done(self._nap)
-
     async def settle(self) -> list[tuple[str, str]]:
-        """The run is over: wait for a write in flight, take no more events, and return those not
-        yet written, for the commit to append before the terminal event."""
+        """The run is over: take no more events, wait for a flush carrying some, and return those
+        not yet written, for the commit to append before the terminal event."""
         self.settled = True
-        self._wake()
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        self.flusher.drop(self)
+        if self.in_flight is not None:
+            await asyncio.shield(self.in_flight)
         if self.lost:
             return []
         self._seal_text()
         rest, self._events = self._events, []
         return rest
-
-
-def _done(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)

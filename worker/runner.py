@@ -27,15 +27,16 @@ from chatq.tasks.keys import Keys
 from chatq.tasks.models import CancelMode, Checkpoint, Job, JobError, JobResult, JobStatus, Message, Usage, utcnow
 from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import (AsyncSessionMachine, CommitOutcome, Committed, SessionMachine, Taken,
-                                         TakeOutcome)
+                                         TakeOutcome, emit_many)
 from chatq.tasks.settings import Settings
 from chatq.tasks.wakeups import WakePublisher
 from chatq.tasks.webhooks import WebhookSender
 
 from .agent import Agent, AgentError, Turn, tool_call_data, tool_result_data
-from .event_writer import EventWriter
+from .event_writer import EventFlusher, EventWriter
 from .lease_keeper import LeaseKeeper
 from .metrics import WorkerMetrics
+from .pacer import Pacer
 from .provider import Provider
 from .rate_limit import RateLimiter
 from .tools import ToolRegistry
@@ -91,6 +92,8 @@ class SessionRunner:
                                   self.lease_ms)
         self.metrics = metrics or WorkerMetrics()
         self._started: dict[str, float] = {}  # job ID: when this process started running it
+        self.pacer = Pacer(settings.stream_flush_ms / 1000)
+        self.events = EventFlusher(lambda writes: emit_many(r, writes), self.pacer)
         self.provider = Provider(settings, max_connections, self.metrics)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)
@@ -239,8 +242,8 @@ class SessionRunner:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
         turn.system_prompt = taken.system_prompt
         live: Live | None = None
-        events = EventWriter(sp.machine, sid, job.job_id, token, self.settings.stream_flush_ms / 1000,
-                             on_stop=lambda mode: live.stop(mode) if live else None)
+        events = self.events.writer(sp.machine, sid, job.job_id, token,
+                                    on_stop=lambda mode: live.stop(mode) if live else None)
         if checkpoint and job.attempts > 1:
             replay(turn, events)
 
