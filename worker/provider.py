@@ -7,7 +7,6 @@ lets a later message of the session overtake and never multiplies with the SDK's
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -24,7 +23,8 @@ from chatq.tasks.settings import Settings
 
 from . import offline_model
 from .metrics import WorkerMetrics
-from .reply import (BadReply, BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly,
+from .pacer import Pacer
+from .reply import (BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly, parse_chunk,
                     parse_completion)
 from .tracing import provider_call
 
@@ -101,9 +101,11 @@ class Provider:
     ``OpenAI(max_retries=0)``: retries are ours, in place (``complete``).
     """
 
-    def __init__(self, settings: Settings, max_connections: int = 1000, metrics: WorkerMetrics | None = None):
+    def __init__(self, settings: Settings, max_connections: int = 1000, metrics: WorkerMetrics | None = None,
+                 pacer: Pacer | None = None):
         self.settings = settings
         self.metrics = metrics
+        self.pacer = pacer
         self.offline = settings.offline
         self.client: openai.AsyncOpenAI | None = None
         if not self.offline:  # fails at start-up, not on the first job, if the SDK rejects the settings
@@ -165,10 +167,18 @@ class Provider:
     async def _read_stream(self, response: Any, reader: BodyReader, on_delta: OnDelta) -> ChatCompletion:
         """A streamed reply: its ``data:`` events parsed as they arrive (``SSELines``), the text sent
         to ``on_delta``, the chunks assembled into the completion a non-streamed call returns
-        (``StreamAssembly``). The size limit and the deadline count the raw bytes, as for a whole reply."""
+        (``StreamAssembly``). The size limit and the deadline count the raw bytes, as for a whole reply.
+
+        Paced: after the first read, the next waits for the process's next tick (``pacer``), so one
+        wake-up takes every chunk that came meanwhile and hands their text over in one piece, in time
+        for the tick's write. A stop cancels the wait like any other."""
         lines, assembly = SSELines(), StreamAssembly()
         chunks = response.aiter_bytes()
+        first = True
         while True:
+            if not first and self.pacer is not None:
+                await self.pacer.tick()
+            first = False
             try:
                 data = await anext(chunks, None)
             except Exception as exc:  # whatever the transport raises mid-stream
@@ -183,15 +193,16 @@ class Provider:
             if reader.size > reader.max_bytes:
                 raise ReplyTooLarge(f"the provider's streamed reply is over the limit of {reader.max_bytes} "
                                     "bytes (CHATQ_PROVIDER_MAX_REPLY_BYTES); stopped reading it")
+            texts = []
             for payload in lines.feed(data):
                 if payload.strip() == b"[DONE]":
+                    if texts:
+                        on_delta("".join(texts))
                     return assembly.completion()
-                try:
-                    chunk = json.loads(payload)
-                except ValueError:
-                    raise BadReply(f"the provider's stream sent a chunk that is not JSON: {payload[:80]!r}") from None
-                if text := assembly.add(chunk):
-                    on_delta(text)
+                if text := assembly.add(parse_chunk(payload)):
+                    texts.append(text)
+            if texts:
+                on_delta("".join(texts))
 
     async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None, attempt: int = 0) -> ChatCompletion:
         """``_call``, counted: its time and outcome, the time to its first text, calls open; and

@@ -9,6 +9,7 @@ the agent.
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -154,6 +155,24 @@ def _describe(error: Any) -> str:
 def _excerpt(body: bytes, limit: int = 80) -> str:
     text = " ".join(body[:limit * 4].decode("utf-8", "replace").split())
     return repr(text[:limit] + ("…" if len(text) > limit or len(body) > limit * 4 else ""))
+
+
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # json.loads without its per-call layers
+_JSON_SPACE = " \t\n\r"
+
+
+def parse_chunk(payload: bytes) -> Any:
+    """One streamed chunk's JSON (an SSE event's data), as ``json.loads`` reads it, at half its cost
+    per call: a reply is a hundred of these."""
+    text = ""
+    try:
+        text = payload.decode().strip(_JSON_SPACE)
+        value, end = _scan(text, 0)
+    except (ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        end = -1
+    if end != len(text):
+        raise BadReply(f"the provider's stream sent a chunk that is not JSON: {payload[:80]!r}")
+    return value
 
 
 class StreamAssembly:

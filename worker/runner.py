@@ -94,7 +94,7 @@ class SessionRunner:
         self._started: dict[str, float] = {}  # job ID: when this process started running it
         self.pacer = Pacer(settings.stream_flush_ms / 1000)
         self.events = EventFlusher(lambda writes: emit_many(r, writes), self.pacer)
-        self.provider = Provider(settings, max_connections, self.metrics)
+        self.provider = Provider(settings, max_connections, self.metrics, self.pacer)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
