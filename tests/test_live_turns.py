@@ -219,16 +219,23 @@ def test_the_event_writer_coalesces_and_keeps_order():
     flushes: list[list[tuple[str, list[tuple[str, str]]]]] = []
     replies = {"j": (True, ""), "k": (True, "keep")}
 
+    class Calls:  # an emit's KEYS and ARGV, as the session machine's: here the job ID, then the events
+        def emit(self, session_id, job_id, token, events):
+            return [job_id], [x for e in events for x in e]
+
+    class Machine:
+        calls = Calls()
+
     async def emit_many(writes):
-        flushes.append([(job_id, batch) for _, _, job_id, _, batch in writes])
+        flushes.append([(keys[0], list(zip(args[::2], args[1::2]))) for _, keys, args in writes])
         await asyncio.sleep(0)
-        return [replies[job_id] for _, _, job_id, _, _ in writes]
+        return [replies[keys[0]] for _, keys, _ in writes]
 
     async def scenario():
         flusher = EventFlusher(emit_many, Pacer(5))
         stops: list[str] = []
-        writer = flusher.writer(None, "s", "j", "t")  # type: ignore[arg-type]
-        other = flusher.writer(None, "s2", "k", "t", on_stop=stops.append)  # type: ignore[arg-type]
+        writer = flusher.writer(Machine(), "s", "j", "t")  # type: ignore[arg-type]
+        other = flusher.writer(Machine(), "s2", "k", "t", on_stop=stops.append)  # type: ignore[arg-type]
         writer.next_call()
         other.next_call()
         writer.delta("a")  # after a pause: at once
