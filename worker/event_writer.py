@@ -48,9 +48,10 @@ class EventFlusher:
         self.emit_many = emit_many
         self.pacer = pacer
         self.clock = clock
-        pacer.on_tick = self._due
+        pacer.on_tick = self._tick
         self._dirty: dict[EventWriter, None] = {}  # in the order they had something to write
         self._pending = False  # a flush is due
+        self._ticked = False  # a tick made it due
         self._starting = False
         self._task: asyncio.Task | None = None
 
@@ -70,6 +71,10 @@ class EventFlusher:
     def drop(self, writer: EventWriter) -> None:
         self._dirty.pop(writer, None)
 
+    def _tick(self) -> None:
+        self._ticked = True
+        self._due()
+
     def _due(self) -> None:
         """Flush soon: two turns of the loop from now, so that the readers woken by the same tick
         hand over their text first, and a run that ended meanwhile settles first (its tail goes
@@ -81,14 +86,20 @@ class EventFlusher:
 
     def _start(self) -> None:
         self._starting = False
-        if self._task is None and self._dirty:
-            self._task = asyncio.ensure_future(self._flush())
+        if self._task is None:
+            if self._dirty:
+                self._task = asyncio.ensure_future(self._flush())
+            else:
+                self._ticked = False
 
     async def _flush(self) -> None:
         try:
             while self._pending and self._dirty:
                 self._pending = False
+                ticked, self._ticked = self._ticked, False
                 await self._write_all()
+                if ticked:  # the next tick waits one interval from now (``Pacer.rest``)
+                    self.pacer.rest()
         finally:
             self._task = None
             if self._dirty:  # what came during the last round waits for the next tick

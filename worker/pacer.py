@@ -40,6 +40,17 @@ class Pacer:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(max(self.seconds, 0), self._fire)
 
+    def rest(self) -> None:
+        """A tick's work is done (its flush came back): the next tick comes no sooner than one
+        interval from now. So when that work is slow -- a busy loop, a slow store -- the clock
+        slows down with it, and each tick takes more text in one go instead of piling up writes."""
+        if self._timer is not None:
+            loop = asyncio.get_running_loop()
+            due = loop.time() + self.seconds
+            if self._timer.when() < due:
+                self._timer.cancel()
+                self._timer = loop.call_at(due, self._fire)
+
     def _fire(self) -> None:
         self._timer = None
         waiters, self._waiters = self._waiters, []
