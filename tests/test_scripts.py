@@ -22,6 +22,7 @@ from chatq.tasks.session_machine import (CancelOutcome, CommitOutcome, SessionMa
 from chatq.tasks.session_store import SessionStore
 
 from .conftest import REDIS_URL
+from .test_redis_outage import private_redis  # noqa: F401  (a fixture: a redis-server of the test's own)
 
 TTL = 60
 
@@ -395,6 +396,45 @@ def test_emit_tells_the_writer_its_job_was_asked_to_stop(keys, machine):
     start(machine, "s")
     machine.cancel(job_id, "s")
     assert machine.emit("s", job_id, "w1", []) == (True, "keep")
+
+
+def test_emit_many_fences_each_job_in_one_round_trip_and_reloads_a_script_the_server_lost(private_redis):
+    """The worker's event flusher: one pipeline of emits, each fenced by its own session's lease; a
+    server without the script (fresh, restarted, flushed) gets it loaded and the calls sent again."""
+    import asyncio
+
+    from chatq.tasks.redis_pool import get_async_redis
+    from chatq.tasks.session_machine import AsyncSessionMachine, emit_many
+
+    url = private_redis.start().url()
+    r = redis.Redis.from_url(url, decode_responses=True)
+    keys = Keys("em")
+    machine = SessionMachine(r, keys, result_ttl=TTL)
+    running, stopping, lost = (queue_job(machine, sid) for sid in ("a", "b", "c"))
+    for sid in ("a", "b", "c"):
+        start(machine, sid)
+    machine.cancel(stopping, "b")
+
+    async def flush(text: str) -> list:
+        ar = get_async_redis(url, 2, None)
+        am = AsyncSessionMachine(ar, keys)
+        writes = [(am, *am.calls.emit(sid, job_id, token, [("message.delta", f'{{"text":"{text}"}}')]))
+                  for sid, job_id, token in (("a", running, "w1"), ("b", stopping, "w1"), ("c", lost, "w2"))]
+        try:
+            return await emit_many(ar, writes)
+        finally:
+            await ar.aclose()
+
+    assert not r.script_exists(scripts.load(r, "emit").sha)[0]
+    assert asyncio.run(flush("one")) == [(True, ""), (True, "keep"), (False, "")], \
+        "written; written, and told the job was asked to stop; refused: not the lease holder"
+    r.script_flush()
+    assert asyncio.run(flush("two")) == [(True, ""), (True, "keep"), (False, "")]
+    for job_id in (running, stopping):
+        assert [(e.seq, e.type, e.data) for e in events_of(machine, job_id)] == [
+            (1, "job.started", {"attempt": 1, "worker": "w"}), (2, "message.delta", {"text": "one"}),
+            (3, "message.delta", {"text": "two"})]
+    assert [e.type for e in events_of(machine, lost)] == ["job.started"]
 
 
 def test_cancel_of_a_queued_job_ends_its_log(keys, machine):
