@@ -73,9 +73,9 @@ _RETRY = (ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3, (redis.Connection
 """Backoff, retries and retried errors, for both clients' ``Retry``."""
 
 
-def _pool_options(max_connections: int, socket_timeout: float) -> dict[str, object]:
+def _pool_options(max_connections: int, socket_timeout: float | None) -> dict[str, object]:
     return dict(max_connections=max_connections, timeout=30, decode_responses=True,
-                socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 5.0),
+                socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout or 5.0, 5.0),
                 socket_keepalive=True, health_check_interval=30)
 
 
@@ -171,10 +171,10 @@ class _AsyncBlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionP
     """The asyncio counterpart of ``_BlockingSentinelPool``."""
 
 
-def _sentinel_kwargs(parts: SentinelURL, socket_timeout: float) -> dict[str, object]:
+def _sentinel_kwargs(parts: SentinelURL, socket_timeout: float | None) -> dict[str, object]:
     """How the sentinels themselves are reached: bounded like every connection, their own credentials."""
-    options: dict[str, object] = dict(socket_timeout=min(socket_timeout, 5.0),
-                                      socket_connect_timeout=min(socket_timeout, 5.0), decode_responses=True)
+    bound = min(socket_timeout or 5.0, 5.0)
+    options: dict[str, object] = dict(socket_timeout=bound, socket_connect_timeout=bound, decode_responses=True)
     if parts.sentinel_password:
         options.update(username=parts.sentinel_username, password=parts.sentinel_password)
     return options
@@ -192,7 +192,7 @@ def _sentinel(url: str, max_connections: int, socket_timeout: float) -> redis.Re
         **_pool_options(max_connections, socket_timeout))
 
 
-def _async_sentinel(url: str, max_connections: int, socket_timeout: float) -> aioredis.Redis:
+def _async_sentinel(url: str, max_connections: int, socket_timeout: float | None) -> aioredis.Redis:
     parts = sentinel_parts(url)
     manager = AsyncSentinel(parts.sentinels, sentinel_kwargs=_sentinel_kwargs(parts, socket_timeout))
     return manager.master_for(  # type: ignore[no-any-return]
@@ -291,7 +291,7 @@ class GatedAsyncCluster(aioredis.RedisCluster):
         return pipe
 
 
-def _async_cluster(url: str, max_connections: int, socket_timeout: float) -> aioredis.RedisCluster:
+def _async_cluster(url: str, max_connections: int, socket_timeout: float | None) -> aioredis.RedisCluster:
     first, nodes = cluster_nodes(url)
     parts = urlsplit(first)
     options = _pool_options(max_connections, socket_timeout)
@@ -336,12 +336,15 @@ def get_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) 
         return client  # type: ignore[return-value]
 
 
-def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float = 5.0) -> aioredis.Redis:
+def get_async_redis(url: str, max_connections: int = 64, socket_timeout: float | None = 5.0) -> aioredis.Redis:
     """A ``redis.asyncio`` client for one event loop, bounded and retried as ``get_redis``'s.
 
     Not cached: an asyncio client belongs to the loop that uses it, and the worker's runtime makes
     one per loop. Thousands of coroutines share ``max_connections``: a command holds a connection
     only for its round trip, so a burst waits briefly for one instead of opening thousands.
+    ``socket_timeout=None``: its replies are read without a timer each (redis-py arms one per reply,
+    a pipeline's too); the caller bounds its calls itself (the worker's event flusher: one
+    ``asyncio.timeout`` per pipeline). Connecting is bounded all the same.
     """
     if is_cluster_url(url):
         return _async_cluster(url, max_connections, socket_timeout)  # type: ignore[return-value]

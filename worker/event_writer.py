@@ -11,10 +11,12 @@ trip per interval, not one each per delta.
 Not everything waits for the tick: a job's first text after a pause (its first delta, above all) and
 its other events (tool calls and results, retries) are written at the next turn of the loop, after
 any text before them. One flush is in flight at a time, so a job's writes never overtake each other.
-The flush runs in a task of its own, so stopping a turn never cuts one in half. At the end, a job's
-``settle`` waits for a flush carrying its events and hands what is left to the job's commit, which
-appends it before the terminal event in the same step: a reply that came whole (a provider that does
-not stream, the offline model, a fast stream's tail) costs no write of its own.
+The flush runs in a task of its own, so stopping a turn never cuts one in half; the tick after it
+waits one interval from its return (``Pacer.rest``), so a slow store or a busy loop slows the clock
+instead of piling up writes. At the end, a job's ``settle`` waits for a flush carrying its events
+and hands what is left to the job's commit, which appends it before the terminal event in the same
+step: a reply that came whole (a provider that does not stream, the offline model, a fast stream's
+tail) costs no write of its own.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ EmitMany = Callable[[list[Emit]], Awaitable[list[tuple[bool, str] | Exception]]]
 class EventFlusher:
     """The process's one writer of running jobs' events (see the module's docstring)."""
 
-    def __init__(self, emit_many: EmitMany, pacer: Pacer, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, emit_many: EmitMany, pacer: Pacer, timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.emit_many = emit_many
         self.pacer = pacer
+        self.timeout = timeout  # a flush's bound (its client may read replies without one)
         self.clock = clock
         pacer.on_tick = self._tick
         self._dirty: dict[EventWriter, None] = {}  # in the order they had something to write
@@ -115,21 +119,21 @@ class EventFlusher:
         for w, _ in batches:
             w.in_flight = done
         try:
-            replies: list[tuple[bool, str] | Exception] = await self.emit_many(
-                [(w.machine, w.keys, [*w.args, *(x for event in batch for x in event)]) for w, batch in batches])
-        except UNREACHABLE as exc:  # the logs miss these; the jobs' results and history do not
-            log.warning("could not write the events of %d jobs (%s)", len(batches), exc)
-            replies = [exc] * len(batches)
-        except Exception as exc:
-            log.exception("could not write the events of %d jobs", len(batches))
-            replies = [exc] * len(batches)
-        finally:
-            for w, _ in batches:
-                w.in_flight = None
-        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    replies: list[tuple[bool, str] | Exception] = await self.emit_many(
+                        [(w.machine, w.keys, [*w.args, *(x for e in batch for x in e)]) for w, batch in batches])
+            except (*UNREACHABLE, TimeoutError) as exc:  # the logs miss these; the jobs' results and history do not
+                log.warning("could not write the events of %d jobs (%s)", len(batches), exc)
+                replies = [exc] * len(batches)
+            except Exception as exc:
+                log.exception("could not write the events of %d jobs", len(batches))
+                replies = [exc] * len(batches)
             for (w, batch), reply in zip(batches, replies):
                 w.written(batch, reply)
-        finally:
+        finally:  # whatever happened, no settle waits on this flush any longer
+            for w, _ in batches:
+                w.in_flight = None
             done.set_result(None)
 
 
@@ -192,7 +196,7 @@ class EventWriter:
         return batch
 
     def written(self, batch: list[tuple[str, str]], reply: tuple[bool, str] | Exception) -> None:
-        if isinstance(reply, UNREACHABLE):
+        if isinstance(reply, (*UNREACHABLE, TimeoutError)):
             return  # said once for the whole flush
         if isinstance(reply, Exception):
             log.error("could not write %d events of job %s: %r", len(batch), self.job_id, reply)

@@ -74,10 +74,12 @@ class Space:
 
 class SessionRunner:
     """One per worker process, on its runtime's loop. ``r`` is the loop's asyncio client; ``sync_r``
-    serves the few blocking steps (batch counts, webhooks, Celery wake-ups), run off the loop."""
+    serves the few blocking steps (batch counts, webhooks, Celery wake-ups), run off the loop;
+    ``events_r``, if given, the event flusher's own (``get_async_redis(..., socket_timeout=None)``)."""
 
     def __init__(self, settings: Settings, r: aioredis.Redis, sync_r: redis.Redis, wakeups: WakePublisher,
-                 identity: str, max_connections: int = 1000, metrics: WorkerMetrics | None = None):
+                 identity: str, max_connections: int = 1000, metrics: WorkerMetrics | None = None,
+                 events_r: aioredis.Redis | None = None):
         self.settings = settings
         self.r = r
         self.sync_r = sync_r
@@ -93,7 +95,8 @@ class SessionRunner:
         self.metrics = metrics or WorkerMetrics()
         self._started: dict[str, float] = {}  # job ID: when this process started running it
         self.pacer = Pacer(settings.stream_flush_ms / 1000)
-        self.events = EventFlusher(lambda writes: emit_many(r, writes), self.pacer)
+        self.events = EventFlusher(lambda writes: emit_many(events_r or r, writes), self.pacer,
+                                   settings.redis_socket_timeout)
         self.provider = Provider(settings, max_connections, self.metrics, self.pacer)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)

@@ -75,10 +75,12 @@ class Runtime:
         self.sync_r = get_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
         # Commands get the configured socket timeout, plus a hand-off wait's own time for its BLPOP.
         self.r = get_async_redis(s.redis_url, s.redis_max_connections, s.redis_socket_timeout)
+        # The event flusher's: one pipeline in flight at a time, bounded as a whole, no timer per reply.
+        self.events_r = get_async_redis(s.redis_url, 2, None)
         self.metrics = WorkerMetrics()
         self.metrics.watch(lambda: self._in_flight, self.capacity)
         self.runner = SessionRunner(s, self.r, self.sync_r, wakeups, self.identity, max_connections=self.capacity,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics, events_r=self.events_r)
         # The listener's BLPOP holds a connection: its own client, never waiting behind the sessions'.
         self.handoff = (Handoff(get_async_redis(s.redis_url, 2, s.redis_socket_timeout + s.idle_wait),
                                 self.runner.keys, self.identity, self.queue, s.idle_wait)
@@ -199,6 +201,7 @@ class Runtime:
         await asyncio.gather(*self._services, return_exceptions=True)
         await self.runner.provider.aclose()
         await self.r.aclose()
+        await self.events_r.aclose()
         if self.handoff is not None:
             await self.handoff.r.aclose()
         return True
