@@ -102,12 +102,11 @@ async def events(log_: AsyncEventLog, job_id: str, after: int) -> AsyncIterator[
     """The job's events after ``after`` as SSE, a keep-alive comment on each quiet cue, and an
     ``error`` event if reading fails once the stream has started."""
     try:
-        async for event in log_.follow(job_id, after):
+        async for event in log_.follow(job_id, after, raw=True):  # the data as stored: JSON already
             if event is None:
                 yield ServerSentEvent(comment=KEEP_ALIVE)
             else:
-                data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False)
-                yield ServerSentEvent(data, id=str(event.seq), event=event.type)
+                yield ServerSentEvent(event.data, id=str(event.seq), event=event.type)
     except EventsGone as exc:
         yield error_event("gone", str(exc))
     except JobNotFound as exc:

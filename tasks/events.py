@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 from .errors import EventsGone, JobNotFound, WaitTimeout
 from .job_store import decode_job
 from .keys import Keys, is_id
-from .models import Job, JobEvent
+from .models import TERMINAL_EVENTS, Job, JobEvent
 
 READ_COUNT = 500
 """Events per read."""
@@ -33,11 +34,28 @@ def parse(entries: list) -> list[JobEvent]:
     return [JobEvent(seq=int(eid.partition("-")[0]), type=f["t"], data=json.loads(f["d"])) for eid, f in entries]
 
 
+class RawEvent(NamedTuple):
+    """An event whose data stays the JSON text its writer stored: what a reader that only passes it on
+    (the HTTP API's event stream) needs, without decoding and encoding it again."""
+
+    seq: int
+    type: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+def parse_raw(entries: list) -> list[RawEvent]:
+    return [RawEvent(int(eid.partition("-")[0]), f["t"], f["d"]) for eid, f in entries]
+
+
 class Cursor:
     """Where a reader is in one job's log, and the checks that keep its promise: no gap, no repeat,
     nothing after the terminal event; a log that is gone is an error, never an endless wait."""
 
-    def __init__(self, job_id: str, after: int = 0):
+    def __init__(self, job_id: str, after: int = 0, raw: bool = False):
         if not is_id(job_id):
             raise JobNotFound(f"unknown or expired job: {job_id}")
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -45,13 +63,14 @@ class Cursor:
         self.job_id = job_id
         self.after = after
         self.done = False
+        self.parse = parse_raw if raw else parse
 
     @property
     def start(self) -> str:
         return f"{self.after}-0"
 
-    def take(self, entries: list) -> list[JobEvent]:
-        events = parse(entries)
+    def take(self, entries: list) -> list:
+        events = self.parse(entries)
         if events and events[0].seq != self.after + 1:
             raise EventsGone(f"events {self.after + 1}-{events[0].seq - 1} of job {self.job_id} were trimmed from "
                              f"its log (CHATQ_EVENTS_MAXLEN); read on from {events[0].seq - 1}, or get the job")
@@ -143,10 +162,10 @@ class AsyncEventLog:
         cursor.silence(bool(last), _last_seq(last), decode_job(fields) if fields else None)
         return not cursor.done
 
-    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[JobEvent | None]:
+    async def follow(self, job_id: str, after: int = 0, raw: bool = False) -> AsyncIterator[JobEvent | RawEvent | None]:
         """Like ``EventLog.follow``, without a deadline; yields None after each quiet wait (the
-        caller's cue for a keep-alive)."""
-        cursor = Cursor(job_id, after)
+        caller's cue for a keep-alive). ``raw``: ``RawEvent``s, their data left as stored."""
+        cursor = Cursor(job_id, after, raw)
         block: int | None = None
         while not cursor.done:
             found = await self.r.xread({self.keys.events(job_id): cursor.start}, count=READ_COUNT, block=block)
