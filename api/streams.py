@@ -12,15 +12,16 @@ keep it open and a reader gone away is noticed on the next write (sse-starlette'
 comment, every 15 s, stays on: turning it off with ``ping=0`` spins in its releases before 3.x).
 
 The streams share one ``redis.asyncio`` client per app (``StreamRedis``), made on first use in
-the server's event loop and closed at shutdown: a stream holds one of its connections only while it
-waits for events (up to the log's ~2 s block at a time), so many streams take turns on a bounded
-pool instead of each opening its own.
+the server's event loop and closed at shutdown, and wait for their next events together: one
+blocking ``XREAD`` for all of them (``chatq.tasks.event_hub``; on a Redis Cluster, one per stream),
+so a thousand live streams cost a round trip each time the workers write, not one per event each.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,10 +31,11 @@ from fastapi import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from chatq.tasks.errors import EventsGone, JobNotFound
+from chatq.tasks.event_hub import EventHub
 from chatq.tasks.events import AsyncEventLog
 from chatq.tasks.keys import Keys
 from chatq.tasks.models import EVENT_TYPES
-from chatq.tasks.redis_pool import get_async_redis
+from chatq.tasks.redis_pool import get_async_redis, is_cluster
 from chatq.tasks.settings import Settings
 
 from .errors import ErrorDetail, ErrorResponse
@@ -65,12 +67,14 @@ SSE_CONTENT = {"text/event-stream": {"schema": SSE_EVENT}}
 
 class StreamRedis:
     """The app's one ``redis.asyncio`` client for event streams, made on first use (in the server's
-    event loop, which an asyncio client belongs to) and closed at shutdown."""
+    event loop, which an asyncio client belongs to) and closed at shutdown; and, unless the store is
+    a cluster, the app's one ``EventHub`` on it, which waits for every stream's next events at once."""
 
     def __init__(self, settings: Settings, max_connections: int):
         self.settings = settings
         self.max_connections = max_connections
         self._client: aioredis.Redis | None = None
+        self._hub: EventHub | None = None
 
     @property
     def block_seconds(self) -> float:
@@ -83,10 +87,18 @@ class StreamRedis:
             self._client = get_async_redis(s.redis_url, self.max_connections, s.redis_socket_timeout)
         return self._client
 
+    def hub(self) -> EventHub | None:
+        client = self.client()
+        if self._hub is None and not is_cluster(client):
+            doorbell = Keys(self.settings.namespace).doorbell(uuid.uuid4().hex)
+            self._hub = EventHub(client, doorbell, self.block_seconds)
+        return self._hub
+
     def log(self, keys: Keys) -> AsyncEventLog:
-        return AsyncEventLog(self.client(), keys, self.block_seconds)
+        return AsyncEventLog(self.client(), keys, self.block_seconds, self.hub())
 
     async def close(self) -> None:
+        self._hub = None
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

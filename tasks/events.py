@@ -21,12 +21,11 @@ import redis
 import redis.asyncio as aioredis
 
 from .errors import EventsGone, JobNotFound, WaitTimeout
+from .event_hub import READ_COUNT, EventHub, Subscription
 from .job_store import decode_job
 from .keys import Keys, is_id
 from .models import TERMINAL_EVENTS, Job, JobEvent
 
-READ_COUNT = 500
-"""Events per read."""
 
 
 def parse(entries: list) -> list[JobEvent]:
@@ -140,12 +139,14 @@ class EventLog:
 
 
 class AsyncEventLog:
-    """The same reads on ``redis.asyncio``, for the HTTP API's event streams."""
+    """The same reads on ``redis.asyncio``, for the HTTP API's event streams. With a ``hub``, a
+    follower's waits for new events are the hub's one read for all (``chatq.tasks.event_hub``)."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, block_seconds: float = 2.0):
+    def __init__(self, r: aioredis.Redis, keys: Keys, block_seconds: float = 2.0, hub: EventHub | None = None):
         self.r = r
         self.keys = keys
         self.block_ms = max(1, int(block_seconds * 1000))
+        self.hub = hub
 
     async def opening(self, job_id: str, after: int = 0) -> bool:
         """Whether anything can follow seq ``after``, found without waiting: the checks ``follow``
@@ -166,20 +167,31 @@ class AsyncEventLog:
         """Like ``EventLog.follow``, without a deadline; yields None after each quiet wait (the
         caller's cue for a keep-alive). ``raw``: ``RawEvent``s, their data left as stored."""
         cursor = Cursor(job_id, after, raw)
-        block: int | None = None
-        while not cursor.done:
-            found = await self.r.xread({self.keys.events(job_id): cursor.start}, count=READ_COUNT, block=block)
-            events = cursor.take(found[0][1] if found else [])
-            for event in events:
-                yield event
-            if events:
-                continue
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xrevrange(self.keys.events(job_id), count=1)
-            pipe.hgetall(self.keys.job(job_id))
-            last, fields = await pipe.execute()
-            cursor.silence(bool(last), _last_seq(last), decode_job(fields) if fields else None)
-            if block is not None and not cursor.done:
-                yield None
-            block = self.block_ms
-            await asyncio.sleep(0)
+        key = self.keys.events(job_id)
+        block: int | None = None  # the first reads do not wait: a log that is gone is said at once
+        sub: Subscription | None = None
+        try:
+            while not cursor.done:
+                if block is not None and self.hub is not None:
+                    sub = sub or self.hub.subscribe(key, cursor.after)
+                    entries = await sub.next() or []
+                else:
+                    found = await self.r.xread({key: cursor.start}, count=READ_COUNT, block=block)
+                    entries = found[0][1] if found else []
+                events = cursor.take(entries)
+                for event in events:
+                    yield event
+                if events:
+                    continue
+                pipe = self.r.pipeline(transaction=False)
+                pipe.xrevrange(key, count=1)
+                pipe.hgetall(self.keys.job(job_id))
+                last, fields = await pipe.execute()
+                cursor.silence(bool(last), _last_seq(last), decode_job(fields) if fields else None)
+                if block is not None and not cursor.done:
+                    yield None
+                block = self.block_ms
+                await asyncio.sleep(0)
+        finally:
+            if sub is not None:
+                sub.close()

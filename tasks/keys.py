@@ -107,6 +107,11 @@ class Keys:
         """Pub/sub channel (not a key) announcing that a job finished; ``*`` makes the pattern."""
         return f"{self.ns}:done:{job_id}"
 
+    def doorbell(self, ident: str) -> str:
+        """Stream: rung (an entry added) to wake one process's event hub from its blocking read
+        (``chatq.tasks.event_hub``); expires soon after its last ring."""
+        return f"{self.ns}:hub:{ident}"
+
     @property
     def cancel_channel(self) -> str:
         """Pub/sub channel (not a key) telling every worker process of the fleet that a running job

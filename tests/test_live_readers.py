@@ -22,7 +22,7 @@ from chatq.tasks.keys import Keys
 from chatq.tasks.models import JobEvent
 from chatq.tasks.redis_pool import get_async_redis
 
-from .conftest import ROOT
+from .conftest import REDIS_URL, ROOT
 from .test_api import a, assert_error, b, base_url, finished, sid, submit  # noqa: F401  (fixtures)
 
 LONG = "[[stream words=40 delay=0.02]]"
@@ -248,6 +248,45 @@ def test_on_busy_interrupt_over_http_stops_the_running_turn(a):
     assert finished(a, third["job_id"])["status"] == "succeeded"
     contents = [m["content"] for m in a.get(f"/v1/sessions/{s}").json()["messages"] if m["role"] == "user"]
     assert contents == ["[[stall:5]] interrupted", "instead", "and again"]
+
+
+def test_the_event_hub_reads_every_followed_log_at_once_and_wakes_for_a_newcomer():
+    """The API's streams wait on one XREAD: a follower that joins while it is blocked (on logs with
+    nothing new, for up to a minute here) is read at once, and each follower gets the entries after
+    its own place, however many follow one log."""
+    from chatq.tasks.event_hub import EventHub
+
+    keys = Keys(f"hub{uuid.uuid4().hex[:8]}")
+    quiet, busy = keys.events("a" * 32), keys.events("b" * 32)
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    r.xadd(quiet, {"t": "job.started", "d": "{}"}, id="1-0")
+
+    async def scenario():
+        ar = get_async_redis(REDIS_URL, 8, socket_timeout=120)
+        hub = EventHub(ar, keys.doorbell("test"), block_seconds=60)
+        try:
+            waiting = hub.subscribe(quiet, 1)
+            first = asyncio.ensure_future(waiting.next())
+            await asyncio.sleep(0.2)  # the hub's read is blocked on the quiet log alone
+            assert not first.done()
+            r.xadd(busy, {"t": "job.started", "d": "{}"}, id="1-0")
+            r.xadd(busy, {"t": "message.delta", "d": '{"text":"hi"}'}, id="2-0")
+            newcomer, behind = hub.subscribe(busy, 1), hub.subscribe(busy, 0)
+            got = await asyncio.wait_for(newcomer.next(), 10), await asyncio.wait_for(behind.next(), 10)
+            r.xadd(quiet, {"t": "job.succeeded", "d": "{}"}, id="2-0")
+            last = await asyncio.wait_for(first, 10)
+            for sub in (waiting, newcomer, behind):
+                sub.close()
+            return got, last
+        finally:
+            await ar.aclose()
+
+    try:
+        (after_1, after_0), last = asyncio.run(scenario())
+    finally:
+        r.delete(quiet, busy, keys.doorbell("test"))
+    assert [eid for eid, _ in after_1] == ["2-0"] and [eid for eid, _ in after_0] == ["1-0", "2-0"]
+    assert [eid for eid, _ in last] == ["2-0"]
 
 
 # The CLI
