@@ -169,16 +169,15 @@ class Provider:
         to ``on_delta``, the chunks assembled into the completion a non-streamed call returns
         (``StreamAssembly``). The size limit and the deadline count the raw bytes, as for a whole reply.
 
-        Paced: after the first read, the next waits for the process's next tick (``pacer``), so one
-        wake-up takes every chunk that came meanwhile and hands their text over in one piece, in time
-        for the tick's write. A stop cancels the wait like any other."""
+        Paced: once the reply has begun (its first text or tool call: a provider's opening chunk may
+        carry neither, and the first text is not kept waiting), a read waits for the process's next
+        tick (``pacer``), so one wake-up takes every chunk that came meanwhile and hands their text
+        over in one piece, in time for the tick's write. A stop cancels the wait like any other."""
         lines, assembly = SSELines(), StreamAssembly()
         chunks = response.aiter_bytes()
-        first = True
         while True:
-            if not first and self.pacer is not None:
+            if self.pacer is not None and (assembly.text or assembly.calls):
                 await self.pacer.tick()
-            first = False
             try:
                 data = await anext(chunks, None)
             except Exception as exc:  # whatever the transport raises mid-stream
