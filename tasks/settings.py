@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         "still works; false asks for whole replies.")
     stream_flush_ms: float = Field(
         25.0, ge=0, description="Text deltas are written to a job's event log at most this often (ms): the "
-        "first after a pause at once, the rest coalesced, so a long answer does not cost a write per token.")
+        "first after a pause at once, the rest coalesced, so a long answer does not cost a write per token. A "
+        "worker process reads all its provider streams and writes all their text on one clock of this period, "
+        "which slows down while its writes come back slowly.")
     events_maxlen: int = Field(
         10_000, ge=100, description="Entries a job's event log is trimmed to (about); a reader asking for "
         "trimmed events is told so.")

@@ -267,6 +267,38 @@ def test_the_event_writer_coalesces_and_keeps_order():
     assert other_rest == [], "a writer that lost the lease hands nothing to a commit"
 
 
+def test_the_stream_clock_wakes_its_waiters_before_its_listener_and_waits_for_a_slow_flush():
+    """Unit: a tick wakes every waiter but a cancelled one, then tells its listener (the writer, whose
+    flush must come after the readers' reads); ``rest`` puts the next tick one interval after it."""
+    from chatq.worker.pacer import Pacer
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pacer, order = Pacer(0.05), []
+        pacer.on_tick = lambda: loop.call_soon(order.append, "listener")
+
+        async def reader(name: str) -> None:
+            await pacer.tick()
+            order.append(name)
+
+        readers = [asyncio.ensure_future(reader(n)) for n in ("a", "b", "c")]
+        await asyncio.sleep(0)
+        readers[1].cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.sleep(0)
+        pacer.arm()
+        armed = pacer._timer.when()
+        await asyncio.sleep(0.01)
+        pacer.rest()  # as if a slow flush came back just now: the armed tick moves to one interval on
+        rested = pacer._timer.when()
+        pacer._timer.cancel()
+        return order, rested - armed
+
+    order, moved = asyncio.run(scenario())
+    assert order == ["a", "c", "listener"]
+    assert moved > 0, "the tick waits one interval after the flush, not after it was armed"
+
+
 def test_ctrl_c_in_chatq_chat_stops_the_turn(fleet, client):
     import os
     import signal
