@@ -68,17 +68,6 @@ class AsyncClusterScript(ClusterScript):
         return await self.script(keys, args, client)
 
 
-def queue_call(script: Script, pipe: Any, keys: list, args: list) -> None:
-    """Queue a call into a pipeline without redis-py's check that the server has the script (a
-    ``SCRIPT EXISTS`` round trip before every pipeline that holds one): if it does not (a restart,
-    ``SCRIPT FLUSH``), the call's reply is a ``NoScriptError`` and it did not run, so the caller loads
-    the script (``script.script``) and sends it again. A cluster pipeline gets ``EVAL``, as above."""
-    if isinstance(script, ClusterScript):
-        pipe.execute_command("EVAL", script.script.script, len(keys), *keys, *args)
-    else:
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
 def load(r: redis.Redis, name: str) -> Script:
     """The script registered on this client: called as ``script(keys=[...], args=[...], client=pipe)``."""
     script = r.register_script(source(name))

@@ -64,7 +64,7 @@ import redis.asyncio as aioredis
 from .keys import Keys, bucket, is_id
 from .models import Checkpoint, JobError, Message, Usage, utcnow
 from .redis_pool import is_cluster
-from .scripts import load, queue_call, source
+from .scripts import load
 
 COUNT_CHUNK = 500
 """Sessions per pipelined read when counting active jobs."""
@@ -564,9 +564,9 @@ class AsyncSessionMachine:
         keys, args = self.calls.emit(session_id, job_id, token, events)
         return read_emit(await self._emit(keys=keys, args=args))
 
-    def queue_emit(self, pipe: aioredis.client.Pipeline, keys: list[str], args: list[object]) -> None:
+    async def queue_emit(self, pipe: aioredis.client.Pipeline, keys: list[str], args: list[object]) -> None:
         """``emit`` queued into a pipeline (``emit_many``), its KEYS and ARGV from ``calls.emit``."""
-        queue_call(self._emit, pipe, keys, args)
+        await self._emit(keys=keys, args=args, client=pipe)
 
     async def commit(self, session_id: str, job_id: str, token: str, status: str, messages: list[Message],
                      usage: Usage, created_at: str | None = None, result_json: str = "",
@@ -596,19 +596,11 @@ Emit = tuple[AsyncSessionMachine, list[str], list[object]]
 
 async def emit_many(r: aioredis.Redis, writes: list[Emit]) -> list[tuple[bool, str] | Exception]:
     """Several running jobs' events in one round trip: each job's its own lease-fenced ``emit``
-    (one hash slot per call, so a cluster pipeline sends each to its node), in one pipeline. Per
-    write, what ``emit`` returns, or the error that call met; a connection error raises."""
-    replies = await _emit_all(r, writes)
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
-    if missing:  # the server lost its scripts: those calls did not run; load it, send them again
-        await r.script_load(source("emit"))
-        for i, reply in zip(missing, await _emit_all(r, [writes[i] for i in missing])):
-            replies[i] = reply
-    return [reply if isinstance(reply, Exception) else read_emit(reply) for reply in replies]
-
-
-async def _emit_all(r: aioredis.Redis, writes: list[Emit]) -> list:
+    (one hash slot per call, so a cluster pipeline sends each to its node), in one pipeline (a server
+    that lost the script gets it loaded and those calls sent again: ``pipelines``). Per write, what
+    ``emit`` returns, or the error that call met; a connection error raises."""
     pipe = r.pipeline(transaction=False)
     for machine, keys, args in writes:
-        machine.queue_emit(pipe, keys, args)
-    return await pipe.execute(raise_on_error=False)
+        await machine.queue_emit(pipe, keys, args)
+    replies = await pipe.execute(raise_on_error=False)
+    return [reply if isinstance(reply, Exception) else read_emit(reply) for reply in replies]
