@@ -350,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
           f"of its CPU; every {o.scrape_every:g}s on each of the {processes} process(es), at the unwatched runs' "
           f"{rate:.0f} jobs/s: {per_job * 100:.3f}% of the workers' CPU per job")
     checks = targets(pairs, bench.runs, bench.seen)
-    print("\nTargets")
-    for name, ok, measured in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
+    report.print_targets(checks)
     if o.json:
         o.json.write_text(json.dumps({
             "machine": run.machine(), "argv": sys.argv[1:], "metric_updates_us": updates, "scrape_ms": scrape_ms,

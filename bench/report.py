@@ -213,3 +213,10 @@ def _default_targets(runs: list[Run], open_runs: list[Run],
             worst = max(r.pct("to_start", 99), r.pct("to_visible", 99))
             out.append(("open loop: queue overhead p99 <= 25 ms", worst <= 25, f"{worst:.1f} ms"))
     return out
+
+
+def print_targets(checks: list[tuple[str, bool, str]]) -> None:
+    """The run's target lines, as every benchmark prints them: ``[met]`` or ``[MISSED]``, then the figure."""
+    print("\nTargets")
+    for name, ok, measured in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")

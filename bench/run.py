@@ -622,9 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nThe store's keys over the cluster's slots (after the run: sessions kept, job records deleted)")
         print(cluster_store.describe(spread))
     checks = report.targets(bench.runs, bench.open_runs, bench.paired, args.preset)
-    print("\nTargets")
-    for name, ok, measured in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
+    report.print_targets(checks)
     if args.profile:
         for f in sorted(args.profile.glob("*.txt")):
             print("\n" + summarize(f, top=12))

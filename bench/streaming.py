@@ -583,9 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nCPU ms per job of the open-loop runs (client = this process: submit + the readers)")
         print(delay_cpu_table(bench.delays))
     checks = targets(ratios, bench.delays, bench.runs)
-    print("\nTargets")
-    for name, ok, measured in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {name}: {measured}")
+    report.print_targets(checks)
     if o.profile:
         for f in sorted(o.profile.glob("*.txt")):
             print("\n" + summarize(f, top=12))
