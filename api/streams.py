@@ -95,7 +95,7 @@ class StreamRedis:
         return self._hub
 
     def log(self, keys: Keys) -> AsyncEventLog:
-        return AsyncEventLog(self.client(), keys, self.block_seconds, self.hub())
+        return AsyncEventLog(self.client(), keys, self.block_seconds, self.hub(), fleet=Keys(self.settings.namespace))
 
     async def close(self) -> None:
         self._hub = None

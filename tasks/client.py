@@ -183,9 +183,10 @@ class ChatClient:
             self.r.sadd(Keys(s.namespace).namespaces, self.namespace)
         self.jobs = JobStore(self.r, self.keys)
         self.listing = JobListing(self.r, self.keys)
-        self.events = EventLog(self.r, self.keys, block_seconds=min(2.0, s.redis_socket_timeout / 2))
-        self.sessions = SessionStore(self.r, self.keys, s.session_ttl)
         self._fleet_keys = Keys(s.namespace)  # the fleet's, shared by every tenant namespace
+        self.events = EventLog(self.r, self.keys, block_seconds=min(2.0, s.redis_socket_timeout / 2),
+                               fleet=self._fleet_keys)
+        self.sessions = SessionStore(self.r, self.keys, s.session_ttl)
         self.machine = SessionMachine(self.r, self.keys, s.result_ttl, s.session_ttl, s.events_maxlen,
                                       fleet=self._fleet_keys)
         self._profiles = load_profiles(s)

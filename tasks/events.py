@@ -7,6 +7,10 @@ repeats nothing. Its writers are the session scripts (``job.started``, ``job.res
 terminal events, in the same step as the state change they announce) and the worker holding the
 session's lease (``chatq.worker.event_writer``: text deltas, tool calls and results, retries).
 The log expires with the job's record (``CHATQ_RESULT_TTL`` after it finishes).
+
+A follower announces itself first (``lua/follow.lua``): a running job's text is written as it
+streams only while somebody follows the job, and otherwise goes out whole with its terminal event
+(``CHATQ_STREAM_TEXT``), so a job nobody watches costs no write per delta.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .event_hub import READ_COUNT, EventHub, Subscription
 from .job_store import decode_job
 from .keys import Keys, is_id
 from .models import TERMINAL_EVENTS, Job, JobEvent
+from .scripts import cached
 
 
 
@@ -100,10 +105,15 @@ def _last_seq(entries: list) -> int:
 class EventLog:
     """Reads job event logs with the blocking client (``ChatClient.stream``, the CLI)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, block_seconds: float = 2.0):
+    def __init__(self, r: redis.Redis, keys: Keys, block_seconds: float = 2.0, fleet: Keys | None = None):
         self.r = r
         self.keys = keys
         self.block_ms = max(1, int(block_seconds * 1000))
+        self.follow_channel = (fleet or keys).follow_channel  # the workers' channel: the fleet's
+
+    def announce(self, job_id: str) -> None:
+        """Tell the job's worker that a reader follows it, so its text is written as it streams."""
+        cached(self.r, "follow")(keys=[self.keys.job(job_id)], args=[job_id, self.follow_channel])
 
     def read(self, job_id: str, after: int = 0, count: int = READ_COUNT) -> list[JobEvent]:
         """The events after ``after`` that are there now (at most ``count``), without waiting."""
@@ -113,6 +123,7 @@ class EventLog:
     def follow(self, job_id: str, after: int = 0, timeout: float | None = None) -> Iterator[JobEvent]:
         """Every event after ``after`` as it is written, up to and including the terminal one."""
         cursor = Cursor(job_id, after)
+        self.announce(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         block: int | None = None  # the first read does not wait: a log that is gone is said at once
         while not cursor.done:
@@ -142,11 +153,17 @@ class AsyncEventLog:
     """The same reads on ``redis.asyncio``, for the HTTP API's event streams. With a ``hub``, a
     follower's waits for new events are the hub's one read for all (``chatq.tasks.event_hub``)."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, block_seconds: float = 2.0, hub: EventHub | None = None):
+    def __init__(self, r: aioredis.Redis, keys: Keys, block_seconds: float = 2.0, hub: EventHub | None = None,
+                 fleet: Keys | None = None):
         self.r = r
         self.keys = keys
         self.block_ms = max(1, int(block_seconds * 1000))
         self.hub = hub
+        self.follow_channel = (fleet or keys).follow_channel
+
+    async def announce(self, job_id: str) -> None:
+        """``EventLog.announce``."""
+        await cached(self.r, "follow")(keys=[self.keys.job(job_id)], args=[job_id, self.follow_channel])
 
     async def opening(self, job_id: str, after: int = 0) -> bool:
         """Whether anything can follow seq ``after``, found without waiting: the checks ``follow``
@@ -168,6 +185,7 @@ class AsyncEventLog:
         caller's cue for a keep-alive). ``raw``: ``RawEvent``s, their data left as stored."""
         cursor = Cursor(job_id, after, raw)
         key = self.keys.events(job_id)
+        await self.announce(job_id)
         block: int | None = None  # the first reads do not wait: a log that is gone is said at once
         sub: Subscription | None = None
         try:

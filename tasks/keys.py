@@ -118,6 +118,12 @@ class Keys:
         was asked to stop; the message is ``<job ID> <mode>`` (``CancelMode``)."""
         return f"{self.ns}:cancel"
 
+    @property
+    def follow_channel(self) -> str:
+        """Pub/sub channel (not a key) telling every worker process of the fleet that a reader now
+        follows a running job's events (``lua/follow.lua``); the message is the job's ID."""
+        return f"{self.ns}:follow"
+
     # a batch: its own tag
     def batch(self, batch_id: str) -> str:
         return f"{self.ns}:{{{_checked(batch_id, 'batch')}}}:batch:meta"

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         True, description="Ask the provider to stream its replies (`stream=True`), so a job's text reaches its "
         "event log as the model writes it. A provider that answers a streamed request with a whole reply "
         "still works; false asks for whole replies.")
+    stream_text: Literal["followed", "always"] = Field(
+        "followed", description="When a running job's text reaches its event log: `followed`, as it streams "
+        "while a reader follows the job (`ChatClient.stream`, `GET /v1/jobs/{id}/events`, `chatq events`), else "
+        "whole with the job's terminal event, so a job nobody watches costs no write per delta; `always`, as it "
+        "streams regardless (for readers of the Redis stream itself).")
     stream_flush_ms: float = Field(
         25.0, ge=0, description="Text deltas are written to a job's event log at most this often (ms): the "
         "first after a pause at once, the rest coalesced, so a long answer does not cost a write per token. A "

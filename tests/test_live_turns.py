@@ -51,6 +51,42 @@ def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, cl
     assert pieces < 80, "deltas are coalesced, not one write per token"
 
 
+def test_a_job_nobody_follows_writes_its_text_once_and_a_late_reader_gets_it_live(fleet, client):
+    alone = client.submit("alone [[stream delay=0.01 words=60]]", sid("alone"))
+    done = client.wait(alone.job_id, 60)
+    events = client.events.read(alone.job_id)
+    assert [e.type for e in events] == ["job.started", "message.delta", "job.succeeded"], \
+        "unfollowed, the whole reply goes out with the terminal event"
+    assert deltas(events) == done.result.content
+
+    late = client.submit("watched later [[stream delay=0.03 words=100]]", sid("late"))
+    deadline = time.monotonic() + 30
+    while client.get(late.job_id).status != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    time.sleep(0.6)  # the model has written some of its reply by now
+    assert [e.type for e in client.events.read(late.job_id)] == ["job.started"], "no text written unfollowed"
+    seen, running_at_first_delta = [], None
+    for event in client.stream(late.job_id, timeout=60):
+        if event.type == "message.delta" and running_at_first_delta is None:
+            running_at_first_delta = client.get(late.job_id).status
+        seen.append(event)
+    assert running_at_first_delta == "running", "a reader that arrives mid-reply gets the text at once"
+    assert sum(e.type == "message.delta" for e in seen) >= 2, "the text so far, then the rest as it comes"
+    assert deltas(seen) == seen[-1].data["result"]["content"] == client.get(late.job_id).result.content
+
+
+def test_stream_text_always_writes_text_as_it_streams_with_no_reader(make_fleet):
+    fleet = make_fleet(stream_text="always")
+    fleet.start_worker(4)
+    client = fleet.client()
+    job = client.submit("nobody watches [[stream delay=0.02 words=60]]", sid("always"))
+    done = client.wait(job.job_id, 60)
+    events = client.events.read(job.job_id)
+    assert sum(e.type == "message.delta" for e in events) >= 2, "written as it streamed, not once at the end"
+    assert deltas(events) == done.result.content
+
+
 def test_a_reader_resuming_after_event_k_sees_the_rest_exactly_once(fleet, client):
     job = client.submit("resume me [[stream delay=0.02 words=40]]", sid("resume"))
     head = []

@@ -17,6 +17,11 @@ instead of piling up writes. At the end, a job's ``settle`` waits for a flush ca
 and hands what is left to the job's commit, which appends it before the terminal event in the same
 step: a reply that came whole (a provider that does not stream, the offline model, a fast stream's
 tail) costs no write of its own.
+
+Text is written as it streams only while a reader follows the job (``CHATQ_STREAM_TEXT=followed``,
+the default: ``chatq.tasks.events`` announces each reader, and ``follow`` is told); until then it
+is kept for the commit, so a job nobody watches costs one write for its whole reply, not one per
+tick. A reader that arrives mid-reply gets the text so far in one delta, then the rest as it comes.
 """
 
 from __future__ import annotations
@@ -60,9 +65,9 @@ class EventFlusher:
         self._task: asyncio.Task | None = None
 
     def writer(self, machine: AsyncSessionMachine, session_id: str, job_id: str, token: str,
-               on_stop: Callable[[str], None] | None = None) -> EventWriter:
+               on_stop: Callable[[str], None] | None = None, followed: bool = True) -> EventWriter:
         """A job's writer: what its run reports goes through this flusher."""
-        return EventWriter(self, machine, session_id, job_id, token, on_stop)
+        return EventWriter(self, machine, session_id, job_id, token, on_stop, followed)
 
     def want(self, writer: EventWriter, urgent: bool) -> None:
         """``writer`` has events to write: soon if ``urgent``, else at the next tick."""
@@ -142,7 +147,7 @@ class EventWriter:
     its flusher writes them. Made by ``EventFlusher.writer``."""
 
     def __init__(self, flusher: EventFlusher, machine: AsyncSessionMachine, session_id: str, job_id: str,
-                 token: str, on_stop: Callable[[str], None] | None = None):
+                 token: str, on_stop: Callable[[str], None] | None = None, followed: bool = True):
         self.flusher = flusher
         self.machine = machine
         self.session_id, self.job_id, self.token = session_id, job_id, token
@@ -155,6 +160,7 @@ class EventWriter:
         self.in_flight: asyncio.Future | None = None  # the flush carrying its last write
         self.lost = False  # the lease is gone: nothing more is written
         self.settled = False  # the commit takes the rest
+        self.followed = followed  # a reader follows the job: its text is written as it comes
 
     # -- what the agent reports ----------------------------------------------------------------
 
@@ -162,7 +168,15 @@ class EventWriter:
         """A piece of the current call's reply text."""
         if not (self.lost or self.settled):
             self._text.append(text)
-            self.flusher.want(self, self.flusher.clock() - self._last >= self.flusher.pacer.seconds)
+            if self.followed:
+                self.flusher.want(self, self.flusher.clock() - self._last >= self.flusher.pacer.seconds)
+
+    def follow(self) -> None:
+        """A reader follows the job now: what came so far is written at once, the rest as it comes."""
+        if not self.followed:
+            self.followed = True
+            if self._text or self._events:
+                self.flusher.want(self, True)
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""

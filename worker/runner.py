@@ -51,11 +51,13 @@ arrive while the take that starts the job is still on its way back."""
 
 
 class Live:
-    """A job running on this process: its agent's task, and how it was asked to stop, if it was."""
+    """A job running on this process: its agent's task, its event writer, and how it was asked to
+    stop, if it was."""
 
-    def __init__(self, task: asyncio.Task, namespace: str):
+    def __init__(self, task: asyncio.Task, namespace: str, events: EventWriter):
         self.task = task
         self.namespace = namespace
+        self.events = events
         self.mode: CancelMode | None = None
 
     def stop(self, mode: str) -> None:
@@ -109,6 +111,7 @@ class SessionRunner:
         self.stopping = False
         self.live: dict[str, Live] = {}
         self._early: dict[str, tuple[str, float]] = {}
+        self._early_follows: dict[str, float] = {}
 
     def space(self, namespace: str | None = None) -> Space:
         """The state machine of one namespace (a tenant's, or the default)."""
@@ -134,16 +137,32 @@ class SessionRunner:
         live.stop(mode)
         return True
 
-    async def check_stops(self) -> None:
-        """Stop the running jobs whose stop flag was set while this process could not hear (its
-        listener was reconnecting): one pipelined read."""
+    def follow_job(self, job_id: str) -> bool:
+        """A reader now follows the job's events (``chatq.tasks.events``): if this process runs it,
+        its text is written as it streams from now on, starting with what came so far. Whether it
+        runs here."""
+        live = self.live.get(job_id)
+        if live is None:  # its take may be on its way back: the job starts followed
+            now = time.monotonic()
+            if len(self._early_follows) > 1000:
+                self._early_follows = {j: t for j, t in self._early_follows.items() if now - t < EARLY_STOP_SECONDS}
+            self._early_follows[job_id] = now
+            return False
+        live.events.follow()
+        return True
+
+    async def check_signals(self) -> None:
+        """Stop or follow the running jobs whose flags were set while this process could not hear
+        (its listener was reconnecting): one pipelined read."""
         running = list(self.live)
         if not running:
             return
         pipe = self.r.pipeline(transaction=False)
         for job_id in running:
-            pipe.hget(self.space(self.live[job_id].namespace).keys.job(job_id), "cancel")
-        for job_id, mode in zip(running, await pipe.execute()):
+            pipe.hmget(self.space(self.live[job_id].namespace).keys.job(job_id), "cancel", "followed")
+        for job_id, (mode, followed) in zip(running, await pipe.execute()):
+            if followed:
+                self.follow_job(job_id)
             if mode:
                 self.stop_job(job_id, mode)
 
@@ -245,8 +264,10 @@ class SessionRunner:
             turn = Turn([Message(role="user", content=job.message, metadata={**job.metadata, "job_id": job.job_id})])
         turn.system_prompt = taken.system_prompt
         live: Live | None = None
+        followed = (self.settings.stream_text == "always" or taken.fields.get("followed") == "1"
+                    or self._early_follows.pop(job.job_id, None) is not None)
         events = self.events.writer(sp.machine, sid, job.job_id, token,
-                                    on_stop=lambda mode: live.stop(mode) if live else None)
+                                    on_stop=lambda mode: live.stop(mode) if live else None, followed=followed)
         if checkpoint and job.attempts > 1:
             replay(turn, events)
 
@@ -270,7 +291,7 @@ class SessionRunner:
             return await agent.run(history[-agent.history_limit:], turn, save=save, on_retry=on_retry, events=events,
                                    params=job.params)
 
-        live = self.live[job.job_id] = Live(asyncio.ensure_future(run()), sp.keys.ns)
+        live = self.live[job.job_id] = Live(asyncio.ensure_future(run()), sp.keys.ns, events)
         early = self._early.pop(job.job_id, None)
         if job.cancel or early:
             live.stop(job.cancel or early[0])  # type: ignore[index]

@@ -141,7 +141,7 @@ class Runtime:
 
     async def _start_services(self) -> None:
         self._room.set()
-        self._services.append(asyncio.create_task(self._listen_stops(), name="chatq-stops"))
+        self._services.append(asyncio.create_task(self._listen_signals(), name="chatq-signals"))
         if self.handoff is not None:
             self._services.append(asyncio.create_task(self._listen(), name="chatq-handoff"))
 
@@ -244,23 +244,28 @@ class Runtime:
             self._slots.notify()
         self._room.set()
 
-    async def _listen_stops(self) -> None:
-        """Stop requests for running jobs (``ChatClient.cancel``, interrupting submits), told to every
-        process of the fleet; the one running the job stops it. After each (re)subscription the
-        running jobs' flags are read once, so a request made while deaf is not missed."""
-        channel = self.runner.keys.cancel_channel
+    async def _listen_signals(self) -> None:
+        """What the fleet tells every process about running jobs: stop requests (``ChatClient.cancel``,
+        interrupting submits) and readers that start following one (``chatq.tasks.events``); the
+        process running the job acts on it. After each (re)subscription the running jobs' flags are
+        read once, so a signal sent while deaf is not missed."""
+        stops, follows = self.runner.keys.cancel_channel, self.runner.keys.follow_channel
         while True:
             try:
                 async with await redis_pool.pubsub(self.r, ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(channel)
-                    await self.runner.check_stops()
+                    await pubsub.subscribe(stops, follows)
+                    await self.runner.check_signals()
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
-                        if message is not None and isinstance(message.get("data"), str):
+                        if message is None or not isinstance(message.get("data"), str):
+                            continue
+                        if message.get("channel") == follows:
+                            self.runner.follow_job(message["data"])
+                        else:
                             job_id, _, mode = message["data"].partition(" ")
                             self.runner.stop_job(job_id, mode)
             except UNREACHABLE as exc:
-                log.warning("listening for stop requests failed (%s); retrying in 1 s", exc)
+                log.warning("listening for stop and follow signals failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
 
     async def _wake_elsewhere(self, session_id: str, namespace: str, job_id: str | None) -> None:
