@@ -303,6 +303,55 @@ def test_the_event_writer_coalesces_and_keeps_order():
     assert other_rest == [], "a writer that lost the lease hands nothing to a commit"
 
 
+def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_reader_follows():
+    """Unit: unfollowed, text waits for the commit and the provider's reads for the slow clock; a
+    follower ends that wait at once and gets the text so far in one write, then the fast clock."""
+    from chatq.worker.event_writer import EventFlusher
+    from chatq.worker.pacer import Pacer
+
+    flushes: list[list[tuple[str, str]]] = []
+
+    class Calls:
+        def emit(self, session_id, job_id, token, events):
+            return [job_id], [x for e in events for x in e]
+
+    class Machine:
+        calls = Calls()
+
+    async def emit_many(writes):
+        flushes.append([(args[0], args[1]) for _, _, args in writes])
+        return [(True, "")] * len(writes)
+
+    async def scenario():
+        flusher = EventFlusher(emit_many, Pacer(0.01), idle_pacer=Pacer(30))
+        writer = flusher.writer(Machine(), "s", "j", "t", followed=False)  # type: ignore[arg-type]
+        writer.next_call()
+        writer.delta("so ")
+        writer.delta("far")
+        await asyncio.sleep(0.05)
+        held = list(flushes)
+        read = asyncio.ensure_future(writer.pace())  # the provider's next read: the 30 s clock
+        await asyncio.sleep(0.05)
+        waited_slow = not read.done()
+        started = time.monotonic()
+        writer.follow()
+        await read
+        woke_after = time.monotonic() - started
+        await asyncio.sleep(0.05)
+        writer.delta(" and on")
+        fast = asyncio.ensure_future(writer.pace())
+        await asyncio.wait_for(fast, 1)  # the 10 ms clock now
+        return held, waited_slow, woke_after, await writer.settle()
+
+    held, waited_slow, woke_after, rest = asyncio.run(scenario())
+    assert held == [], "no write while nobody follows"
+    assert waited_slow, "an unfollowed read waits for the slow clock"
+    assert woke_after < 0.5, "a follower ends that wait at once"
+    assert flushes[0] == [("message.delta", '{"text":"so far","call":1}')], "the text so far, in one write"
+    assert "".join(e for batch in flushes for t, e in batch if t == "message.delta").count("and on") + \
+        sum(d.count("and on") for _, d in rest) == 1, "the rest goes live or with the commit, once"
+
+
 def test_the_stream_clock_wakes_its_waiters_before_its_listener_and_waits_for_a_slow_flush():
     """Unit: a tick wakes every waiter but a cancelled one, then tells its listener (the writer, whose
     flush must come after the readers' reads); ``rest`` puts the next tick one interval after it."""

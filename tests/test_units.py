@@ -125,7 +125,7 @@ def test_retries_in_place_then_gives_up():
     provider = Provider(settings)
     calls, slept = [], []
 
-    async def failing(request, on_delta=None):
+    async def failing(request, on_delta=None, pace=None):
         calls.append(request)
         raise openai.APIConnectionError(request=None)
 

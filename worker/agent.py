@@ -173,7 +173,8 @@ class Agent:
 
         try:
             return await self.provider.complete(request, on_retry=retried,
-                                                on_delta=on_delta if events is not None else None)
+                                                on_delta=on_delta if events is not None else None,
+                                                pace=events.pace if events is not None else None)
         except ProviderError as exc:
             raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
 

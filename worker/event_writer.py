@@ -22,6 +22,8 @@ Text is written as it streams only while a reader follows the job (``CHATQ_STREA
 the default: ``chatq.tasks.events`` announces each reader, and ``follow`` is told); until then it
 is kept for the commit, so a job nobody watches costs one write for its whole reply, not one per
 tick. A reader that arrives mid-reply gets the text so far in one delta, then the rest as it comes.
+The provider's reads are paced by the writer too (``pace``): on the process's clock while followed,
+else on a slower one (``UNFOLLOWED_READ_SECONDS``) that a new follower cuts short.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_string = json.encoder.encode_basestring  # a str as _json writes it
 
+UNFOLLOWED_READ_SECONDS = 0.5
+"""How often an unfollowed job's provider stream is read: its text waits for the commit anyway, and
+each read is a wake-up of the loop; a stop still cuts the wait short, and so does a new follower."""
+
 EmitMany = Callable[[list[Emit]], Awaitable[list[tuple[bool, str] | Exception]]]
 """``chatq.tasks.session_machine.emit_many`` on the process's client: one reply per write."""
 
@@ -52,9 +58,10 @@ class EventFlusher:
     """The process's one writer of running jobs' events (see the module's docstring)."""
 
     def __init__(self, emit_many: EmitMany, pacer: Pacer, timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, idle_pacer: Pacer | None = None):
         self.emit_many = emit_many
         self.pacer = pacer
+        self.idle_pacer = idle_pacer or Pacer(max(UNFOLLOWED_READ_SECONDS, pacer.seconds))
         self.timeout = timeout  # a flush's bound (its client may read replies without one)
         self.clock = clock
         pacer.on_tick = self._tick
@@ -161,6 +168,7 @@ class EventWriter:
         self.lost = False  # the lease is gone: nothing more is written
         self.settled = False  # the commit takes the rest
         self.followed = followed  # a reader follows the job: its text is written as it comes
+        self._idle_wait: asyncio.Future | None = None  # a read waiting on the slow clock
 
     # -- what the agent reports ----------------------------------------------------------------
 
@@ -177,6 +185,20 @@ class EventWriter:
             self.followed = True
             if self._text or self._events:
                 self.flusher.want(self, True)
+            if self._idle_wait is not None and not self._idle_wait.done():
+                self._idle_wait.set_result(None)  # the provider's next read comes now, not at the slow tick
+
+    async def pace(self) -> None:
+        """Wait until the provider's stream should be read again: the next tick of the process's
+        clock while followed, of the slower one otherwise (a new follower ends that wait)."""
+        if self.followed:
+            await self.flusher.pacer.tick()
+            return
+        self._idle_wait = self.flusher.idle_pacer.waiter()
+        try:
+            await self._idle_wait
+        finally:
+            self._idle_wait = None
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""

@@ -23,7 +23,6 @@ from chatq.tasks.settings import Settings
 
 from . import offline_model
 from .metrics import WorkerMetrics
-from .pacer import Pacer
 from .reply import (BodyReader, ReplyBroken, ReplyError, ReplyTooLarge, SSELines, StreamAssembly, parse_chunk,
                     parse_completion)
 from .tracing import provider_call
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], None]
 """Told each piece of the reply's text as it streams in (never blocks: the event writer buffers it)."""
+Pace = Callable[[], Awaitable[None]]
+"""Waited for between two reads of a streamed reply (``EventWriter.pace``)."""
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in every failed job
@@ -62,6 +63,16 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+def _transport(response: Any) -> asyncio.Transport | None:
+    """The socket transport under the SDK's aiohttp response, if it can be reached (the SDK's
+    vendored ``httpx_aiohttp`` stream keeps the aiohttp response): None if its layout changes,
+    and reads are then paced without pausing the socket."""
+    aio = getattr(getattr(response, "stream", None), "_stream", None)
+    connection = getattr(getattr(aio, "_aiohttp_response", None), "connection", None)
+    transport = getattr(connection, "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
 
 
 def _clip(message: str) -> str:
@@ -101,11 +112,9 @@ class Provider:
     ``OpenAI(max_retries=0)``: retries are ours, in place (``complete``).
     """
 
-    def __init__(self, settings: Settings, max_connections: int = 1000, metrics: WorkerMetrics | None = None,
-                 pacer: Pacer | None = None):
+    def __init__(self, settings: Settings, max_connections: int = 1000, metrics: WorkerMetrics | None = None):
         self.settings = settings
         self.metrics = metrics
-        self.pacer = pacer
         self.offline = settings.offline
         self.client: openai.AsyncOpenAI | None = None
         if not self.offline:  # fails at start-up, not on the first job, if the SDK rejects the settings
@@ -121,7 +130,7 @@ class Provider:
                 http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
             )
 
-    async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None) -> ChatCompletion:
+    async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None, pace: Pace | None = None) -> ChatCompletion:
         """POST the request as built: it is already plain JSON, and ``chat.completions.create``
         would re-walk every message and tool schema through the SDK's TypedDict transform (a quarter
         of a worker's CPU at zero latency). ``client.post`` is the SDK's documented way to send a
@@ -151,7 +160,7 @@ class Provider:
                 try:
                     content_type = response.headers.get("content-type", "")
                     if streamed and content_type.startswith("text/event-stream"):
-                        return await self._read_stream(response, reader, on_delta)  # type: ignore[arg-type]
+                        return await self._read_stream(response, reader, on_delta, pace)  # type: ignore[arg-type]
                     length = response.headers.get("content-length")
                     reader.declared = int(length) if length and length.isdigit() else None
                     body = await reader.read(response.aiter_bytes())
@@ -164,20 +173,32 @@ class Provider:
             on_delta(completion.choices[0].message.content)
         return completion
 
-    async def _read_stream(self, response: Any, reader: BodyReader, on_delta: OnDelta) -> ChatCompletion:
+    async def _read_stream(self, response: Any, reader: BodyReader, on_delta: OnDelta,
+                           pace: Pace | None = None) -> ChatCompletion:
         """A streamed reply: its ``data:`` events parsed as they arrive (``SSELines``), the text sent
         to ``on_delta``, the chunks assembled into the completion a non-streamed call returns
         (``StreamAssembly``). The size limit and the deadline count the raw bytes, as for a whole reply.
 
         Paced: once the reply has begun (its first text or tool call: a provider's opening chunk may
-        carry neither, and the first text is not kept waiting), a read waits for the process's next
-        tick (``pacer``), so one wake-up takes every chunk that came meanwhile and hands their text
-        over in one piece, in time for the tick's write. A stop cancels the wait like any other."""
+        carry neither, and the first text is not kept waiting), a read waits for ``pace`` (the job's
+        event writer: the process's next tick, or a slower one while nobody follows the job), so one
+        wake-up takes every chunk that came meanwhile and hands their text over in one piece. The
+        socket is not read while the read waits either (``_paused``): the kernel gathers the chunks,
+        where aiohttp would wake the loop for every packet. A stop cancels the wait like any other."""
         lines, assembly = SSELines(), StreamAssembly()
         chunks = response.aiter_bytes()
+        transport = _transport(response) if pace is not None else None
         while True:
-            if self.pacer is not None and (assembly.text or assembly.calls):
-                await self.pacer.tick()
+            if pace is not None and (assembly.text or assembly.calls):
+                if transport is None:
+                    await pace()
+                else:
+                    transport.pause_reading()
+                    try:
+                        await pace()
+                    finally:
+                        if not transport.is_closing():
+                            transport.resume_reading()
             try:
                 data = await anext(chunks, None)
             except Exception as exc:  # whatever the transport raises mid-stream
@@ -203,13 +224,14 @@ class Provider:
             if texts:
                 on_delta("".join(texts))
 
-    async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None, attempt: int = 0) -> ChatCompletion:
+    async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None, attempt: int = 0,
+                        pace: Pace | None = None) -> ChatCompletion:
         """``_call``, counted: its time and outcome, the time to its first text, calls open; and
         traced, when traces are on (``tracing.provider_call``: ``attempt`` counts the retries)."""
         m = self.metrics
         with provider_call(request, attempt) as span:
             if m is None and span is None:
-                return await self._call(request, on_delta)
+                return await self._call(request, on_delta, pace)
             model, started, first = str(request.get("model")), time.perf_counter(), True
 
             def timed(text: str) -> None:
@@ -226,7 +248,7 @@ class Provider:
             if m is not None:
                 m.calls_in_flight.inc()
             try:
-                completion = await self._call(request, timed if on_delta is not None else None)
+                completion = await self._call(request, timed if on_delta is not None else None, pace)
                 outcome = "ok"
                 if span is not None:
                     span.answered(completion)
@@ -253,14 +275,16 @@ class Provider:
         on_retry: Callable[[JobError, float], Awaitable[None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_delta: OnDelta | None = None,
+        pace: Pace | None = None,
     ) -> ChatCompletion:
         """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff.
         With ``on_delta``, streamed (unless ``CHATQ_STREAM`` is off); a retry is announced through
-        ``on_retry`` before the new call streams its text again from the start."""
+        ``on_retry`` before the new call streams its text again from the start. ``pace``: what a
+        streamed read waits for before reading again (``_read_stream``)."""
         attempt = 0
         while True:
             try:
-                return await self._measured(request, on_delta, attempt)
+                return await self._measured(request, on_delta, attempt, pace)
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:

@@ -99,7 +99,7 @@ class SessionRunner:
         self.pacer = Pacer(settings.stream_flush_ms / 1000)
         self.events = EventFlusher(lambda writes: emit_many(events_r or r, writes), self.pacer,
                                    settings.redis_socket_timeout)
-        self.provider = Provider(settings, max_connections, self.metrics, self.pacer)
+        self.provider = Provider(settings, max_connections, self.metrics)
         self.webhooks = WebhookSender(settings)
         limiter = RateLimiter(r, settings.namespace)
         self.profiles: dict[str, AgentProfile] = load_profiles(settings)
