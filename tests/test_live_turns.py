@@ -318,6 +318,19 @@ def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_read
     class Machine:
         calls = Calls()
 
+    class Socket:  # the provider reply's transport, as far as a wait uses it
+        def __init__(self):
+            self.calls: list[str] = []
+
+        def pause_reading(self):
+            self.calls.append("pause")
+
+        def resume_reading(self):
+            self.calls.append("resume")
+
+        def is_closing(self):
+            return False
+
     async def emit_many(writes):
         flushes.append([(args[0], args[1]) for _, _, args in writes])
         return [(True, "")] * len(writes)
@@ -330,22 +343,25 @@ def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_read
         writer.delta("far")
         await asyncio.sleep(0.05)
         held = list(flushes)
-        read = asyncio.ensure_future(writer.pace())  # the provider's next read: the 30 s clock
+        socket = Socket()
+        read = asyncio.ensure_future(writer.pace(socket))  # the provider's next read: the 30 s clock
         await asyncio.sleep(0.05)
-        waited_slow = not read.done()
+        waited_slow, paused_while = not read.done(), socket.calls[:]
         started = time.monotonic()
         writer.follow()
         await read
         woke_after = time.monotonic() - started
         await asyncio.sleep(0.05)
         writer.delta(" and on")
-        fast = asyncio.ensure_future(writer.pace())
-        await asyncio.wait_for(fast, 1)  # the 10 ms clock now
-        return held, waited_slow, woke_after, await writer.settle()
+        fast = asyncio.ensure_future(writer.pace(socket))
+        await asyncio.wait_for(fast, 1)  # the 10 ms clock now, the socket left alone
+        return held, waited_slow, paused_while, socket.calls, woke_after, await writer.settle()
 
-    held, waited_slow, woke_after, rest = asyncio.run(scenario())
+    held, waited_slow, paused_while, socket_calls, woke_after, rest = asyncio.run(scenario())
     assert held == [], "no write while nobody follows"
     assert waited_slow, "an unfollowed read waits for the slow clock"
+    assert paused_while == ["pause"] and socket_calls == ["pause", "resume"], \
+        "the socket is paused during the slow wait only"
     assert woke_after < 0.5, "a follower ends that wait at once"
     assert flushes[0] == [("message.delta", '{"text":"so far","call":1}')], "the text so far, in one write"
     assert "".join(e for batch in flushes for t, e in batch if t == "message.delta").count("and on") + \

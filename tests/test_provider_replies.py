@@ -16,7 +16,6 @@ import pytest
 
 from chatq.tasks.settings import Settings
 from chatq.worker import offline_model
-from chatq.worker import provider as provider_module
 from chatq.worker.provider import Provider, ProviderError, classify
 from chatq.worker.reply import (BadReply, ReplyBroken, ReplyTimeout, ReplyTooLarge, SSELines, StreamAssembly,
                                 parse_completion, read_body)
@@ -202,19 +201,18 @@ def test_provider_cuts_a_reply_stalled_across_its_deadline(fake_openai):
     assert time.monotonic() - started < 6.0  # the next byte was due at 6.7 s
 
 
-def test_a_paced_stream_pauses_its_socket_between_reads_and_loses_nothing(fake_openai, monkeypatch):
-    """Between two paced reads the socket itself is not read (the kernel gathers the chunks): the
-    SDK's response still leads to its transport, and the reply comes out whole."""
+def test_a_paced_stream_hands_its_socket_to_each_wait_and_loses_nothing(fake_openai):
+    """Each paced wait gets the reply's socket (the SDK's aiohttp response still leads to it), which
+    it may pause while it waits; the reply comes out whole."""
     provider = Provider(Settings(openai_base_url=fake_openai.base_url, openai_api_key="k", provider_retries=0))
-    transports: list = []
-    monkeypatch.setattr(provider_module, "_transport",
-                        lambda response, real=provider_module._transport: transports.append(real(response)) or transports[-1])
-    paused: list[bool] = []
+    sockets: list = []
     texts: list[str] = []
 
-    async def pace():
-        paused.append(not transports[0].is_reading())
-        await asyncio.sleep(0.01)
+    async def pace(socket):
+        sockets.append(socket)
+        socket.pause_reading()
+        await asyncio.sleep(0.02)
+        socket.resume_reading()
 
     async def main():
         request = {"model": "m", "messages": [{"role": "user", "content": "[[stream delay=0.005 words=30]]"}]}
@@ -224,8 +222,9 @@ def test_a_paced_stream_pauses_its_socket_between_reads_and_loses_nothing(fake_o
             await provider.aclose()
 
     completion = asyncio.run(main())
-    assert len(transports) == 1 and transports[0] is not None, "the SDK's aiohttp response leads to its transport"
-    assert len(paused) >= 2 and all(paused), "every paced wait had the socket paused"
+    assert len(sockets) >= 2 and all(isinstance(s, asyncio.Transport) for s in sockets), \
+        "the SDK's aiohttp response leads to its socket"
+    assert len(set(map(id, sockets))) == 1, "one socket for the reply"
     content = completion.choices[0].message.content
     assert "".join(texts) == content and len(content.split()) >= 30
 

@@ -188,17 +188,23 @@ class EventWriter:
             if self._idle_wait is not None and not self._idle_wait.done():
                 self._idle_wait.set_result(None)  # the provider's next read comes now, not at the slow tick
 
-    async def pace(self) -> None:
+    async def pace(self, socket: asyncio.Transport | None = None) -> None:
         """Wait until the provider's stream should be read again: the next tick of the process's
-        clock while followed, of the slower one otherwise (a new follower ends that wait)."""
+        clock while followed, of the slower one otherwise (a new follower ends that wait). During a
+        slow wait the reply's ``socket`` is not read either, so the kernel gathers its chunks for one
+        read; a followed read keeps it read, its chunks ready in time for the tick's write."""
         if self.followed:
             await self.flusher.pacer.tick()
             return
+        if socket is not None:
+            socket.pause_reading()
         self._idle_wait = self.flusher.idle_pacer.waiter()
         try:
             await self._idle_wait
         finally:
             self._idle_wait = None
+            if socket is not None and not socket.is_closing():
+                socket.resume_reading()
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], None]
 """Told each piece of the reply's text as it streams in (never blocks: the event writer buffers it)."""
-Pace = Callable[[], Awaitable[None]]
-"""Waited for between two reads of a streamed reply (``EventWriter.pace``)."""
+Pace = Callable[["asyncio.Transport | None"], Awaitable[None]]
+"""Waited for between two reads of a streamed reply, given the reply's socket if it can be reached
+(``EventWriter.pace``, which may pause reading it meanwhile)."""
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in every failed job
@@ -183,22 +184,15 @@ class Provider:
         carry neither, and the first text is not kept waiting), a read waits for ``pace`` (the job's
         event writer: the process's next tick, or a slower one while nobody follows the job), so one
         wake-up takes every chunk that came meanwhile and hands their text over in one piece. The
-        socket is not read while the read waits either (``_paused``): the kernel gathers the chunks,
-        where aiohttp would wake the loop for every packet. A stop cancels the wait like any other."""
+        wait is given the reply's socket (``_transport``), to pause it during a long wait: the kernel
+        then gathers the chunks, where aiohttp would wake the loop for every packet. A stop cancels
+        the wait like any other."""
         lines, assembly = SSELines(), StreamAssembly()
         chunks = response.aiter_bytes()
         transport = _transport(response) if pace is not None else None
         while True:
             if pace is not None and (assembly.text or assembly.calls):
-                if transport is None:
-                    await pace()
-                else:
-                    transport.pause_reading()
-                    try:
-                        await pace()
-                    finally:
-                        if not transport.is_closing():
-                            transport.resume_reading()
+                await pace(transport)
             try:
                 data = await anext(chunks, None)
             except Exception as exc:  # whatever the transport raises mid-stream
