@@ -106,10 +106,31 @@ class Checkpoint(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class ProviderErrorObject(BaseModel):
+    """The ``error`` object of an OpenAI-compatible API's error response, as the provider gave it (a
+    field it left out or gave in another type, as vLLM's numeric ``code``, is null or its text)."""
+
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | None = None
+
+
+class ProviderErrorResponse(BaseModel):
+    """An error response the provider answered a call with: kept on the job's error so that an OpenAI
+    Batch output line can carry it as OpenAI's would (``response: {status_code, body: {error}}``)."""
+
+    status_code: int
+    error: ProviderErrorObject
+
+
 class JobError(BaseModel):
     type: str
     message: str
     retryable: bool = False
+    provider_response: ProviderErrorResponse | None = Field(None, description=(
+        "Set when the provider answered with an HTTP error (`ProviderHTTP<status>`, `InsufficientQuota`): "
+        "its status and its own error object."))
 
 
 class SessionOp(BaseModel):

@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 
+import httpx
 import openai
 import pytest
 import redis
@@ -18,6 +19,7 @@ from chatq.tasks.errors import InvalidRequest
 from chatq.tasks.job_store import decode_job, encode_job
 from chatq.tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
 from chatq.tasks.settings import Settings
+from chatq.testing.server import ERRORS
 from chatq.worker.history_window import units, window
 from chatq.worker.provider import Provider, ProviderError, _clip, _retry_after, classify
 from chatq.worker.rate_limit import RateLimiter
@@ -99,17 +101,34 @@ def test_classify_real_sdk_errors(fake_openai):
     quota = classify(_sdk_error(fake_openai.base_url, f"[[fault:quota]] {tag}"))
     assert quota.error.type == "InsufficientQuota" and not quota.error.retryable
     assert "quota" in quota.error.message
+    message, type_, code = ERRORS["quota"]
+    assert quota.error.provider_response.model_dump() == {
+        "status_code": 429, "error": {"message": message, "type": type_, "param": None, "code": code}}, \
+        "the provider's own error response is kept as it answered"
     limited = classify(_sdk_error(fake_openai.base_url, f"[[fault:429 retry_after=7]] {tag}"))
     assert limited.error.type == "ProviderHTTP429" and limited.error.retryable and limited.retry_after == 7.0
     assert classify(_sdk_error(fake_openai.base_url, f"[[fault:500]] {tag}")).error.retryable
     bad = classify(_sdk_error(fake_openai.base_url, f"[[fault:400]] {tag}"))
     assert not bad.error.retryable and "Invalid request" in bad.error.message
+    assert bad.error.provider_response.status_code == 400
+    assert bad.error.provider_response.error.message == ERRORS[400][0]
+    assert classify(_sdk_error(fake_openai.base_url, f"[[drop]] {tag}-2")).error.provider_response is None
     dropped = classify(_sdk_error(fake_openai.base_url, f"[[drop]] {tag}"))
     assert dropped.error.type == "ProviderConnectionError" and dropped.error.retryable
     # A gateway's HTML page: openai 1.x puts the whole page in the message, 2.x none of it.
     page = classify(_sdk_error(fake_openai.base_url, f"[[fault:502 html=1]] {tag}"))
     assert page.error.type == "ProviderHTTP502" and page.error.retryable
     assert page.error.message.startswith("provider returned 502") and len(page.error.message) <= 501
+    kept = page.error.provider_response
+    assert kept.status_code == 502 and (kept.error.type, kept.error.param, kept.error.code) == (None, None, None)
+    assert page.error.message == f"provider returned 502: {kept.error.message}"
+    # vLLM's error object is the body itself, with a numeric code.
+    vllm = openai.BadRequestError("Error code: 400", response=httpx.Response(
+        400, request=httpx.Request("POST", "http://vllm/v1/chat/completions")), body={
+        "object": "error", "message": "max_tokens is too large", "type": "BadRequestError", "param": "max_tokens",
+        "code": 400})
+    assert classify(vllm).error.provider_response.model_dump() == {"status_code": 400, "error": {
+        "message": "max_tokens is too large", "type": "BadRequestError", "param": "max_tokens", "code": "400"}}
     assert _clip("x" * 500) == "x" * 500 and _clip("x" * 501) == "x" * 500 + "…"
 
 

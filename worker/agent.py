@@ -36,9 +36,14 @@ OnRetry = Callable[[JobError, float], Awaitable[None]]
 
 
 class AgentError(Exception):
-    def __init__(self, type: str, message: str, retryable: bool = False):
+    def __init__(self, type: str, message: str, retryable: bool = False, error: JobError | None = None):
         super().__init__(message)
-        self.error = JobError(type=type, message=message, retryable=retryable)
+        self.error = error or JobError(type=type, message=message, retryable=retryable)
+
+    @classmethod
+    def of(cls, error: JobError) -> AgentError:
+        """The job fails with this error as it is (a provider's keeps the response it answered)."""
+        return cls(error.type, error.message, error.retryable, error)
 
 
 @dataclass
@@ -176,7 +181,7 @@ class Agent:
                                                 on_delta=on_delta if events is not None else None,
                                                 pace=events.pace if events is not None else None)
         except ProviderError as exc:
-            raise AgentError(exc.error.type, exc.error.message, exc.error.retryable) from exc
+            raise AgentError.of(exc.error) from exc
 
     async def run(self, history: list[Message], turn: Turn, save: Save | None = None,
                   on_retry: OnRetry | None = None, events: EventWriter | None = None,

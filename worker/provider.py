@@ -18,7 +18,7 @@ import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion
 
-from chatq.tasks.models import JobError
+from chatq.tasks.models import JobError, ProviderErrorObject, ProviderErrorResponse
 from chatq.tasks.settings import Settings
 
 from . import offline_model
@@ -40,9 +40,10 @@ MAX_ERROR_MESSAGE = 500  # an error page's HTML is not worth storing whole in ev
 
 
 class ProviderError(Exception):
-    def __init__(self, type: str, message: str, retryable: bool, retry_after: float | None = None):
+    def __init__(self, type: str, message: str, retryable: bool, retry_after: float | None = None,
+                 response: ProviderErrorResponse | None = None):
         super().__init__(message)
-        self.error = JobError(type=type, message=message, retryable=retryable)
+        self.error = JobError(type=type, message=message, retryable=retryable, provider_response=response)
         self.retry_after = retry_after
 
 
@@ -80,6 +81,21 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_ERROR_MESSAGE else message[:MAX_ERROR_MESSAGE] + "…"
 
 
+def _text(value: object) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def error_response(exc: openai.APIStatusError) -> ProviderErrorResponse:
+    """The status and error object the provider answered with; a body that is not OpenAI's error shape
+    (a gateway's HTML page) gives the SDK's message and nothing else."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body)  # OpenAI's {"error": {...}}; vLLM's error object is the body itself
+    err = err if isinstance(err, dict) else {"message": err}
+    return ProviderErrorResponse(status_code=exc.status_code, error=ProviderErrorObject(
+        message=_clip(_text(err.get("message")) or str(exc)), type=_text(err.get("type")),
+        param=_text(err.get("param")), code=_text(err.get("code"))))
+
+
 def classify(exc: Exception) -> ProviderError:
     """Map an SDK exception or a refused reply to a job error: what to retry, and why it failed."""
     if isinstance(exc, ReplyError):
@@ -89,16 +105,13 @@ def classify(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError("ProviderConnectionError", f"connection to the provider failed: {exc}", True)
     if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        code = err.get("code") if isinstance(err, dict) else None
-        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
-        status = exc.status_code
-        if status == 429 and code == "insufficient_quota":
-            return ProviderError("InsufficientQuota", message, False)
+        response = error_response(exc)
+        status, message = response.status_code, response.error.message
+        if status == 429 and response.error.code == "insufficient_quota":
+            return ProviderError("InsufficientQuota", message, False, response=response)
         return ProviderError(
             f"ProviderHTTP{status}", _clip(f"provider returned {status}: {message}"),
-            status in RETRYABLE_STATUS, _retry_after(exc.response.headers),
+            status in RETRYABLE_STATUS, _retry_after(exc.response.headers), response,
         )
     return ProviderError(type(exc).__name__, str(exc), False)
 
