@@ -116,7 +116,8 @@ def results(batch_id: str, output: str, format_: str | None) -> None:
     """Write one JSON line per conversation.
 
     In input order. chatq's: custom_id, session_id, status, replies (one per turn), usage, error,
-    job_ids. OpenAI's: id, custom_id, response (status_code, request_id, body: a chat.completion), error.
+    job_ids. OpenAI's: id, custom_id, response (status_code, request_id, body: a chat.completion, or the
+    provider's error body), error (code, message: a request that got no response).
     """
     _write_results(_batches(), batch_id, output, format_)
 

@@ -25,22 +25,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import lru_cache, partial
 from itertools import islice
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import redis
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from . import batch_expiry
 from .batch_input import BatchInvalid, Conversation, LineError, Source, plan
 from .client import ChatClient, id_text, looks_like_id, new_id, validate_conversation
 from .errors import ChatQError, InvalidRequest, WaitTimeout
 from .job_store import encode_job
-from .models import JobError, JobResult, Usage, utcnow
+from .models import JobError, JobResult, ProviderErrorObject, ProviderErrorResponse, Usage, utcnow
 from .urls import check_destination
 from .session_machine import CancelOutcome
 
@@ -134,24 +135,42 @@ class ConversationResult(BaseModel):
     job_ids: list[str]
 
 
+class OpenAIErrorBody(BaseModel):
+    """An error response's body, as OpenAI's API answers: ``{"error": {message, type, param, code}}``."""
+
+    error: ProviderErrorObject
+
+
 class OpenAIResponse(BaseModel):
+    """The response a request got: 200 and a ``chat.completion``, or the provider's error status and body."""
+
     status_code: int
     request_id: str = Field(description="The job's ID.")
-    body: dict = Field(description="A `chat.completion` object.")
+    body: OpenAIErrorBody | dict[str, Any] = Field(
+        description="A `chat.completion` object (200), or the provider's error body.")
 
 
 class OpenAIError(BaseModel):
+    """Why a request got no response: chatq's error type as the code (a tool's failure, a cancel...)."""
+
     code: str
     message: str
 
 
 class OpenAIResultLine(BaseModel):
-    """One line of OpenAI's Batch output format, for the conversation's last turn."""
+    """One line of OpenAI's Batch output format, for the conversation's last turn: ``response`` for a
+    request the provider answered (a completion or an HTTP error), else ``error``; never both."""
 
     id: str
     custom_id: str
     response: OpenAIResponse | None
     error: OpenAIError | None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> OpenAIResultLine:
+        if (self.response is None) == (self.error is None):
+            raise ValueError("a batch output line has a response or an error, not both or neither")
+        return self
 
 
 class CancelReport(BaseModel):
@@ -424,10 +443,24 @@ class BatchClient:
         return CancelReport(batch_id=batch_id, cancelled=cancelled, status=self.status(batch_id))
 
 
+_PROVIDER_HTTP = re.compile(r"ProviderHTTP(\d{3})")
+
+
+def provider_response(e: JobError) -> ProviderErrorResponse | None:
+    """The error response the provider answered, if it answered one: as the worker kept it, or, for a
+    record written before workers kept it, its status from the error's type and chatq's message."""
+    if e.provider_response is not None:
+        return e.provider_response
+    if m := _PROVIDER_HTTP.fullmatch(e.type):
+        return ProviderErrorResponse(status_code=int(m.group(1)), error=ProviderErrorObject(message=e.message))
+    return None
+
+
 def openai_result(custom_id: str, job_id: str, status: str | None, result: str | None, error: str | None,
                   finished_at: str | None) -> OpenAIResultLine:
-    """A job as a line of OpenAI's Batch output: its reply as a ``chat.completion`` body, or the
-    error (chatq's error type as the code)."""
+    """A job as a line of OpenAI's Batch output: its reply as a ``chat.completion`` body; the
+    provider's HTTP error as the response it was (its status, ``body.error``), as at OpenAI; any other
+    failure, a request that got no response, as ``error`` (chatq's error type as the code)."""
     line_id = f"batch_req_{job_id}"
     if status == "succeeded" and result:
         r = JobResult.model_validate_json(result)
@@ -447,6 +480,9 @@ def openai_result(custom_id: str, job_id: str, status: str | None, result: str |
                                 response=OpenAIResponse(status_code=200, request_id=job_id, body=body))
     if status in ("failed", "cancelled") and error:
         e = JobError.model_validate_json(error)
+        if response := provider_response(e):
+            return OpenAIResultLine(id=line_id, custom_id=custom_id, error=None, response=OpenAIResponse(
+                status_code=response.status_code, request_id=job_id, body=OpenAIErrorBody(error=response.error)))
         code, message_ = e.type, e.message
     elif status == "cancelled":
         code, message_ = "Cancelled", "cancelled before it ran"

@@ -14,10 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from openai.types.chat import ChatCompletion
+from openai.types.shared import ErrorObject
 
 from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
 from chatq.tasks.errors import WaitTimeout
-from chatq.testing.server import echo_reply
+from chatq.testing.server import ERRORS, complete, echo_reply
 
 from .conftest import ROOT
 
@@ -105,10 +107,6 @@ def test_native_conversations_run_in_order_each_in_its_own_session(batches, clie
 def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet, fake_openai):
     """System prompts, few-shot user/assistant pairs and tool-call transcripts seed the line's session;
     the last user message is its one completion; the output is OpenAI's Batch output format."""
-    from openai.types.chat import ChatCompletion
-
-    from chatq.testing.server import complete
-
     t = tag()
     few_shot = [{"role": "system", "content": "[[persona:Pirate]] You translate."},
                 {"role": "user", "content": "cat"}, {"role": "assistant", "content": "chat"},
@@ -141,7 +139,8 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet, f
         assert body.usage.total_tokens > 0
     assert out[f"fs-{t}"]["response"]["body"]["choices"][0]["message"]["content"].startswith("Pirate: "), \
         "the line's system prompt replaced the agent's"
-    assert out[f"bad-{t}"]["response"] is None and out[f"bad-{t}"]["error"]["code"] == "ProviderHTTP400"
+    assert out[f"bad-{t}"]["error"] is None and out[f"bad-{t}"]["response"]["status_code"] == 400, \
+        "the provider's error is the response the line got, as at OpenAI"
     request = fake_openai.recorded(f"dog {t}")[-1]
     assert (request["model"], request["temperature"], request["max_completion_tokens"], request["seed"]) == \
         ("gpt-4o", 0, 50, 7), "the body's parameters reach the provider, as at OpenAI"
@@ -152,6 +151,50 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet, f
     assert native[2].replies == [out[f"two-{t}"]["response"]["body"]["choices"][0]["message"]["content"]]
     cli = run_cli(fleet, "batch", "results", info.batch_id, "--format", "chatq")
     assert cli.returncode == 0 and json.loads(cli.stdout.splitlines()[0])["custom_id"] == f"fs-{t}"
+
+
+def test_failed_openai_lines_carry_openais_shapes(batches, client, fleet):
+    """A request the provider answered with an HTTP error is that response (its status and error body);
+    one that got no response, because chatq failed it, has ``error: {code, message}`` and no response."""
+    t = tag()
+    answered = {f"nf-{t}": (404, 404), f"quota-{t}": (429, "quota"), f"bad-{t}": (400, 400)}
+    lines = [openai_line(f"nf-{t}", f"[[fault:404]] {t}"), openai_line(f"quota-{t}", f"[[fault:quota]] {t}"),
+             openai_line(f"bad-{t}", f"[[fault:400]] {t}"),
+             {**openai_line(f"json-{t}"), "body": {"messages": [{"role": "user", "content": f"[[schema:break]] {t}"}],
+                                                  "response_format": {"type": "json_object"}}},
+             openai_line(f"ok-{t}", f"fine {t}")]
+    info = batches.submit(lines)
+    assert batches.wait(info.batch_id, timeout=60).failed == 4
+    native = batches.results(info.batch_id)
+    jobs = {r.custom_id: client.get(r.job_ids[-1]) for r in native}
+    out = [line.model_dump(mode="json") for line in batches.iter_output(info.batch_id)]
+    assert [line["custom_id"] for line in out] == [line["custom_id"] for line in lines]
+    by_id = {line["custom_id"]: line for line in out}
+
+    for custom_id, (status, kind) in answered.items():
+        job = jobs[custom_id]
+        message, type_, code = ERRORS[kind]
+        assert by_id[custom_id] == {
+            "id": f"batch_req_{job.job_id}", "custom_id": custom_id, "error": None,
+            "response": {"status_code": status, "request_id": job.job_id, "body": {"error": {
+                "message": message, "type": type_, "param": None, "code": code}}}}
+        ErrorObject.model_validate(by_id[custom_id]["response"]["body"]["error"])
+        assert job.error.provider_response.status_code == status, "the job's record keeps what the provider said"
+    json_job = jobs[f"json-{t}"]
+    assert json_job.error.type == "StructuredOutputInvalid"
+    assert json_job.error.message.startswith("the reply is not valid JSON: ")
+    assert by_id[f"json-{t}"] == {"id": f"batch_req_{json_job.job_id}", "custom_id": f"json-{t}", "response": None,
+                                  "error": {"code": "StructuredOutputInvalid", "message": json_job.error.message}}
+    ok = by_id[f"ok-{t}"]
+    assert ok["error"] is None and ok["response"]["status_code"] == 200
+    assert ChatCompletion.model_validate(ok["response"]["body"]).choices[0].message.content == native[4].replies[0]
+
+    assert [(r.status, r.error and r.error.type) for r in native[:3]] == \
+        [("failed", "ProviderHTTP404"), ("failed", "InsufficientQuota"), ("failed", "ProviderHTTP400")], \
+        "chatq's own format keeps chatq's error types"
+    cli = run_cli(fleet, "batch", "results", info.batch_id)
+    assert cli.returncode == 0, cli.stderr
+    assert [json.loads(x) for x in cli.stdout.splitlines()] == out
 
 
 @pytest.mark.parametrize("line,fragment", [

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from chatq.tasks.agent_profiles import load_profiles
+from chatq.tasks.batch import OpenAIResultLine, openai_result
 from chatq.tasks.errors import InvalidRequest
 from chatq.tasks.job_store import decode_job, encode_job
 from chatq.tasks.models import FunctionCall, Job, JobError, JobResult, Message, ToolCall, Usage
@@ -130,6 +131,26 @@ def test_classify_real_sdk_errors(fake_openai):
     assert classify(vllm).error.provider_response.model_dump() == {"status_code": 400, "error": {
         "message": "max_tokens is too large", "type": "BadRequestError", "param": "max_tokens", "code": "400"}}
     assert _clip("x" * 500) == "x" * 500 and _clip("x" * 501) == "x" * 500 + "…"
+
+
+def test_a_failed_jobs_openai_batch_line_is_the_response_it_got_or_the_error_it_had_instead():
+    kept = JobError(type="ProviderHTTP404", message="provider returned 404: gone", provider_response={
+        "status_code": 404, "error": {"message": "gone", "type": "invalid_request_error", "code": "model_not_found"}})
+    line = openai_result("c1", "j1", "failed", None, kept.model_dump_json(), None).model_dump(mode="json")
+    assert line == {"id": "batch_req_j1", "custom_id": "c1", "error": None, "response": {
+        "status_code": 404, "request_id": "j1", "body": {"error": {
+            "message": "gone", "type": "invalid_request_error", "param": None, "code": "model_not_found"}}}}
+    # A record from before workers kept the response: its status from the error's type, chatq's message.
+    old = JobError(type="ProviderHTTP503", message="provider returned 503: busy", retryable=True)
+    assert openai_result("c2", "j2", "failed", None, old.model_dump_json(), None).model_dump()["response"] == {
+        "status_code": 503, "request_id": "j2",
+        "body": {"error": {"message": "provider returned 503: busy", "type": None, "param": None, "code": None}}}
+    tools = JobError(type="MaxToolIterations", message="too many")
+    assert openai_result("c3", "j3", "failed", None, tools.model_dump_json(), None).model_dump() == {
+        "id": "batch_req_j3", "custom_id": "c3", "response": None,
+        "error": {"code": "MaxToolIterations", "message": "too many"}}
+    with pytest.raises(ValueError, match="a response or an error"):
+        OpenAIResultLine(id="x", custom_id="c", response=None, error=None)
 
 
 def test_retry_after_header_forms():
