@@ -221,16 +221,22 @@ class BatchStore:
         forever); the hash counts the turns still unfinished. Each chunk's fleet-wide marks (the
         listing, the sweeper's pending marks) are sent in a round trip before its sessions' writes:
         on a Redis Cluster the two live on different nodes, which do not order one pipeline's
-        commands, and a crash must never leave work without a mark (``session_machine``).
+        commands, and a crash must never leave work without a mark (``session_machine``). Seeded
+        histories (OpenAI lines) go in a round trip of their own before their jobs: a Redis that
+        lost the seed script but not the submit script would have the pipeline send the seeds
+        again after the jobs (``pipelines``), and a session with work is never seeded.
         """
         entries_key = self.conversations_key(info.batch_id)
         ttl = batch_expiry.unfinished_ttl(self.settings)
         marks = self.r.pipeline(transaction=False)
+        seeds = self.r.pipeline(transaction=False)
         pipe = self.r.pipeline(transaction=False)
         pending_jobs, entries = 0, []
 
         def flush() -> None:
             marks.execute()
+            if len(seeds):
+                seeds.execute()
             pipe.rpush(entries_key, *entries)
             pipe.expire(entries_key, ttl)
             pipe.execute()
@@ -238,7 +244,7 @@ class BatchStore:
         for conv in conversations:
             now = utcnow()
             if conv.history or conv.system_prompt:
-                self.sessions.seed(conv.session_id, conv.history, conv.system_prompt, client=pipe, now=now,
+                self.sessions.seed(conv.session_id, conv.history, conv.system_prompt, client=seeds, now=now,
                                    fleet=marks)
             self.machine.announce(conv.session_id, now, marks)
             for job in conv.jobs:

@@ -8,7 +8,8 @@ restarted, or its script cache was flushed) gets ``NOSCRIPT``, and only then are
 scripts loaded and each failed call sent again, in order, after the rest of the pipeline. Every
 chatq pipeline tolerates that order: a failed call's earlier commands ran, and the commands after it
 never depend on it within the pipeline (a hand-off wait's registration, missed once after a restart,
-costs one wait's hand-offs: those sessions get Celery wake-ups). Transactions keep redis-py's way.
+costs one wait's hand-offs: those sessions get Celery wake-ups; a batch's seeds, which its jobs do
+depend on, go in a pipeline of their own). Transactions keep redis-py's way.
 
 ``get_redis`` and ``get_async_redis`` (``redis_pool``) build these; a Redis Cluster's pipelines send
 ``EVAL`` instead (``scripts.ClusterScript``).

@@ -17,6 +17,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 from openai.types.shared import ErrorObject
 
+from chatq.tasks import scripts
 from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
 from chatq.tasks.errors import WaitTimeout
 from chatq.testing.server import ERRORS, complete, echo_reply
@@ -151,6 +152,26 @@ def test_openai_batch_lines_run_as_at_openai(batches, client, tmp_path, fleet, f
     assert native[2].replies == [out[f"two-{t}"]["response"]["body"]["choices"][0]["message"]["content"]]
     cli = run_cli(fleet, "batch", "results", info.batch_id, "--format", "chatq")
     assert cli.returncode == 0 and json.loads(cli.stdout.splitlines()[0])["custom_id"] == f"fs-{t}"
+
+
+def test_openai_lines_are_seeded_after_redis_lost_the_seed_script(batches, client):
+    """After a Redis restart (or ``SCRIPT FLUSH``) the traffic so far has loaded ``submit`` but not ``seed``: a
+    batch's seeds, sent again after its jobs by the pipeline's NOSCRIPT retry, were refused as sessions with
+    work, and the lines ran with neither their system prompt nor their earlier messages."""
+    t = tag()
+    lines = [openai_line(f"s{i}-{t}", f"earlier {i} {t}", f"now {i} {t}", system=f"[[persona:P{i}]] Hi.")
+             for i in range(3)]
+    client.r.script_flush()
+    client.r.script_load(scripts.source("submit"))
+    assert client.r.script_exists(scripts.load(client.r, "seed").sha) == [False]
+    info = batches.submit(lines)
+    batches.wait(info.batch_id, timeout=60)
+    for line, result in zip(lines, batches.results(info.batch_id)):
+        messages = line["body"]["messages"]
+        session = client.get_session(result.session_id)
+        assert session.system_prompt == messages[0]["content"]
+        assert [m.content for m in session.messages[:2]] == [m["content"] for m in messages[1:]]
+        assert result.replies == [complete({"model": "m", "messages": messages})["choices"][0]["message"]["content"]]
 
 
 def test_failed_openai_lines_carry_openais_shapes(batches, client, fleet):
