@@ -17,14 +17,17 @@ import pytest
 from openai.types.chat import ChatCompletion
 from openai.types.shared import ErrorObject
 
+from chatq.api.app import create_app
 from chatq.tasks import scripts
 from chatq.tasks.batch import BatchClient, BatchInvalid, BatchNotFound, ConversationResult
 from chatq.tasks.errors import WaitTimeout
 from chatq.testing.server import ERRORS, complete, echo_reply
 
 from .conftest import ROOT
+from .test_api import KEY_A, api_settings, http, serve
 
 RESULT_KEYS = {"custom_id", "session_id", "status", "replies", "usage", "error", "job_ids"}
+OPENAI_KEYS = {"id", "custom_id", "response", "error"}
 
 
 def tag() -> str:
@@ -216,6 +219,97 @@ def test_failed_openai_lines_carry_openais_shapes(batches, client, fleet):
     cli = run_cli(fleet, "batch", "results", info.batch_id)
     assert cli.returncode == 0, cli.stderr
     assert [json.loads(x) for x in cli.stdout.splitlines()] == out
+
+
+def check_openai_output(rows: list[dict], expected: dict[str, list[dict]], native: list[dict]) -> None:
+    """OpenAI Batch output lines, in input order: each a 200 response whose body is a ``chat.completion``
+    with the reply the line's messages call for, and the IDs of the line's job (from chatq's format)."""
+    assert [r["custom_id"] for r in rows] == list(expected) == [n["custom_id"] for n in native]
+    for row, messages, conv in zip(rows, expected.values(), native):
+        job_id = conv["job_ids"][-1]
+        assert set(row) == OPENAI_KEYS and set(row["response"]) == {"status_code", "request_id", "body"}, row
+        assert (row["id"], row["error"], row["response"]["status_code"], row["response"]["request_id"]) == \
+            (f"batch_req_{job_id}", None, 200, job_id)
+        body = ChatCompletion.model_validate(row["response"]["body"])
+        assert body.object == "chat.completion" and body.usage.total_tokens > 0
+        assert body.choices[0].message.content == complete({"model": "m", "messages": messages})["choices"][0][
+            "message"]["content"] == conv["replies"][0]
+
+
+def check_chatq_output(rows: list[dict], expected: dict[str, list[dict]]) -> None:
+    assert [r["custom_id"] for r in rows] == list(expected)
+    for row, messages in zip(rows, expected.values()):
+        assert set(row) == RESULT_KEYS and row["status"] == "succeeded" and row["error"] is None, row
+        assert row["replies"] == [complete({"model": "m", "messages": messages})["choices"][0]["message"]["content"]]
+        assert len(row["job_ids"]) == 1
+        ConversationResult.model_validate(row)
+
+
+def openai_file_lines(t: str) -> tuple[list[dict], dict[str, list[dict]]]:
+    """OpenAI request lines (a system prompt with few-shot pairs, parameters, a plain question) and the
+    messages each sends the provider."""
+    few_shot = [{"role": "system", "content": "You translate."}, {"role": "user", "content": "cat"},
+                {"role": "assistant", "content": "chat"}, {"role": "user", "content": f"dog {t}"}]
+    lines = [{**openai_line(f"fs-{t}"), "body": {"model": "gpt-4o", "messages": few_shot, "temperature": 0}},
+             openai_line(f"one-{t}", f"hello {t}"),
+             openai_line(f"sys-{t}", f"who are you {t}", system="[[persona:Bot]] Be brief.")]
+    expected = {f"fs-{t}": few_shot, f"one-{t}": [{"role": "user", "content": f"hello {t}"}],
+                f"sys-{t}": lines[2]["body"]["messages"]}
+    return lines, expected
+
+
+def test_openai_output_through_the_cli(fleet, tmp_path):
+    t = tag()
+    lines, expected = openai_file_lines(t)
+    path = write_jsonl(tmp_path / "openai.jsonl", lines)
+    out_path = tmp_path / "out.jsonl"
+    run = run_cli(fleet, "batch", "run", path, "-o", out_path)
+    assert run.returncode == 0, run.stderr
+    batch_id = json.loads(run.stdout)["batch_id"]
+    chatq_rows = [json.loads(x) for x in run_cli(fleet, "batch", "results", batch_id, "--format", "chatq")
+                  .stdout.splitlines()]
+    check_chatq_output(chatq_rows, expected)
+    rows = [json.loads(x) for x in out_path.read_text().splitlines()]
+    check_openai_output(rows, expected, chatq_rows)
+    for argv in ([], ["--format", "openai"]):
+        again = run_cli(fleet, "batch", "results", batch_id, *argv)
+        assert again.returncode == 0 and [json.loads(x) for x in again.stdout.splitlines()] == rows, argv
+
+    explicit = run_cli(fleet, "batch", "run", path, "-o", tmp_path / "openai-out.jsonl", "--format", "openai")
+    native = run_cli(fleet, "batch", "run", path, "-o", tmp_path / "chatq-out.jsonl", "--format", "chatq")
+    assert explicit.returncode == native.returncode == 0, explicit.stderr + native.stderr
+    native_rows = [json.loads(x) for x in (tmp_path / "chatq-out.jsonl").read_text().splitlines()]
+    check_chatq_output(native_rows, expected)
+    explicit_id = json.loads(explicit.stdout)["batch_id"]
+    check_openai_output([json.loads(x) for x in (tmp_path / "openai-out.jsonl").read_text().splitlines()], expected,
+                        [json.loads(x) for x in run_cli(fleet, "batch", "results", explicit_id, "--format", "chatq")
+                         .stdout.splitlines()])
+
+
+def test_openai_output_over_http(fleet):
+    t = tag()
+    lines, expected = openai_file_lines(t)
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+    with serve(create_app(api_settings(), fleet.settings)) as url, http(url, KEY_A) as c:
+        r = c.post("/v1/batches", content=body, headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 202 and r.json()["output_format"] == "openai", r.text
+        batch_id = r.json()["batch_id"]
+        deadline = time.monotonic() + 60
+        while not (status := c.get(r.headers["Location"]).json())["done"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status["succeeded"] == 3, status
+
+        def results(**params) -> list[dict]:
+            resp = c.get(f"/v1/batches/{batch_id}/results", params=params)
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/x-ndjson")
+            return [json.loads(x) for x in resp.text.splitlines()]
+
+        native = results(format="chatq")
+        check_chatq_output(native, expected)
+        default = results()
+        check_openai_output(default, expected, native)
+        assert results(format="openai") == default
 
 
 @pytest.mark.parametrize("line,fragment", [
