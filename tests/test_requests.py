@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from chatq.api.app import create_app
 from chatq.tasks.agent_profiles import load_profiles
+from chatq.tasks.batch import BatchClient, BatchInvalid
 from chatq.tasks.client import ChatClient
 from chatq.tasks.content import inline_chars, text_chars, validate_content
 from chatq.tasks.errors import InvalidRequest
@@ -318,14 +319,22 @@ def strict_fleet(tmp_path_factory, fake_openai):
     fleet.stop()
 
 
+FORBIDDEN = [("locked", {"temperature": 0}, "agent 'locked' does not allow overriding temperature "
+                                           "(its allow_overrides: none)"),
+             ("tempered", {"temperature": 0, "model": "gpt-4o"}, "agent 'tempered' does not allow overriding model")]
+"""Agents of ``strict_fleet``, parameters each forbids, and what the refusal says."""
+
+
+def bare_client(fleet) -> ChatClient:
+    """A producer with no agents file: it knows the agents and their policies from what the workers published."""
+    return ChatClient(settings=fleet.settings.model_copy(update={"agents_file": None}))
+
+
 def test_forbidden_overrides_are_refused_at_every_door_and_nothing_is_written(strict_fleet):
-    # This producer has no agents file: it knows the agents and their policies from what the workers published.
-    bare = ChatClient(settings=strict_fleet.settings.model_copy(update={"agents_file": None}))
+    bare = bare_client(strict_fleet)
     r, ns = bare.r, strict_fleet.settings.namespace
     before = data_keys(r, ns)
-    cases = [("locked", {"temperature": 0}, "agent 'locked' does not allow overriding temperature "
-                                            "(its allow_overrides: none)"),
-             ("tempered", {"temperature": 0, "model": "gpt-4o"}, "agent 'tempered' does not allow overriding model")]
+    cases = FORBIDDEN
     for agent, params, fragment in cases:
         with pytest.raises(InvalidRequest, match=re.escape(fragment)):
             bare.submit("hi", sid(), agent, params=params)
@@ -351,6 +360,50 @@ def test_forbidden_overrides_are_refused_at_every_door_and_nothing_is_written(st
 
     allowed = bare.chat("fine", sid(), "tempered", params={"temperature": 0.3}, timeout=30)
     assert allowed.status == JobStatus.succeeded and allowed.params == {"temperature": 0.3}
+
+
+def test_openai_batch_lines_with_forbidden_overrides_are_refused_by_line_and_nothing_is_written(strict_fleet, tmp_path):
+    """A line's body parameters are its request's overrides: one its agent forbids refuses the file at
+    every door, naming the line, before anything is written."""
+    bare = bare_client(strict_fleet)
+    r, ns = bare.r, strict_fleet.settings.namespace
+    lines = [{"custom_id": "fine", "message": "hi"}]
+    lines += [{"custom_id": f"strict-{agent}", "agent": agent, "method": "POST", "url": "/v1/chat/completions",
+               "body": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                        **params}} for agent, params, _ in FORBIDDEN]
+    expected = [(n, f"strict-{agent}", fragment) for n, (agent, _, fragment) in enumerate(FORBIDDEN, 2)]
+    before = data_keys(r, ns)
+
+    with pytest.raises(BatchInvalid) as exc:
+        BatchClient(bare).submit(lines)
+    assert [(e.line, e.custom_id) for e in exc.value.errors] == [(n, c) for n, c, _ in expected]
+    for error, (n, _, fragment) in zip(exc.value.errors, expected):
+        assert fragment in error.error and f"line {n}: {error.error}" in str(exc.value)
+    assert data_keys(r, ns) <= before, "the Python client wrote something"
+
+    path = tmp_path / "strict.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    env = {k: v for k, v in strict_fleet.env.items() if k != "CHATQ_AGENTS_FILE"}
+    for command in (["run", path, "-o", tmp_path / "out.jsonl"], ["submit", path]):
+        out = subprocess.run([sys.executable, "-m", "chatq", "batch", *map(str, command)], cwd=ROOT, env=env,
+                             capture_output=True, timeout=60, text=True)
+        assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("error: 2 invalid line(s); nothing was submitted"), out.stderr
+        for n, _, fragment in expected:
+            assert f"line {n}: {fragment}" in out.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    assert data_keys(r, ns) <= before, "the CLI wrote something"
+
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+    with serve(create_app(api_settings(), bare.settings)) as url, http(url, KEY_A) as c:
+        resp = c.post("/v1/batches", content=body, headers={"Content-Type": "application/x-ndjson"})
+        assert resp.status_code == 422 and resp.json()["error"]["type"] == "invalid_request", resp.text
+        error = resp.json()["error"]
+        assert error["message"] == "2 invalid line(s); nothing was submitted"
+        assert [(d["line"], d["custom_id"]) for d in error["details"]] == [(n, c) for n, c, _ in expected]
+        for detail, (_, _, fragment) in zip(error["details"], expected):
+            assert fragment in detail["error"]
+    assert data_keys(r, ns) <= before, "the HTTP API wrote something"
 
 
 def test_a_worker_refuses_a_forbidden_override_that_the_door_could_not_know(strict_fleet):
