@@ -1,8 +1,11 @@
-"""The store on a real local Redis Cluster (3 masters, no replicas), the broker on the standalone test
-Redis: the core guarantees with real ``chatq worker`` processes, keys spread over the three nodes.
+"""The store on a real local Redis Cluster (3 masters, no replicas): the core guarantees with real
+``chatq worker`` processes, keys spread over the three nodes, once with each broker a cluster store can
+have (Celery's Redis transport cannot run on a cluster): RabbitMQ, as ``docker-compose.multinode.yml``
+ships it, and a standalone Redis.
 
 One cluster for the module (started with ``redis-server --cluster-enabled yes`` and ``redis-cli
---cluster create``, shut down after); skipped only when the binaries are missing.
+--cluster create``, shut down after); skipped only when the binaries are missing. The RabbitMQ half is
+skipped, saying so, when nothing answers at 127.0.0.1:5672 (as in ``tests/test_brokers.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from chatq.tasks.batch import BatchClient
 from chatq.tasks.redis_pool import cluster_nodes, get_redis
 from chatq.tasks.settings import Settings
 
-from .conftest import BROKER_URL, Fleet, wait_all
+from .conftest import Fleet, wait_all
 from .test_api import api_settings, http, serve, signing, KEY_A
 from .test_batch import expected_replies, openai_line
+from .test_brokers import BROKERS, ready_count
 from .test_core import expected_history, history_pairs
 from .test_crash_recovery import sigkill_mid_run_loses_nothing
 from .test_live_turns import SLOW, deltas, first_event
@@ -39,11 +43,17 @@ def cluster_url(tmp_path_factory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module", params=BROKERS)
+def broker_url(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def cfleet(tmp_path_factory, fake_openai, cluster_url) -> Iterator[Fleet]:
-    """Two worker processes with the store on the cluster and the broker on the standalone Redis."""
+def cfleet(tmp_path_factory, fake_openai, cluster_url, broker_url) -> Iterator[Fleet]:
+    """Two worker processes with the store on the cluster and the broker ``broker_url``; its queue
+    is deleted when the fleet stops (``Fleet.stop``)."""
     f = Fleet(tmp_path_factory.mktemp("cluster-fleet"), fake_openai.base_url, redis_url=cluster_url,
-              broker_url=BROKER_URL)
+              broker_url=broker_url)
     for proc in (f.start_worker(20), f.start_worker(20)):
         f.wait_ready(proc)
     yield f
@@ -107,7 +117,6 @@ def test_concurrent_submitters_keep_each_sessions_order_across_nodes(cfleet, ccl
 
 
 def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(cfleet, cclient):
-    broker = redis.Redis.from_url(BROKER_URL)
     queue = cfleet.settings.queue
     assert cclient.chat("warm up", timeout=30).status == "succeeded"
     until(lambda: cclient.r.zcard(cclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
@@ -116,7 +125,7 @@ def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(cfleet,
         job = cclient.submit("hello, nobody is consuming wake-ups")
         done = cclient.wait(job.job_id, 30)
         assert done.status == "succeeded", cfleet.logs()
-        assert broker.llen(queue) == 0, "no Celery message was published for it"
+        assert ready_count(cfleet) == 0, "no Celery message was published for it"
     finally:
         cclient.app.control.add_consumer(queue, reply=True)
 
@@ -167,8 +176,8 @@ def test_the_http_api_submits_and_long_polls(cfleet):
         assert events.status_code == 200 and "job.succeeded" in events.text
 
 
-def test_sigkill_mid_run_is_recovered_by_lease_and_sweeper(tmp_path, fake_openai, cluster_url):
-    fleet = Fleet(tmp_path, fake_openai.base_url, redis_url=cluster_url, broker_url=BROKER_URL)
+def test_sigkill_mid_run_is_recovered_by_lease_and_sweeper(tmp_path, fake_openai, cluster_url, broker_url):
+    fleet = Fleet(tmp_path, fake_openai.base_url, redis_url=cluster_url, broker_url=broker_url)
     try:
         sigkill_mid_run_loses_nothing(fleet, sessions=4, turns=4)
     finally:
