@@ -25,6 +25,7 @@ from kombu import Connection
 
 from chatq.tasks.broker_transport import transport_for
 from chatq.tasks.celery_app import make_app
+from chatq.tasks.models import JobStatus
 from chatq.tasks.redis_pool import (RedisUnusable, celery_broker, get_redis, redact, sentinel_parts,
                                     sentinel_url_of_celery_broker, wait_for_redis)
 from chatq.tasks.settings import Settings
@@ -182,20 +183,25 @@ def test_a_detached_sentinel_channel_still_reaches_the_master(sentinels):
 
 def test_a_failover_mid_load_loses_no_job_and_no_turn(tmp_path, fake_openai, sentinels):
     """The master is killed (SIGKILL) while two workers run 40 sessions x 3 turns, store and broker
-    both on the sentinel-watched master; the replica is promoted and the fleet carries on."""
+    both on the sentinel-watched master; the replica is promoted and the fleet carries on. The second
+    turn runs long (1.5 s), so the kill lands with jobs running and jobs queued (checked just before
+    it): both must come through."""
     fleet = Fleet(tmp_path, fake_openai.base_url, redis_url=sentinels.url(0), broker_url=sentinels.url(1))
     try:
         for proc in (fleet.start_worker(20), fleet.start_worker(20)):
             fleet.wait_ready(proc)
         client = fleet.client()
         sessions = [f"fo-{uuid.uuid4().hex[:8]}" for _ in range(40)]
-        texts = {s: [f"{s} turn {i} [[stall:0.2]]" for i in range(3)] for s in sessions}
+        texts = {s: [f"{s} turn {i} [[stall:{1.5 if i == 1 else 0.2}]]" for i in range(3)] for s in sessions}
         jobs = {s: [client.submit(texts[s][i], s).job_id for i in range(2)] for s in sessions}
         all_jobs = [j for s in sessions for j in jobs[s]]
         until(lambda: sum(j.status == "succeeded" for j in client.jobs.get_many(all_jobs)) >= 15,
                "some of the load is done before the kill", timeout=60)
         old = sentinels.master_address()
+        in_flight = {j.job_id: j.status for j in client.jobs.get_many(all_jobs) if not j.status.finished}
         sentinels.kill_master()
+        assert in_flight, "the kill should land mid-load: every job had finished"
+        assert JobStatus.running in in_flight.values(), f"the kill should land mid-job: {in_flight}"
         until(lambda: sentinels.master_address() != old, "the sentinels promote the replica", timeout=60)
         assert sentinels.master_address()[1] == sentinels.replica_port
         # The fleet goes on: a third turn for every session, submitted to the new master.
@@ -217,6 +223,8 @@ def test_a_failover_mid_load_loses_no_job_and_no_turn(tmp_path, fake_openai, sen
         wrong = {s: history_pairs(client, s) for s in sessions if history_pairs(client, s) != expected_history(texts[s])}
         assert not wrong, f"histories not complete and in order after the failover: {wrong}"
         retried = [j.job_id for j in found if j.attempts > 1]
-        print(f"failover: {len(all_jobs)} jobs succeeded, {len(retried)} run again after the failover")
+        running = sum(status == JobStatus.running for status in in_flight.values())
+        print(f"failover: {len(all_jobs)} jobs succeeded; at the kill {running} running and "
+              f"{len(in_flight) - running} queued; {len(retried)} run again after the failover")
     finally:
         fleet.stop()
