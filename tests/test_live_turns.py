@@ -32,13 +32,19 @@ def deltas(events) -> str:
     return "".join(e.data["text"] for e in events if e.type == "message.delta")
 
 
+def follow_whole(client, job_id: str) -> tuple[list, str | None]:
+    """Every event of the job as a reader gets it, and the job's status when its first text came."""
+    seen, status_at_first_delta = [], None
+    for event in client.stream(job_id, timeout=60):
+        if event.type == "message.delta" and status_at_first_delta is None:
+            status_at_first_delta = client.get(job_id).status
+        seen.append(event)
+    return seen, status_at_first_delta
+
+
 def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, client):
     job = client.submit("tell me a story [[stream delay=0.02 words=80]]", sid("live"))
-    seen, running_at_first_delta = [], None
-    for event in client.stream(job.job_id, timeout=60):
-        if event.type == "message.delta" and running_at_first_delta is None:
-            running_at_first_delta = client.get(job.job_id).status
-        seen.append(event)
+    seen, running_at_first_delta = follow_whole(client, job.job_id)
     assert running_at_first_delta == "running", "text reaches readers while the model writes it"
     assert [e.seq for e in seen] == list(range(1, len(seen) + 1)), "seq counts 1, 2, 3... with no gap"
     assert seen[0].type == "job.started" and seen[0].data["attempt"] == 1
@@ -66,11 +72,7 @@ def test_a_job_nobody_follows_writes_its_text_once_and_a_late_reader_gets_it_liv
         time.sleep(0.02)
     time.sleep(0.6)  # the model has written some of its reply by now
     assert [e.type for e in client.events.read(late.job_id)] == ["job.started"], "no text written unfollowed"
-    seen, running_at_first_delta = [], None
-    for event in client.stream(late.job_id, timeout=60):
-        if event.type == "message.delta" and running_at_first_delta is None:
-            running_at_first_delta = client.get(late.job_id).status
-        seen.append(event)
+    seen, running_at_first_delta = follow_whole(client, late.job_id)
     assert running_at_first_delta == "running", "a reader that arrives mid-reply gets the text at once"
     assert sum(e.type == "message.delta" for e in seen) >= 2, "the text so far, then the rest as it comes"
     assert deltas(seen) == seen[-1].data["result"]["content"] == client.get(late.job_id).result.content
