@@ -306,9 +306,10 @@ def test_the_event_writer_coalesces_and_keeps_order():
 
 
 def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_reader_follows():
-    """Unit: unfollowed, text waits for the commit and the provider's reads for the slow clock; a
-    follower ends that wait at once and gets the text so far in one write, then the fast clock."""
-    from chatq.worker.event_writer import EventFlusher
+    """Unit: unfollowed, text waits for the commit, and the provider's reads wait longer as the reply
+    ages (a young one's as often as a followed one's); a follower ends such a wait at once and gets
+    the text so far in one write, then the process's clock."""
+    from chatq.worker.event_writer import EventFlusher, IdleReads
     from chatq.worker.pacer import Pacer
 
     flushes: list[list[tuple[str, str]]] = []
@@ -338,7 +339,11 @@ def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_read
         return [(True, "")] * len(writes)
 
     async def scenario():
-        flusher = EventFlusher(emit_many, Pacer(0.01), idle_pacer=Pacer(30))
+        young = EventFlusher(emit_many, Pacer(0.01)).writer(Machine(), "s", "y", "t", followed=False)  # type: ignore[arg-type]
+        young.delta("just begun")
+        young_socket = Socket()
+        await asyncio.wait_for(young.pace(young_socket), 1)  # a young reply: read on the process's clock
+        flusher = EventFlusher(emit_many, Pacer(0.01), idle=IdleReads(share=1000, cap=30))
         writer = flusher.writer(Machine(), "s", "j", "t", followed=False)  # type: ignore[arg-type]
         writer.next_call()
         writer.delta("so ")
@@ -357,9 +362,10 @@ def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_read
         writer.delta(" and on")
         fast = asyncio.ensure_future(writer.pace(socket))
         await asyncio.wait_for(fast, 1)  # the 10 ms clock now, the socket left alone
-        return held, waited_slow, paused_while, socket.calls, woke_after, await writer.settle()
+        return held, waited_slow, paused_while, socket.calls, woke_after, await writer.settle(), young_socket.calls
 
-    held, waited_slow, paused_while, socket_calls, woke_after, rest = asyncio.run(scenario())
+    held, waited_slow, paused_while, socket_calls, woke_after, rest, young_calls = asyncio.run(scenario())
+    assert young_calls == [], "a young reply's socket is left alone"
     assert held == [], "no write while nobody follows"
     assert waited_slow, "an unfollowed read waits for the slow clock"
     assert paused_while == ["pause"] and socket_calls == ["pause", "resume"], \

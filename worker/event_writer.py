@@ -23,7 +23,7 @@ the default: ``chatq.tasks.events`` announces each reader, and ``follow`` is tol
 is kept for the commit, so a job nobody watches costs one write for its whole reply, not one per
 tick. A reader that arrives mid-reply gets the text so far in one delta, then the rest as it comes.
 The provider's reads are paced by the writer too (``pace``): on the process's clock while followed,
-else on a slower one (``UNFOLLOWED_READ_SECONDS``) that a new follower cuts short.
+else more slowly (``IdleReads``), which a new follower cuts short.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json.encoder
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from chatq.tasks.redis_pool import UNREACHABLE
 from chatq.tasks.session_machine import AsyncSessionMachine, Emit
@@ -46,9 +46,16 @@ log = logging.getLogger(__name__)
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_string = json.encoder.encode_basestring  # a str as _json writes it
 
-UNFOLLOWED_READ_SECONDS = 0.5
-"""How often an unfollowed job's provider stream is read: its text waits for the commit anyway, and
-each read is a wake-up of the loop; a stop still cuts the wait short, and so does a new follower."""
+class IdleReads(NamedTuple):
+    """How long an unfollowed job's provider stream waits between reads: its text waits for the
+    commit anyway, and each read is a wake-up of the loop. The wait grows with the reply's age
+    (``share`` of the time since its first text, from one tick of the process's clock up to ``cap``
+    seconds), so the end of a reply is seen at most that share of its time late: a short reply is
+    read as often as a followed one, a long one a few times a second. A stop cuts the wait short,
+    and so does a new follower."""
+
+    share: float = 0.1
+    cap: float = 0.5
 
 EmitMany = Callable[[list[Emit]], Awaitable[list[tuple[bool, str] | Exception]]]
 """``chatq.tasks.session_machine.emit_many`` on the process's client: one reply per write."""
@@ -58,10 +65,10 @@ class EventFlusher:
     """The process's one writer of running jobs' events (see the module's docstring)."""
 
     def __init__(self, emit_many: EmitMany, pacer: Pacer, timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, idle_pacer: Pacer | None = None):
+                 clock: Callable[[], float] = time.monotonic, idle: IdleReads = IdleReads()):
         self.emit_many = emit_many
         self.pacer = pacer
-        self.idle_pacer = idle_pacer or Pacer(max(UNFOLLOWED_READ_SECONDS, pacer.seconds))
+        self.idle = idle
         self.timeout = timeout  # a flush's bound (its client may read replies without one)
         self.clock = clock
         pacer.on_tick = self._tick
@@ -168,7 +175,8 @@ class EventWriter:
         self.lost = False  # the lease is gone: nothing more is written
         self.settled = False  # the commit takes the rest
         self.followed = followed  # a reader follows the job: its text is written as it comes
-        self._idle_wait: asyncio.Future | None = None  # a read waiting on the slow clock
+        self._idle_wait: asyncio.Future | None = None  # a read waiting, unfollowed
+        self._began: float | None = None  # when the reply's first text came
 
     # -- what the agent reports ----------------------------------------------------------------
 
@@ -176,6 +184,8 @@ class EventWriter:
         """A piece of the current call's reply text."""
         if not (self.lost or self.settled):
             self._text.append(text)
+            if self._began is None:
+                self._began = self.flusher.clock()
             if self.followed:
                 self.flusher.want(self, self.flusher.clock() - self._last >= self.flusher.pacer.seconds)
 
@@ -190,21 +200,28 @@ class EventWriter:
 
     async def pace(self, socket: asyncio.Transport | None = None) -> None:
         """Wait until the provider's stream should be read again: the next tick of the process's
-        clock while followed, of the slower one otherwise (a new follower ends that wait). During a
-        slow wait the reply's ``socket`` is not read either, so the kernel gathers its chunks for one
-        read; a followed read keeps it read, its chunks ready in time for the tick's write."""
-        if self.followed:
-            await self.flusher.pacer.tick()
+        clock while followed, longer otherwise (``IdleReads``; a new follower ends that wait).
+        During a long wait the reply's ``socket`` is not read either, so the kernel gathers its
+        chunks for one read; a followed read keeps it read, its chunks ready for the tick's write."""
+        f = self.flusher
+        age = f.clock() - self._began if self._began is not None else 0.0
+        delay = min(f.idle.cap, f.idle.share * age)
+        if self.followed or delay <= f.pacer.seconds:
+            await f.pacer.tick()
             return
         if socket is not None:
             socket.pause_reading()
-        self._idle_wait = self.flusher.idle_pacer.waiter()
+        loop = asyncio.get_running_loop()
+        self._idle_wait = waiter = loop.create_future()
+        timer = loop.call_later(delay, _resolve, waiter)
         try:
-            await self._idle_wait
+            await waiter
         finally:
+            timer.cancel()
             self._idle_wait = None
             if socket is not None and not socket.is_closing():
                 socket.resume_reading()
+
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""
@@ -261,3 +278,8 @@ class EventWriter:
         self._seal_text()
         rest, self._events = self._events, []
         return rest
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
