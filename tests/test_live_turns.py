@@ -365,11 +365,11 @@ def test_an_unfollowed_writer_holds_its_text_and_paces_reads_slowly_until_a_read
         return held, waited_slow, paused_while, socket.calls, woke_after, await writer.settle(), young_socket.calls
 
     held, waited_slow, paused_while, socket_calls, woke_after, rest, young_calls = asyncio.run(scenario())
-    assert young_calls == [], "a young reply's socket is left alone"
+    assert young_calls == ["pause", "resume"], "a young reply is read on the process's clock, its socket paused meanwhile"
     assert held == [], "no write while nobody follows"
     assert waited_slow, "an unfollowed read waits for the slow clock"
     assert paused_while == ["pause"] and socket_calls == ["pause", "resume"], \
-        "the socket is paused during the slow wait only"
+        "the socket is paused during an unfollowed wait, and left alone once followed"
     assert woke_after < 0.5, "a follower ends that wait at once"
     assert flushes[0] == [("message.delta", '{"text":"so far","call":1}')], "the text so far, in one write"
     assert "".join(e for batch in flushes for t, e in batch if t == "message.delta").count("and on") + \

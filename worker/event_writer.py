@@ -201,24 +201,29 @@ class EventWriter:
     async def pace(self, socket: asyncio.Transport | None = None) -> None:
         """Wait until the provider's stream should be read again: the next tick of the process's
         clock while followed, longer otherwise (``IdleReads``; a new follower ends that wait).
-        During a long wait the reply's ``socket`` is not read either, so the kernel gathers its
-        chunks for one read; a followed read keeps it read, its chunks ready for the tick's write."""
+        Unfollowed, the reply's ``socket`` is not read during the wait either, so the kernel gathers
+        its chunks for one read; a followed read keeps it read, its chunks ready for the tick's write."""
         f = self.flusher
-        age = f.clock() - self._began if self._began is not None else 0.0
-        delay = min(f.idle.cap, f.idle.share * age)
-        if self.followed or delay <= f.pacer.seconds:
+        if self.followed:
             await f.pacer.tick()
             return
+        age = f.clock() - self._began if self._began is not None else 0.0
+        delay = min(f.idle.cap, f.idle.share * age)
         if socket is not None:
             socket.pause_reading()
-        loop = asyncio.get_running_loop()
-        self._idle_wait = waiter = loop.create_future()
-        timer = loop.call_later(delay, _resolve, waiter)
         try:
-            await waiter
+            if delay <= f.pacer.seconds:
+                await f.pacer.tick()
+                return
+            loop = asyncio.get_running_loop()
+            self._idle_wait = waiter = loop.create_future()
+            timer = loop.call_later(delay, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._idle_wait = None
         finally:
-            timer.cancel()
-            self._idle_wait = None
             if socket is not None and not socket.is_closing():
                 socket.resume_reading()
 
