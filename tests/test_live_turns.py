@@ -74,6 +74,8 @@ def test_a_job_nobody_follows_writes_its_text_once_and_a_late_reader_gets_it_liv
     assert [e.type for e in client.events.read(late.job_id)] == ["job.started"], "no text written unfollowed"
     seen, running_at_first_delta = follow_whole(client, late.job_id)
     assert running_at_first_delta == "running", "a reader that arrives mid-reply gets the text at once"
+    assert client.r.hget(client.keys.job(late.job_id), "followed") == "1"
+    assert "followed" not in seen[-1].data, "the workers' mark is not part of the finished job"
     assert sum(e.type == "message.delta" for e in seen) >= 2, "the text so far, then the rest as it comes"
     assert deltas(seen) == seen[-1].data["result"]["content"] == client.get(late.job_id).result.content
 

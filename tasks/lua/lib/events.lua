@@ -19,13 +19,17 @@ local JOB_RAW = {attempts = true, provider_retries = true, result = true, error 
 -- Stored under another name than the Job's: a message given as content parts (JSON) is the Job's
 -- 'message', which otherwise holds the string as it is.
 local JOB_NAME = {message_parts = 'message'}
+-- Marks for the workers that are not the Job's: 'followed' (a reader follows it: follow.lua).
+local JOB_HIDDEN = {followed = true}
 local function job_json(job)
   local fields = redis.call('HGETALL', job)
   local parts = {}
   for i = 1, #fields, 2 do
-    local value = fields[i + 1]
-    if not JOB_RAW[fields[i]] then value = cjson.encode(value) end
-    parts[#parts + 1] = cjson.encode(JOB_NAME[fields[i]] or fields[i]) .. ':' .. value
+    if not JOB_HIDDEN[fields[i]] then
+      local value = fields[i + 1]
+      if not JOB_RAW[fields[i]] then value = cjson.encode(value) end
+      parts[#parts + 1] = cjson.encode(JOB_NAME[fields[i]] or fields[i]) .. ':' .. value
+    end
   end
   return '{' .. table.concat(parts, ',') .. '}'
 end
