@@ -102,6 +102,11 @@ def _last_seq(entries: list) -> int:
     return int(entries[0][0].partition("-")[0]) if entries else 0
 
 
+def _follow_call(keys: Keys, job_id: str, channel: str) -> dict[str, list]:
+    """``lua/follow.lua``'s KEYS and ARGV."""
+    return {"keys": [keys.job(job_id)], "args": [job_id, channel]}
+
+
 class EventLog:
     """Reads job event logs with the blocking client (``ChatClient.stream``, the CLI)."""
 
@@ -113,7 +118,7 @@ class EventLog:
 
     def announce(self, job_id: str) -> None:
         """Tell the job's worker that a reader follows it, so its text is written as it streams."""
-        cached(self.r, "follow")(keys=[self.keys.job(job_id)], args=[job_id, self.follow_channel])
+        cached(self.r, "follow")(**_follow_call(self.keys, job_id, self.follow_channel))
 
     def read(self, job_id: str, after: int = 0, count: int = READ_COUNT) -> list[JobEvent]:
         """The events after ``after`` that are there now (at most ``count``), without waiting."""
@@ -163,7 +168,7 @@ class AsyncEventLog:
 
     async def announce(self, job_id: str) -> None:
         """``EventLog.announce``."""
-        await cached(self.r, "follow")(keys=[self.keys.job(job_id)], args=[job_id, self.follow_channel])
+        await cached(self.r, "follow")(**_follow_call(self.keys, job_id, self.follow_channel))
 
     async def opening(self, job_id: str, after: int = 0) -> bool:
         """Whether anything can follow seq ``after``, found without waiting: the checks ``follow``

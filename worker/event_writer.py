@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _json_string = json.encoder.encode_basestring  # a str as _json writes it
 
+
 class IdleReads(NamedTuple):
     """How long an unfollowed job's provider stream waits between reads: its text waits for the
     commit anyway, and each read is a wake-up of the loop. The wait grows with the reply's age
@@ -56,6 +57,7 @@ class IdleReads(NamedTuple):
 
     share: float = 0.1
     cap: float = 0.5
+
 
 EmitMany = Callable[[list[Emit]], Awaitable[list[tuple[bool, str] | Exception]]]
 """``chatq.tasks.session_machine.emit_many`` on the process's client: one reply per write."""
@@ -226,7 +228,6 @@ class EventWriter:
         finally:
             if socket is not None and not socket.is_closing():
                 socket.resume_reading()
-
 
     def event(self, type: str, data: dict[str, Any]) -> None:
         """Any other event: written at once, after the text before it."""

@@ -28,15 +28,12 @@ class Pacer:
     async def tick(self) -> None:
         """Wait for the next tick. Cancelling the waiter (a stopped job) ends the wait at once and
         touches no other."""
-        if self.seconds > 0:
-            await self.waiter()
-
-    def waiter(self) -> asyncio.Future:
-        """A future the next tick resolves (``tick``); whoever holds it may resolve it sooner."""
+        if self.seconds <= 0:
+            return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self.arm()
-        return waiter
+        await waiter
 
     def arm(self) -> None:
         """Make sure a tick comes (``on_tick`` wants one, with nobody waiting)."""

@@ -66,6 +66,16 @@ class Live:
             self.task.cancel()
 
 
+def _note_early(early: dict[str, tuple[str, float]], job_id: str, signal: str) -> None:
+    """Keep a signal for a job not (yet) running here, which its start reads; a full table first
+    drops what is older than ``EARLY_STOP_SECONDS``."""
+    now = time.monotonic()
+    if len(early) > 1000:
+        for j in [j for j, (_, at) in early.items() if now - at >= EARLY_STOP_SECONDS]:
+            del early[j]
+    early[job_id] = (signal, now)
+
+
 @dataclass(frozen=True)
 class Space:
     """One namespace's keys and its session state machine."""
@@ -111,7 +121,7 @@ class SessionRunner:
         self.stopping = False
         self.live: dict[str, Live] = {}
         self._early: dict[str, tuple[str, float]] = {}
-        self._early_follows: dict[str, float] = {}
+        self._early_follows: dict[str, tuple[str, float]] = {}
 
     def space(self, namespace: str | None = None) -> Space:
         """The state machine of one namespace (a tenant's, or the default)."""
@@ -129,10 +139,7 @@ class SessionRunner:
         short -- and the job ends ``cancelled``. Whether it runs here."""
         live = self.live.get(job_id)
         if live is None:
-            now = time.monotonic()
-            if len(self._early) > 1000:
-                self._early = {j: e for j, e in self._early.items() if now - e[1] < EARLY_STOP_SECONDS}
-            self._early[job_id] = (mode, now)
+            _note_early(self._early, job_id, mode)
             return False
         live.stop(mode)
         return True
@@ -143,10 +150,7 @@ class SessionRunner:
         runs here."""
         live = self.live.get(job_id)
         if live is None:  # its take may be on its way back: the job starts followed
-            now = time.monotonic()
-            if len(self._early_follows) > 1000:
-                self._early_follows = {j: t for j, t in self._early_follows.items() if now - t < EARLY_STOP_SECONDS}
-            self._early_follows[job_id] = now
+            _note_early(self._early_follows, job_id, "follow")
             return False
         live.events.follow()
         return True
