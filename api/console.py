@@ -368,8 +368,8 @@ def playground_page(request: Request, tenant: PageTenant,
 async def playground_submit(body: ChatIn, tenant: XhrTenant, svc: Svc, request: Request,
                             response: Response) -> dict[str, Any]:
     """A chat turn as ``POST /v1/chat`` submits it (same checks, quota and metrics); the page then
-    follows the job's events."""
-    job = await run_in_threadpool(submit_job, svc, tenant, body, body.session_id, request, response)
+    follows the job's events, so it is submitted to stream."""
+    job = await run_in_threadpool(submit_job, svc, tenant, body, body.session_id, request, response, True)
     return {"job_id": job.job_id, "session_id": job.session_id, "status": job.status.value}
 
 

@@ -47,7 +47,7 @@ def checked_callback(svc: Services, tenant: Tenant, url: object | None) -> str |
 
 
 def submit_job(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None,
-            request: Request, response: Response) -> Job:
+            request: Request, response: Response, stream: bool = False) -> Job:
     route = request.scope["route"].path
     with tracing.serving(f"POST {route}", request.headers, {"http.request.method": "POST", "http.route": route}), \
             svc.metrics.submission(tenant.label):
@@ -55,7 +55,7 @@ def submit_job(svc: Services, tenant: Tenant, body: MessageIn, session_id: str |
         check_quota(tenant.client, svc.settings.max_active_jobs)
         job = tenant.client.submit(body.message, session_id, body.agent, body.idempotency_key, body.metadata,
                                    body.on_busy, callback_url=callback, session_ttl=body.session_ttl,
-                                   params=body.params)
+                                   params=body.params, stream=stream or body.stream)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.job_id))
     return _hint(response, job)
 
@@ -77,7 +77,7 @@ _SUBMIT = dict(
 async def _answer(svc: Services, tenant: Tenant, body: MessageIn, session_id: str | None, stream: bool,
                   request: Request, response: Response) -> Job | Response:
     """Submit (refusals are the usual JSON errors), then the job, or its event stream from the start."""
-    job = await run_in_threadpool(submit_job, svc, tenant, body, session_id, request, response)
+    job = await run_in_threadpool(submit_job, svc, tenant, body, session_id, request, response, stream)
     if not stream:
         return job
     return await open_stream(svc.streams, tenant.client.keys, job.job_id, 0,

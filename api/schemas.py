@@ -59,6 +59,12 @@ class MessageIn(BaseModel):
         None, ge=0, le=MAX_SESSION_TTL, strict=True,
         description="The session's own retention: seconds it is kept once idle (0: forever). Omit to keep "
                     "the session's, or the server's default.")
+    stream: bool = Field(
+        False, strict=True,
+        description="A reader will follow the job's events (`GET /v1/jobs/{job_id}/events`): its provider calls "
+                    "stream from the first, and their text is written as it comes. Without it (and with the "
+                    "worker's `CHATQ_STREAM=auto`), a job streams from its first call after a reader follows it. "
+                    "Implied by the `stream=true` query parameter.")
 
 
 class ChatIn(MessageIn):

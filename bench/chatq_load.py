@@ -107,8 +107,9 @@ class Burst:
 
     def __init__(self, client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False,
                  waiters: str = "threads", pause: Callable[[], None] | None = None,
-                 resume: Callable[[], None] | None = None):
+                 resume: Callable[[], None] | None = None, stream: bool = False):
         self.client, self.wl, self.backlog = client, wl, backlog
+        self.stream = stream  # every job submitted to be streamed (ChatClient.submit's ``stream``)
         self.pause, self.resume = pause, resume
         self.run = Run("chatq" if not backlog else "chatq backlog", latency, workload=wl.shape,
                        sessions=len(wl.sessions))
@@ -197,7 +198,7 @@ class Burst:
         self.started = self.first = time.time()
         for sid, j in self.wl.order:
             t0 = time.perf_counter()
-            job_id = client.submit(self.wl.text(sid, j), sid).job_id
+            job_id = client.submit(self.wl.text(sid, j), sid, stream=self.stream).job_id
             spent["existing" if j else "new"].append(time.perf_counter() - t0)
             self.keys[job_id] = (sid, j)
             self.inbox[sid].put(job_id)
@@ -245,9 +246,9 @@ class Burst:
 
 
 def burst(client: ChatClient, wl: Workload, latency: float, timeout: float, backlog: bool = False,
-          waiters: str = "threads") -> Run:
+          waiters: str = "threads", stream: bool = False) -> Run:
     """Submit the whole workload and wait for all of it (``Burst`` without a budget)."""
-    b = Burst(client, wl, latency, timeout, backlog, waiters)
+    b = Burst(client, wl, latency, timeout, backlog, waiters, stream=stream)
     b.submit()
     return b.measure()
 

@@ -372,9 +372,10 @@ class Bench:
             self._finish(run, mon)
 
     def _chatq_run(self, latency: float, suffix: str, name: str = "chatq", words: int = 0,
-                   chunk_delay: float = 0.0) -> Run:
+                   chunk_delay: float = 0.0, stream: bool = False) -> Run:
         """The workload through the chatq node; ``words``: long replies, ``chunk_delay``: seconds
-        between a streamed reply's chunks (the streaming benchmark's)."""
+        between a streamed reply's chunks, ``stream``: every job submitted to be streamed (the
+        streaming benchmark's)."""
         a = self.args
         label = "" if name == "chatq" else "-" + name.replace(" ", "-")
         wl = workload.make(f"{self.tag}{label}-L{latency:g}{suffix}", a.sessions, a.messages, a.arrival, words=words)
@@ -383,7 +384,7 @@ class Bench:
         with self._monitor([p.pid for p in self.workers], {"workers": [p.pid for p in self.workers]}) as mon, \
                 self._profile(f"{latency:g}s{label}{suffix}"):
             run = chatq_load.burst(self.client, wl, latency, timeout=120 + 3 * a.messages * latency,
-                                   waiters=a.waiters)
+                                   waiters=a.waiters, stream=stream)
         run.name = name
         run.check = chatq_load.check_sessions(self.client, wl)
         _quiesce(redis.Redis.from_url(self.urls["broker"]), self.tag)

@@ -5,11 +5,20 @@ CPU per process group, py-spy with ``--profile``).
 
 **cost**: the same workload (S sessions x M messages submitted up front, every reply ``--words``
 words: 125 is about 200 tokens as the offline model counts them, a token per 4 characters) through
-the node with ``CHATQ_STREAM`` on and off, at each provider latency, the test server sending a
-streamed reply's chunks back to back. The node restarts for each setting; the order alternates (on
-off, off on, ...) because this VM's speed drifts. Prints jobs/s and CPU ms per job by process (the
-client: submit + ``ChatClient.wait``, the same in both; the workers; the test server and Redis
-apart) and the issue's target: streaming costs the client and workers at most 20% more per job.
+the node at each provider latency, the test server sending a streamed reply's chunks back to back,
+no reader, in each of ``--modes``:
+
+- ``off``: ``CHATQ_STREAM=off``, whole replies (what the others are compared with);
+- ``auto``: the default, ``CHATQ_STREAM=auto``: a job streams once somebody asks for it, here nobody;
+- ``always``: ``CHATQ_STREAM=always``: every reply streamed, its text kept for the commit while
+  nobody follows (``CHATQ_STREAM_TEXT=followed``);
+- ``asked``: ``auto``, every job submitted with ``stream=True`` (as ``ChatClient.chat(stream=True)``
+  or a chat UI does): streamed, and its text written as it comes, though no reader comes here.
+
+The node restarts for each setting; the order alternates (reversed every other repeat) because this
+VM's speed drifts. Prints jobs/s and CPU ms per job by process (the client: submit +
+``ChatClient.wait``, the same in all; the workers; the test server and Redis apart) and the issue's
+target: streaming costs the client and workers at most 20% more per job.
 
 **latency**: an open-loop run at each ``--rate`` (jobs/s, for ``--seconds``; each job its own
 session), the test server pacing every reply ``--chunk-delay`` seconds a chunk, so rate x a reply's
@@ -24,7 +33,7 @@ clock). Two seconds of the same, unmeasured, go first (the API's first streams, 
 The emission time is taken just after the server's write: a server descheduled between the two (a
 busy machine) dates the chunk late, and the delay comes out too short, even below zero.
 
-    .venv/bin/python bench/streaming.py --skip latency --repeat 3             # RESULTS.md's cost (~7 min)
+    .venv/bin/python bench/streaming.py --skip latency --repeat 3             # RESULTS.md's cost (~10 min)
     .venv/bin/python bench/streaming.py --skip cost --readers sse,python      # RESULTS.md's delays (~3 min)
     .venv/bin/python bench/streaming.py --quick                               # a tiny run, for the test suite
 """
@@ -62,6 +71,9 @@ TERMINAL = {"job.succeeded", "job.failed", "job.cancelled"}
 EVENTS_PATH = "/v1/jobs/{job_id}/events"
 TARGET_COST = 1.20  # streaming's CPU per job (client + workers) at most 1.2x without
 TARGET_P99_MS = 50.0
+MODES = ("off", "auto", "always", "asked")
+"""The cost phase's settings (the module's docstring): ``asked`` is ``auto`` with jobs submitted to stream."""
+DEFAULT_MODE = "auto"
 
 QUICK: dict[str, object] = dict(sessions=8, messages=3, latency="0,0.05", words=30, workers=1, concurrency=16,
                                 rate=10, seconds=1, chunk_delay=0.01)
@@ -75,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--messages", type=int, default=5, help="cost: messages per session")
     p.add_argument("--latency", default="0,1", help="cost: provider latencies in seconds, comma-separated")
     p.add_argument("--repeat", type=int, default=1, help="cost: runs of each setting at each latency")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"cost: settings compared, comma-separated: {', '.join(MODES)} (see above); off is always run")
     p.add_argument("--cost-chunk-delay", type=float, default=0.0,
                    help="cost: seconds between a streamed reply's chunks (0: back to back)")
     p.add_argument("--words", type=int, default=125,
@@ -102,6 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
     args.latencies = [float(x) for x in args.latency.split(",") if x.strip()]
+    args.modes = ["off", *dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "off")]
+    if not set(args.modes) <= set(MODES):
+        p.error(f"--modes: choose from {', '.join(MODES)}, not {args.modes}")
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     args.readers = [x.strip() for x in args.readers.split(",") if x.strip()]
     if not set(args.readers) <= {"sse", "python", "auto"}:
@@ -318,7 +335,7 @@ class StreamBench(run.Bench):
     def __init__(self, opts: argparse.Namespace, procs: Processes):
         super().__init__(bench_args(opts), procs)
         self.opts = opts
-        self.stream: bool | None = None
+        self.mode: str | None = None  # the node's CHATQ_STREAM
         self.warmups = 0
         self.logs: list[dict[str, float]] = []  # per cost run: its event logs' entries and bytes per job
         self.delays: list[Delays] = []
@@ -330,18 +347,21 @@ class StreamBench(run.Bench):
         return max(super().waiters(), int(live) + 64)
 
     def start_node(self, env: dict[str, str] | None = None) -> None:
-        """The node with streaming on unless ``env`` says otherwise (``Bench.start`` starts it so)."""
-        env = {"CHATQ_STREAM": "true", **({"CHATQ_STREAM_FLUSH_MS": str(self.opts.flush_ms)}
-                                          if self.opts.flush_ms is not None else {}), **(env or {})}
+        """The node with its default ``CHATQ_STREAM`` unless ``env`` says otherwise (``Bench.start``
+        starts it so)."""
+        env = {"CHATQ_STREAM": DEFAULT_MODE, **({"CHATQ_STREAM_FLUSH_MS": str(self.opts.flush_ms)}
+                                               if self.opts.flush_ms is not None else {}), **(env or {})}
         super().start_node(env)
-        self.stream = env["CHATQ_STREAM"] == "true"
+        self.mode = env["CHATQ_STREAM"]
 
-    def set_stream(self, on: bool) -> None:
-        """Restart the node with ``CHATQ_STREAM`` on or off (unless it already is), and warm it up."""
-        if self.stream is on:
+    def set_mode(self, mode: str) -> None:
+        """Restart the node with the ``CHATQ_STREAM`` that ``mode`` runs on (unless it already has
+        it), and warm it up."""
+        setting = DEFAULT_MODE if mode == "asked" else mode
+        if self.mode == setting:
             return
         self.stop_node()
-        self.start_node({"CHATQ_STREAM": "true" if on else "false"})
+        self.start_node({"CHATQ_STREAM": setting})
         self.await_node()
         self.warm_up()
 
@@ -350,7 +370,7 @@ class StreamBench(run.Bench):
         self.warmups += 1
         self.server.set(0.0)
         wl = workload.make(f"{self.tag}-warm{self.warmups}", min(self.args.sessions, 100), 1, words=self.opts.words)
-        chatq_load.burst(self.client, wl, 0.0, timeout=60)
+        chatq_load.burst(self.client, wl, 0.0, timeout=60, stream=True)
         self._drop_jobs()
 
     def _drop_jobs(self) -> dict[str, float]:
@@ -385,19 +405,21 @@ class StreamBench(run.Bench):
 
     def cost_phase(self) -> None:
         o = self.opts
+        order = list(o.modes)
         for latency in o.latencies:
             for i in range(o.repeat):
                 suffix = f"-r{i}" if o.repeat > 1 else ""
-                first = bool(self.stream)  # alternate: no restart between latencies or pairs
-                for on in (first, not first):
-                    self.set_stream(on)
-                    self._chatq_run(latency, suffix, name=f"stream {'on' if on else 'off'}", words=o.words,
-                                    chunk_delay=o.cost_chunk_delay)
+                for mode in order:
+                    self.set_mode(mode)
+                    run = self._chatq_run(latency, suffix, name=f"stream {mode}", words=o.words,
+                                          chunk_delay=o.cost_chunk_delay, stream=mode == "asked")
+                    run.repeat = i  # type: ignore[attr-defined]
                     self.logs.append(self._drop_jobs())
+                order.reverse()  # alternate, and no restart between repeats or latencies
 
     def latency_phase(self, reader: str, rate: float) -> None:
         o = self.opts
-        self.set_stream(True)
+        self.set_mode("asked")
         n = max(1, round(rate * o.seconds))
         tag = f"{self.tag}-open{len(self.delays)}-{reader}"
         wl = workload.Workload([(f"{tag}-s{i:05d}", 0) for i in range(n)], o.words)
@@ -450,7 +472,7 @@ class StreamBench(run.Bench):
             pause = t0 + i / rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            job_id = self.client.submit(wl.text(sid, j), sid).job_id
+            job_id = self.client.submit(wl.text(sid, j), sid, stream=True).job_id  # as a chat UI submits
             texts[job_id] = wl.text(sid, j)
             readers.follow(job_id)
         return texts
@@ -484,14 +506,17 @@ def cost_table(runs: list[Run], logs: list[dict[str, float]]) -> str:
                           "client+workers", "total", "log entries/job", "log B/job", "lost+reordered"], rows)
 
 
-def cost_ratios(runs: list[Run]) -> dict[float, list[tuple[float, float, float]]]:
-    """Per latency, each back-to-back pair's (on, off, on/off) CPU ms per job of client + workers."""
-    out: dict[float, list[tuple[float, float, float]]] = {}
-    for on, off in zip(runs[0::2], runs[1::2]):
-        if on.name == "stream off":
-            on, off = off, on
-        a, b = _client(on) + on.cpu_ms.get("workers", 0.0), _client(off) + off.cpu_ms.get("workers", 0.0)
-        out.setdefault(on.latency, []).append((a, b, a / b if b else math.nan))
+def cost_ratios(runs: list[Run]) -> dict[tuple[float, str], list[tuple[float, float, float]]]:
+    """Per latency and setting, against the same repeat's ``off`` run: (CPU ms per job of client +
+    workers with the setting, without, the ratio)."""
+    out: dict[tuple[float, str], list[tuple[float, float, float]]] = {}
+    offs = {(r.latency, getattr(r, "repeat", 0)): r for r in runs if r.name == "stream off"}
+    for r in runs:
+        off = offs.get((r.latency, getattr(r, "repeat", 0)))
+        if r.name == "stream off" or off is None:
+            continue
+        a, b = _client(r) + r.cpu_ms.get("workers", 0.0), _client(off) + off.cpu_ms.get("workers", 0.0)
+        out.setdefault((r.latency, r.name.removeprefix("stream ")), []).append((a, b, a / b if b else math.nan))
     return out
 
 
@@ -515,14 +540,16 @@ def delay_cpu_table(ds: list[Delays]) -> str:
     return report._table(["reader", *groups, "total"], rows)
 
 
-def targets(ratios: dict[float, list[tuple[float, float, float]]], ds: list[Delays],
+def targets(ratios: dict[tuple[float, str], list[tuple[float, float, float]]], ds: list[Delays],
             runs: list[Run]) -> list[tuple[str, bool, str]]:
     out = []
-    for latency, pairs in ratios.items():
+    for (latency, mode), pairs in ratios.items():
         x = statistics.median(p[2] for p in pairs)
         each = f" (median of {len(pairs)} pairs: {', '.join(f'{p[2]:.2f}x' for p in pairs)})" if len(pairs) > 1 else ""
         on, off = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-        out.append((f"{latency:g}s: streaming's CPU per job (client + workers) <= {TARGET_COST:.1f}x without",
+        what = {"auto": "CHATQ_STREAM=auto (the default), no reader", "always": "CHATQ_STREAM=always, no reader",
+                "asked": "jobs submitted to stream, no reader"}[mode]
+        out.append((f"{latency:g}s, {what}: CPU per job (client + workers) <= {TARGET_COST:.1f}x streaming off",
                     x <= TARGET_COST, f"{on:.2f} vs {off:.2f} ms = {x:.2f}x{each}"))
     for d in ds:
         p99 = d.ms("deltas", 99)
@@ -549,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             if "cost" not in o.skip:
                 chunks = f"a chunk every {o.cost_chunk_delay * 1000:g} ms" if o.cost_chunk_delay else "chunks back to back"
                 print(f"cost: {o.sessions} sessions x {o.messages} messages, latencies {o.latencies}, {chunks}, "
-                      f"CHATQ_STREAM on and off, {o.repeat} pair(s) each", flush=True)
+                      f"settings {', '.join(o.modes)}, {o.repeat} run(s) each", flush=True)
                 bench.cost_phase()
             if "latency" not in o.skip:
                 readers = o.readers
@@ -570,12 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(logdir, ignore_errors=True)
     ratios = cost_ratios(bench.runs)
     if bench.runs:
-        print("\nStreaming cost: the same workload with CHATQ_STREAM on and off (CPU ms per job by process; "
+        print("\nStreaming cost: the same workload in each setting, no reader (CPU ms per job by process; "
               "client = this process: submit + ChatClient.wait; log = the job's event log in Redis)")
         print(cost_table(bench.runs, bench.logs))
-        print("Client + workers, streaming on / off, each back-to-back pair:")
-        for latency, pairs in ratios.items():
-            print(f"  {latency:g}s: " + ", ".join(f"{a:.2f} / {b:.2f} = {x:.2f}x" for a, b, x in pairs))
+        print("Client + workers, each setting / off, each repeat:")
+        for (latency, mode), pairs in ratios.items():
+            print(f"  {latency:g}s {mode}: " + ", ".join(f"{a:.2f} / {b:.2f} = {x:.2f}x" for a, b, x in pairs))
     if bench.delays:
         print("\nChunk -> reader: from the test server writing a chunk to the reader having the delta that "
               "completes its text (ms; first delta: each job's first)")

@@ -204,13 +204,16 @@ def _content(message: str, images: tuple[str, ...]) -> Any:
               "(interrupt) or leaving no trace of it (rollback).")
 @click.option("--callback-url", help="POSTed the finished job, signed with the workers' webhook secret.")
 @click.option("--session-ttl", type=int, help="The session's own retention: seconds kept once idle (0: forever).")
+@click.option("--stream", is_flag=True, help="You will follow its events (`chatq events JOB_ID --follow`): its "
+              "provider calls stream from the first.")
 @request_options
 def submit(message: str, session_id: str | None, agent: str | None, idempotency_key: str | None,
-           metadata: str | None, on_busy: str, callback_url: str | None, session_ttl: int | None,
+           metadata: str | None, on_busy: str, callback_url: str | None, session_ttl: int | None, stream: bool,
            param: tuple[str, ...], model: str | None, images: tuple[str, ...]) -> None:
     """Queue a message; prints the job without waiting."""
     _print(_client().submit(_content(message, images), session_id, agent, idempotency_key, _metadata(metadata),
-                            on_busy, callback_url=callback_url, session_ttl=session_ttl, params=_params(param, model)))
+                            on_busy, callback_url=callback_url, session_ttl=session_ttl, params=_params(param, model),
+                            stream=stream))
 
 
 def _metadata(raw: str | None) -> Any:
@@ -305,7 +308,7 @@ def chat(message: str, session_id: str | None, agent: str | None, timeout: float
     from chatq.tasks.models import Job
 
     client = _client()
-    submitted = client.submit(_content(message, images), session_id, agent, params=_params(param, model))
+    submitted = client.submit(_content(message, images), session_id, agent, params=_params(param, model), stream=True)
     stream = client.stream(submitted.job_id, timeout=timeout)
     try:
         if as_json:

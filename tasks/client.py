@@ -311,6 +311,7 @@ class ChatClient:
         callback_url: str | None = None,
         session_ttl: int | None = None,
         params: dict[str, Any] | None = None,
+        stream: bool = False,
     ) -> Job:
         """Queue a message behind its session's earlier ones and return the job without waiting.
 
@@ -319,6 +320,9 @@ class ChatClient:
         retention (seconds it is kept once idle; 0 keeps it). ``params``: chat-completions parameters
         for this request over the agent's (``model``, ``temperature``, ``response_format`` -- a
         pydantic model class works too --, ``extra_body``...; see ``chatq.tasks.request_params``).
+        ``stream``: a reader will follow the job (``stream``): its provider calls stream, and their
+        text is written as it comes, from the start (``CHATQ_STREAM=auto`` streams a job otherwise
+        only once a reader follows it).
         """
         if not (isinstance(on_busy, str) and on_busy in ON_BUSY):
             raise InvalidRequest(f"on_busy must be one of {', '.join(ON_BUSY)}; not {shown(on_busy)}")
@@ -329,26 +333,29 @@ class ChatClient:
             job, written = self._claim(idempotency_key, job)
             if written:
                 return job
-        return self._enqueue(job, on_busy, session_ttl)
+        return self._enqueue(job, on_busy, session_ttl, stream)
 
-    def _enqueue(self, job: Job, on_busy: str, session_ttl: int | None = None) -> Job:
+    def _enqueue(self, job: Job, on_busy: str, session_ttl: int | None = None, stream: bool = False) -> Job:
         """Write a checked job behind its session's earlier ones and wake the session if needed
         (traced, when traces are on: the job carries its submission's context to its worker)."""
         with tracing.submitting(job):
-            return self._write(job, on_busy, session_ttl)
+            return self._write(job, on_busy, session_ttl, stream)
 
-    def _write(self, job: Job, on_busy: str, session_ttl: int | None) -> Job:
+    def _write(self, job: Job, on_busy: str, session_ttl: int | None, stream: bool = False) -> Job:
         # Built for every submit, used by those that create their session: ~10 µs against a round trip.
         wake = self.wakeups.message(job.session_id, self.namespace, job.job_id) if self._wakes_inline else ""
+        fields = encode_job(job)
+        if stream:  # the mark a reader's follow would set (lua/follow.lua), there before any worker looks
+            fields["followed"] = "1"
         if on_busy in ("interrupt", "rollback"):
-            submitted = self.machine.interrupt(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
+            submitted = self.machine.interrupt(job.job_id, job.session_id, fields, on_busy, session_ttl,
                                                hand_to=self._fleet_keys, queue=self.settings.queue, wake=wake)
             if submitted.outcome is SubmitOutcome.stale:
                 raise SessionBusy(f"session {job.session_id}'s queue kept changing while interrupting it; try again")
             self._finished_elsewhere(submitted.cancelled)
             outcome = submitted.outcome
         else:
-            outcome = self.machine.submit(job.job_id, job.session_id, encode_job(job), on_busy, session_ttl,
+            outcome = self.machine.submit(job.job_id, job.session_id, fields, on_busy, session_ttl,
                                           hand_to=self._fleet_keys, queue=self.settings.queue, wake=wake)
         if outcome is SubmitOutcome.busy:
             raise SessionBusy(f"session {job.session_id} is busy with an earlier message (on_busy='reject')")
@@ -417,8 +424,9 @@ class ChatClient:
     def chat(self, message: Content, session_id: str | None = None, agent: str | None = None,
              timeout: float | None = None, *, stream: bool = False, **kwargs: Any) -> Job | Iterator[JobEvent]:
         """Submit and wait for the finished job; with ``stream=True``, submit (at once, refusing bad
-        input before the first event) and return the job's events as they come."""
-        job = self.submit(message, session_id, agent, **kwargs)
+        input before the first event) and return the job's events as they come (the job submitted
+        with ``stream=True``: streamed from its first provider call)."""
+        job = self.submit(message, session_id, agent, stream=stream, **kwargs)
         if stream:
             return self.stream(job.job_id, timeout=timeout)
         return self.wait(job.job_id, timeout)

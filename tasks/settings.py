@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+_BOOLS = {"true": "always", "1": "always", "yes": "always", "on": "always",
+          "false": "off", "0": "off", "no": "off"}
+
 OPEN_TENANT = "default"
 """How the single tenant of an API without keys is named in metrics and ``CHATQ_WEBHOOK_SECRETS``."""
 
@@ -108,15 +111,20 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="Serve each worker process's Prometheus metrics on this port "
         "(`chatq worker -p N`: process i on the port + i); unset: not served.")
     metrics_host: str = Field("127.0.0.1", description="The address worker metrics listen on (0.0.0.0 in a container).")
-    stream: bool = Field(
-        True, description="Ask the provider to stream its replies (`stream=True`), so a job's text reaches its "
-        "event log as the model writes it. A provider that answers a streamed request with a whole reply "
-        "still works; false asks for whole replies.")
+    stream: Literal["auto", "always", "off"] = Field(
+        "auto", description="Which provider calls are asked to stream (`stream=True`), so their text reaches the "
+        "job's event log as the model writes it. `auto`: a call streams when somebody asked for the job's stream "
+        "-- it was submitted with `stream=True` (`ChatClient.chat(stream=True)`, `chatq chat`, HTTP `stream`), "
+        "or a reader follows it when the call starts -- and is asked for whole otherwise, so a job nobody "
+        "watches costs what an unstreamed one does; a reader that comes mid-call gets that call's text when "
+        "it ends, and the job's later calls streamed. `always`: every call streams (a late reader gets the "
+        "text so far, then live; see `CHATQ_STREAM_TEXT`). `off`: whole replies only. (`true` / `false` "
+        "mean `always` / `off`.) A provider that answers a streamed request with a whole reply still works.")
     stream_text: Literal["followed", "always"] = Field(
-        "followed", description="When a running job's text reaches its event log: `followed`, as it streams "
-        "while a reader follows the job (`ChatClient.stream`, `GET /v1/jobs/{id}/events`, `chatq events`), else "
-        "whole with the job's terminal event, so a job nobody watches costs no write per delta; `always`, as it "
-        "streams regardless (for readers of the Redis stream itself).")
+        "followed", description="When a streamed call's text reaches the job's event log: `followed`, as it "
+        "streams while a reader follows the job (`ChatClient.stream`, `GET /v1/jobs/{id}/events`, `chatq events`) "
+        "or it was submitted to be streamed, else whole with the job's terminal event, so a job nobody watches "
+        "costs no write per delta; `always`, as it streams regardless (for readers of the Redis stream itself).")
     stream_flush_ms: float = Field(
         25.0, ge=0, description="Text deltas are written to a job's event log at most this often (ms): the "
         "first after a pause at once, the rest coalesced, so a long answer does not cost a write per token. A "
@@ -139,6 +147,16 @@ class Settings(BaseSettings):
     webhook_threads: int = Field(8, ge=1)
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private/link-local addresses (tests, internal receivers).")
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream_bool(cls, value: Any) -> Any:
+        """The setting was a boolean: ``true`` still streams every call, ``false`` none."""
+        if isinstance(value, bool):
+            return "always" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        return value
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

@@ -53,15 +53,17 @@ def test_quick_benchmark_runs_and_chatq_loses_no_turn():
 
 
 def test_quick_streaming_benchmark_runs_and_prints_its_figures():
-    # bench/streaming.py: the cost pairs (streaming on and off at each latency) and the open-loop
-    # chunk -> reader delays, with every reader's text checked against the reply; no speed asserted.
+    # bench/streaming.py: the cost runs (each streaming setting, and off, at each latency) and the
+    # open-loop chunk -> reader delays, with every reader's text checked against the reply; no speed asserted.
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "streaming.py"), "--quick"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     rows = _section(out, "Streaming cost", "Client + workers")
     assert {(r[0], r[2] + " " + r[3]) for r in rows} == {(lat, f"stream {s}") for lat in ("0s", "0.05s")
-                                                       for s in ("on", "off")}
+                                                       for s in ("off", "auto", "always", "asked")}
+    logged = {r[2] + " " + r[3]: float(r[-3]) for r in rows if r[0] == "0s"}
+    assert logged["stream asked"] > logged["stream auto"] == 3.0, "only jobs asked to stream write text as it comes"
     for r in rows:
         done, total = r[4].split("/")
         assert done == total == "24", r

@@ -147,14 +147,14 @@ def test_a_small_batch_and_wait(cfleet, cclient):
 
 
 def test_a_streamed_job_and_a_stop_request(cfleet, cclient):
-    job = cclient.submit("tell me a story [[stream delay=0.01 words=40]]", sid("live"))
+    job = cclient.submit("tell me a story [[stream delay=0.01 words=40]]", sid("live"), stream=True)
     seen = list(cclient.stream(job.job_id, timeout=60))
     assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
     assert seen[0].type == "job.started" and seen[-1].type == "job.succeeded"
     assert deltas(seen) == cclient.get(job.job_id).result.content
     # a stop request travels by PUBLISH (from Lua, on the session's node) to every worker process
     s = sid("stop")
-    slow = cclient.submit(f"stop me {uuid.uuid4().hex[:6]} {SLOW}", s)
+    slow = cclient.submit(f"stop me {uuid.uuid4().hex[:6]} {SLOW}", s, stream=True)
     later = cclient.submit("and then this", s)
     first_event(cclient, slow.job_id, "message.delta")
     assert cclient.cancel(slow.job_id).cancel == "keep"

@@ -105,7 +105,7 @@ def running(c: httpx.Client, job_id: str, timeout: float = 30) -> dict:
 
 # The event stream
 def test_events_stream_id_event_data_until_the_terminal_event(a):
-    job = submit(a, f"{LONG} tell me a story", sid())
+    job = submit(a, f"{LONG} tell me a story", sid(), stream=True)  # a reader will follow it
     with a.stream("GET", f"/v1/jobs/{job['job_id']}/events") as r:
         events, _ = read_stream(r)
         assert r.headers["cache-control"] == "no-store"
@@ -119,7 +119,7 @@ def test_events_stream_id_event_data_until_the_terminal_event(a):
 
 
 def test_resume_with_last_event_id_or_after_sees_the_rest_exactly_once(a):
-    job = submit(a, f"{LONG} resume me", sid())
+    job = submit(a, f"{LONG} resume me", sid(), stream=True)
     with a.stream("GET", f"/v1/jobs/{job['job_id']}/events") as r:
         head, _ = read_stream(r, stop_after=2)  # then hang up mid-stream
     rest = stream_events(a, job["job_id"], headers={"Last-Event-ID": str(head[-1].seq)})
@@ -336,7 +336,9 @@ def test_cli_chat_failed_or_unfinished_job_exits_1(fleet):
 
 
 def test_cli_events_now_and_following(fleet, client):
-    job = client.submit(f"{LONG} follow me", sid("cli"))
+    submitted = cli(fleet, "submit", f"{LONG} follow me", "--session", sid("cli"), "--stream")
+    assert submitted.returncode == 0, submitted.stderr
+    job = client.get(json.loads(submitted.stdout)["job_id"])
     follow = subprocess.Popen([sys.executable, "-m", "chatq", "events", job.job_id, "--follow"], cwd=ROOT,
                               env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = follow.communicate(timeout=60)

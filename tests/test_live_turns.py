@@ -43,7 +43,7 @@ def follow_whole(client, job_id: str) -> tuple[list, str | None]:
 
 
 def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, client):
-    job = client.submit("tell me a story [[stream delay=0.02 words=80]]", sid("live"))
+    job = client.submit("tell me a story [[stream delay=0.02 words=80]]", sid("live"), stream=True)
     seen, running_at_first_delta = follow_whole(client, job.job_id)
     assert running_at_first_delta == "running", "text reaches readers while the model writes it"
     assert [e.seq for e in seen] == list(range(1, len(seen) + 1)), "seq counts 1, 2, 3... with no gap"
@@ -57,27 +57,84 @@ def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, cl
     assert pieces < 80, "deltas are coalesced, not one write per token"
 
 
-def test_a_job_nobody_follows_writes_its_text_once_and_a_late_reader_gets_it_live(fleet, client):
-    alone = client.submit("alone [[stream delay=0.01 words=60]]", sid("alone"))
-    done = client.wait(alone.job_id, 60)
-    events = client.events.read(alone.job_id)
+def test_a_job_nobody_watches_is_asked_for_its_reply_whole(fleet, client, fake_openai):
+    # CHATQ_STREAM=auto, the default: nobody asked for this job's stream, so its provider call is
+    # not streamed (a stream's per-chunk reading would be paid for nothing)
+    tag = sid("alone")
+    done = client.wait(client.submit(f"{tag} [[stream delay=0.01 words=60]]", sid("alone")).job_id, 60)
+    assert fake_openai.streams(tag) == [], "asked for the whole reply"
+    events = client.events.read(done.job_id)
     assert [e.type for e in events] == ["job.started", "message.delta", "job.succeeded"], \
-        "unfollowed, the whole reply goes out with the terminal event"
+        "the whole reply goes out with the terminal event"
     assert deltas(events) == done.result.content
 
-    late = client.submit("watched later [[stream delay=0.03 words=100]]", sid("late"))
+
+def test_a_reader_that_follows_a_queued_job_gets_it_streamed(fleet, client, fake_openai):
+    session, tag = sid("queued"), sid("then-me")
+    first = client.submit("hold the session [[stall:1.5]]", session)
+    second = client.submit(f"{tag} [[stream delay=0.02 words=60]]", session)
+    assert client.get(second.job_id).status == "queued"
+    seen, running_at_first_delta = follow_whole(client, second.job_id)  # it follows while the job waits
+    assert client.get(first.job_id).status == "succeeded"
+    assert running_at_first_delta == "running" and sum(e.type == "message.delta" for e in seen) >= 2
+    assert len(fake_openai.streams(tag)) == 1, "the job's call streamed: a reader was there when it started"
+    assert deltas(seen) == seen[-1].data["result"]["content"]
+
+
+def test_a_job_submitted_to_stream_gives_a_late_reader_the_text_so_far_then_live(fleet, client, fake_openai):
+    tag = sid("asked")
+    job = client.submit(f"{tag} [[stream delay=0.03 words=100]]", sid("asked"), stream=True)
+    assert client.r.hget(client.keys.job(job.job_id), "followed") == "1", "marked as a reader's follow marks it"
+    deadline = time.monotonic() + 30
+    while client.get(job.job_id).status != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    time.sleep(0.6)  # the model has written some of its reply by now, and the worker the text so far
+    assert deltas(client.events.read(job.job_id)), "written as it streams, before any reader came"
+    seen, running_at_first_delta = follow_whole(client, job.job_id)
+    assert running_at_first_delta == "running"
+    assert sum(e.type == "message.delta" for e in seen) >= 3, "the text so far, then the rest as it comes"
+    assert "followed" not in seen[-1].data, "the workers' mark is not part of the finished job"
+    assert deltas(seen) == seen[-1].data["result"]["content"] == client.get(job.job_id).result.content
+    assert len(fake_openai.streams(tag)) == 1
+
+
+def test_a_reader_mid_call_gets_that_calls_text_when_it_ends(fleet, client, fake_openai):
+    # Nobody watched when the call began, so it was asked for whole: its text comes in one piece.
+    tag = sid("midcall")
+    job = client.submit(f"{tag} [[stall:1.5]]", sid("midcall"))
+    deadline = time.monotonic() + 30
+    while client.get(job.job_id).status != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    seen, running_at_first_delta = follow_whole(client, job.job_id)
+    assert [e.type for e in seen] == ["job.started", "message.delta", "job.succeeded"]
+    assert deltas(seen) == seen[-1].data["result"]["content"]
+    assert fake_openai.streams(tag) == []
+
+
+def test_streaming_every_call_keeps_unwatched_text_for_the_commit_until_a_reader_comes(make_fleet, fake_openai):
+    # CHATQ_STREAM=always: every call streams, so a reader that comes mid-reply gets the text so far
+    # at once and the rest live; until one comes nothing is written (CHATQ_STREAM_TEXT=followed).
+    fleet = make_fleet(stream="always")
+    fleet.start_worker(4)
+    client = fleet.client()
+    alone = client.wait(client.submit("alone [[stream delay=0.01 words=60]]", sid("alone")).job_id, 60)
+    assert [e.type for e in client.events.read(alone.job_id)] == ["job.started", "message.delta", "job.succeeded"]
+    tag = sid("late")
+    late = client.submit(f"{tag} [[stream delay=0.03 words=100]]", sid("late"))
     deadline = time.monotonic() + 30
     while client.get(late.job_id).status != "running":
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.02)
-    time.sleep(0.6)  # the model has written some of its reply by now
+    time.sleep(0.6)
     assert [e.type for e in client.events.read(late.job_id)] == ["job.started"], "no text written unfollowed"
     seen, running_at_first_delta = follow_whole(client, late.job_id)
     assert running_at_first_delta == "running", "a reader that arrives mid-reply gets the text at once"
     assert client.r.hget(client.keys.job(late.job_id), "followed") == "1"
-    assert "followed" not in seen[-1].data, "the workers' mark is not part of the finished job"
     assert sum(e.type == "message.delta" for e in seen) >= 2, "the text so far, then the rest as it comes"
     assert deltas(seen) == seen[-1].data["result"]["content"] == client.get(late.job_id).result.content
+    assert len(fake_openai.streams(tag)) == 1
 
 
 def test_stream_text_always_writes_text_as_it_streams_with_no_reader(make_fleet):
@@ -92,7 +149,7 @@ def test_stream_text_always_writes_text_as_it_streams_with_no_reader(make_fleet)
 
 
 def test_a_reader_resuming_after_event_k_sees_the_rest_exactly_once(fleet, client):
-    job = client.submit("resume me [[stream delay=0.02 words=40]]", sid("resume"))
+    job = client.submit("resume me [[stream delay=0.02 words=40]]", sid("resume"), stream=True)
     head = []
     for event in client.stream(job.job_id, timeout=60):
         head.append(event)
@@ -145,7 +202,7 @@ def test_a_worker_killed_mid_stream_restarts_the_job_once(make_fleet):
     fleet.wait_ready(doomed)
     client = fleet.client()
     s = sid("kill")
-    job = client.submit(f"survive this {SLOW}", s)
+    job = client.submit(f"survive this {SLOW}", s, stream=True)
     first_event(client, job.job_id, "message.delta")
     fleet.kill(doomed)
     fleet.start_worker(4)
@@ -164,7 +221,7 @@ def test_a_worker_killed_mid_stream_restarts_the_job_once(make_fleet):
 def test_stopping_a_running_turn_closes_the_provider_stream_and_keeps_the_partial_reply(fleet, client, fake_openai):
     s = sid("stop")
     text = f"stop me {uuid.uuid4().hex[:6]} {SLOW}"
-    job = client.submit(text, s)
+    job = client.submit(text, s, stream=True)
     later = client.submit("and then this", s)
     first_event(client, job.job_id, "message.delta")
     asked = time.time()
@@ -213,7 +270,7 @@ def test_stopping_during_a_retry_back_off(make_fleet):
 def test_double_texting_interrupt_and_rollback(fleet, client, mode):
     s = sid(mode)
     client.chat("first, finished", session_id=s, timeout=60)
-    running = client.submit(f"second, to be stopped {SLOW}", s)
+    running = client.submit(f"second, to be stopped {SLOW}", s, stream=True)
     queued = client.submit("third, never run", s)
     first_event(client, running.job_id, "message.delta")
     newest = client.submit("fourth, instead", s, on_busy=mode)

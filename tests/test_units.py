@@ -282,3 +282,14 @@ def test_a_broker_a_direct_push_would_not_reproduce_goes_through_celery():
     app.conf.broker_transport_options = {"global_keyprefix": "x:"}
     assert redis_broker(app) is None and WakePublisher(app, "q").broker is None
     assert redis_broker(make_app(Settings(broker_url="amqp://guest@localhost//"))) is None
+
+
+@pytest.mark.parametrize(("given", "mode"), [("auto", "auto"), ("always", "always"), ("off", "off"),
+                                             ("true", "always"), ("False", "off"), ("0", "off"), (True, "always")])
+def test_stream_setting_reads_its_modes_and_the_old_booleans(given, mode):
+    assert Settings(stream=given).stream == mode
+
+
+def test_stream_setting_refuses_anything_else():
+    with pytest.raises(ValueError, match="stream"):
+        Settings(stream="sometimes")

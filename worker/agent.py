@@ -176,10 +176,18 @@ class Agent:
             if on_retry:
                 await on_retry(error, delay)
 
+        mode = self.provider.settings.stream
+
+        def streamed() -> bool:
+            """``CHATQ_STREAM``: every call, or (``auto``) those of a job somebody asked to watch: the
+            writer is followed once a reader came or the job was submitted to be streamed."""
+            return mode == "always" or mode == "auto" and events is not None and events.followed
+
         try:
             return await self.provider.complete(request, on_retry=retried,
                                                 on_delta=on_delta if events is not None else None,
-                                                pace=events.pace if events is not None else None)
+                                                pace=events.pace if events is not None else None,
+                                                stream=streamed)
         except ProviderError as exc:
             raise AgentError.of(exc.error) from exc
 

@@ -23,7 +23,9 @@ the default: ``chatq.tasks.events`` announces each reader, and ``follow`` is tol
 is kept for the commit, so a job nobody watches costs one write for its whole reply, not one per
 tick. A reader that arrives mid-reply gets the text so far in one delta, then the rest as it comes.
 The provider's reads are paced by the writer too (``pace``): on the process's clock while followed,
-else more slowly (``IdleReads``), which a new follower cuts short.
+else more slowly (``IdleReads``), which a new follower cuts short. ``followed`` also decides whether
+a provider call streams at all under ``CHATQ_STREAM=auto`` (``Agent.complete``); a job submitted
+with ``stream=True`` starts followed.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ class Provider:
                 http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
             )
 
-    async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None, pace: Pace | None = None) -> ChatCompletion:
+    async def _call(self, request: dict[str, Any], on_delta: OnDelta | None = None, pace: Pace | None = None,
+                    stream: bool = True) -> ChatCompletion:
         """POST the request as built: it is already plain JSON, and ``chat.completions.create``
         would re-walk every message and tool schema through the SDK's TypedDict transform (a quarter
         of a worker's CPU at zero latency). ``client.post`` is the SDK's documented way to send a
@@ -152,14 +153,17 @@ class Provider:
 
         The whole call -- connect, the wait for the headers, the body however slowly it trickles in
         -- runs under one ``asyncio.timeout``; the reply comes back unread (the SDK's raw streamed
-        response) so its body is read under the size cap, then judged by ``parse_completion``."""
+        response) so its body is read under the size cap, then judged by ``parse_completion``.
+
+        Streamed when told to (``stream``) and given ``on_delta``; a whole reply is told to
+        ``on_delta`` at once."""
         if self.client is None:
             completion = ChatCompletion.model_validate(offline_model.complete(request))
             if on_delta and completion.choices[0].message.content:
                 on_delta(completion.choices[0].message.content)
             return completion
         s = self.settings
-        streamed = on_delta is not None and s.stream
+        streamed = on_delta is not None and stream
         if streamed:
             request = {**request, "stream": True, "stream_options": {"include_usage": True}}
         deadline = time.monotonic() + s.provider_timeout
@@ -232,13 +236,13 @@ class Provider:
                 on_delta("".join(texts))
 
     async def _measured(self, request: dict[str, Any], on_delta: OnDelta | None, attempt: int = 0,
-                        pace: Pace | None = None) -> ChatCompletion:
+                        pace: Pace | None = None, stream: bool = True) -> ChatCompletion:
         """``_call``, counted: its time and outcome, the time to its first text, calls open; and
         traced, when traces are on (``tracing.provider_call``: ``attempt`` counts the retries)."""
         m = self.metrics
         with provider_call(request, attempt) as span:
             if m is None and span is None:
-                return await self._call(request, on_delta, pace)
+                return await self._call(request, on_delta, pace, stream)
             model, started, first = str(request.get("model")), time.perf_counter(), True
 
             def timed(text: str) -> None:
@@ -255,7 +259,7 @@ class Provider:
             if m is not None:
                 m.calls_in_flight.inc()
             try:
-                completion = await self._call(request, timed if on_delta is not None else None, pace)
+                completion = await self._call(request, timed if on_delta is not None else None, pace, stream)
                 outcome = "ok"
                 if span is not None:
                     span.answered(completion)
@@ -283,15 +287,17 @@ class Provider:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_delta: OnDelta | None = None,
         pace: Pace | None = None,
+        stream: Callable[[], bool] | None = None,
     ) -> ChatCompletion:
         """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff.
-        With ``on_delta``, streamed (unless ``CHATQ_STREAM`` is off); a retry is announced through
-        ``on_retry`` before the new call streams its text again from the start. ``pace``: what a
-        streamed read waits for before reading again (``_read_stream``)."""
+        With ``on_delta``, streamed when ``stream()`` says so at the call's start (asked again for
+        each retry: a reader may have come meanwhile); a retry is announced through ``on_retry``
+        before the new call streams its text again from the start. ``pace``: what a streamed read
+        waits for before reading again (``_read_stream``)."""
         attempt = 0
         while True:
             try:
-                return await self._measured(request, on_delta, attempt, pace)
+                return await self._measured(request, on_delta, attempt, pace, stream is not None and stream())
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:
