@@ -298,7 +298,7 @@ def test_parameters_reach_the_provider_over_the_agents(client, fake_openai):
         if name != "extra_body":
             assert sent[name] == value, name
     assert sent["top_k"] == 20 and sent["chat_template_kwargs"] == {"thinking": False} and "extra_body" not in sent
-    assert sent["stream"] is True and sent["tools"], "chatq's own fields stay"
+    assert sent["tools"] and "stream" not in sent, "chatq's own fields stay (nobody watched: asked whole)"
     plain = client.chat(f"defaults {tag}", sid(), timeout=30)
     assert "temperature" not in fake_openai.recorded(contains=f"defaults {tag}")[-1] and plain.params is None
 
@@ -423,7 +423,7 @@ def test_a_worker_refuses_a_forbidden_override_that_the_door_could_not_know(stri
 
 def test_a_json_schema_request_yields_parsed_and_streams_the_json(client, fake_openai):
     tag = uuid.uuid4().hex[:8]
-    job = client.submit(f"describe a person {tag}", sid(), params={"response_format": Person})
+    job = client.submit(f"describe a person {tag}", sid(), params={"response_format": Person}, stream=True)
     events = list(client.stream(job.job_id, timeout=30))
     job = client.get(job.job_id)
     assert job.status == JobStatus.succeeded, job.error

@@ -165,7 +165,7 @@ def test_retries_in_place_then_gives_up():
     provider = Provider(settings)
     calls, slept = [], []
 
-    async def failing(request, on_delta=None, pace=None):
+    async def failing(request, on_delta=None, pace=None, stream=True):
         calls.append(request)
         raise openai.APIConnectionError(request=None)
 

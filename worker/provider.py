@@ -291,13 +291,14 @@ class Provider:
     ) -> ChatCompletion:
         """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff.
         With ``on_delta``, streamed when ``stream()`` says so at the call's start (asked again for
-        each retry: a reader may have come meanwhile); a retry is announced through ``on_retry``
+        each retry: a reader may have come meanwhile; without it, unless ``CHATQ_STREAM`` is off); a retry is announced through ``on_retry``
         before the new call streams its text again from the start. ``pace``: what a streamed read
         waits for before reading again (``_read_stream``)."""
         attempt = 0
         while True:
             try:
-                return await self._measured(request, on_delta, attempt, pace, stream is not None and stream())
+                streamed = stream() if stream is not None else self.settings.stream != "off"
+                return await self._measured(request, on_delta, attempt, pace, streamed)
             except (openai.APIError, ReplyError) as exc:
                 err = classify(exc)
             if not err.error.retryable or attempt >= self.settings.provider_retries:
