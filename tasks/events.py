@@ -8,9 +8,10 @@ terminal events, in the same step as the state change they announce) and the wor
 session's lease (``chatq.worker.event_writer``: text deltas, tool calls and results, retries).
 The log expires with the job's record (``CHATQ_RESULT_TTL`` after it finishes).
 
-A follower announces itself first (``lua/follow.lua``): a running job's text is written as it
-streams only while somebody follows the job, and otherwise goes out whole with its terminal event
-(``CHATQ_STREAM_TEXT``), so a job nobody watches costs no write per delta.
+A follower announces itself first (``lua/follow.lua``): a job's provider calls stream only once
+somebody follows it (``CHATQ_STREAM=auto``), and a streamed call's text is written as it comes only
+while somebody does (``CHATQ_STREAM_TEXT``), else whole with the terminal event, so a job nobody
+watches costs neither a stream's reading nor a write per delta.
 """
 
 from __future__ import annotations

@@ -291,9 +291,9 @@ class Provider:
     ) -> ChatCompletion:
         """One completion, retried in place on 429/5xx/timeouts/bad replies with jittered backoff.
         With ``on_delta``, streamed when ``stream()`` says so at the call's start (asked again for
-        each retry: a reader may have come meanwhile; without it, unless ``CHATQ_STREAM`` is off); a retry is announced through ``on_retry``
-        before the new call streams its text again from the start. ``pace``: what a streamed read
-        waits for before reading again (``_read_stream``)."""
+        each retry: a reader may have come meanwhile; without ``stream``, unless ``CHATQ_STREAM`` is
+        off); a retry is announced through ``on_retry`` before the new call streams its text again
+        from the start. ``pace``: what a streamed read waits for before reading again (``_read_stream``)."""
         attempt = 0
         while True:
             try:

@@ -1,8 +1,9 @@
--- follow: a reader starts following a job's events. The worker running a job writes its text as it
--- streams only while somebody follows it (CHATQ_STREAM_TEXT=followed); until then it keeps the text
--- for the job's commit, which writes it in the same step as the terminal event. A queued job is
+-- follow: a reader starts following a job's events. The worker running a job streams its provider
+-- calls only once somebody follows it (CHATQ_STREAM=auto: from the next call), and writes a streamed
+-- call's text as it comes only while somebody does (CHATQ_STREAM_TEXT=followed); until then the text
+-- goes to the job's commit, which writes it in the same step as the terminal event. A queued job is
 -- marked, and its take reads the mark; a running one is marked and every worker process is told,
--- the first time only.
+-- the first time only. A submit with stream=True writes the same mark with the job.
 --
 -- KEYS[1] job
 -- ARGV[1] job_id
