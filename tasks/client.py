@@ -320,9 +320,10 @@ class ChatClient:
         retention (seconds it is kept once idle; 0 keeps it). ``params``: chat-completions parameters
         for this request over the agent's (``model``, ``temperature``, ``response_format`` -- a
         pydantic model class works too --, ``extra_body``...; see ``chatq.tasks.request_params``).
-        ``stream``: a reader will follow the job (``stream``): its provider calls stream, and their
-        text is written as it comes, from the start (``CHATQ_STREAM=auto`` streams a job otherwise
-        only once a reader follows it).
+        ``stream``: a reader will follow the job (``ChatClient.stream``, ``GET .../events``): its
+        provider calls stream and their text is written as it comes, from the first call, so a
+        reader that comes a moment later misses nothing (``CHATQ_STREAM=auto`` streams any other
+        job only from the first call after a reader follows it).
         """
         if not (isinstance(on_busy, str) and on_busy in ON_BUSY):
             raise InvalidRequest(f"on_busy must be one of {', '.join(ON_BUSY)}; not {shown(on_busy)}")
