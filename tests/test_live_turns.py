@@ -42,6 +42,13 @@ def follow_whole(client, job_id: str) -> tuple[list, str | None]:
     return seen, status_at_first_delta
 
 
+def until_running(client, job_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(job_id).status != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+
+
 def test_deltas_arrive_before_the_job_finishes_and_add_up_to_the_reply(fleet, client):
     job = client.submit("tell me a story [[stream delay=0.02 words=80]]", sid("live"), stream=True)
     seen, running_at_first_delta = follow_whole(client, job.job_id)
@@ -85,10 +92,7 @@ def test_a_job_submitted_to_stream_gives_a_late_reader_the_text_so_far_then_live
     tag = sid("asked")
     job = client.submit(f"{tag} [[stream delay=0.03 words=100]]", sid("asked"), stream=True)
     assert client.r.hget(client.keys.job(job.job_id), "followed") == "1", "marked as a reader's follow marks it"
-    deadline = time.monotonic() + 30
-    while client.get(job.job_id).status != "running":
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.02)
+    until_running(client, job.job_id)
     time.sleep(0.6)  # the model has written some of its reply by now, and the worker the text so far
     assert deltas(client.events.read(job.job_id)), "written as it streams, before any reader came"
     seen, running_at_first_delta = follow_whole(client, job.job_id)
@@ -103,11 +107,8 @@ def test_a_reader_mid_call_gets_that_calls_text_when_it_ends(fleet, client, fake
     # Nobody watched when the call began, so it was asked for whole: its text comes in one piece.
     tag = sid("midcall")
     job = client.submit(f"{tag} [[stall:1.5]]", sid("midcall"))
-    deadline = time.monotonic() + 30
-    while client.get(job.job_id).status != "running":
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.02)
-    seen, running_at_first_delta = follow_whole(client, job.job_id)
+    until_running(client, job.job_id)
+    seen, _ = follow_whole(client, job.job_id)
     assert [e.type for e in seen] == ["job.started", "message.delta", "job.succeeded"]
     assert deltas(seen) == seen[-1].data["result"]["content"]
     assert fake_openai.streams(tag) == []
@@ -123,10 +124,7 @@ def test_streaming_every_call_keeps_unwatched_text_for_the_commit_until_a_reader
     assert [e.type for e in client.events.read(alone.job_id)] == ["job.started", "message.delta", "job.succeeded"]
     tag = sid("late")
     late = client.submit(f"{tag} [[stream delay=0.03 words=100]]", sid("late"))
-    deadline = time.monotonic() + 30
-    while client.get(late.job_id).status != "running":
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.02)
+    until_running(client, late.job_id)
     time.sleep(0.6)
     assert [e.type for e in client.events.read(late.job_id)] == ["job.started"], "no text written unfollowed"
     seen, running_at_first_delta = follow_whole(client, late.job_id)
