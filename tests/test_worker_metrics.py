@@ -16,6 +16,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive ports that are all free now: a node's processes serve the
+    metrics port, the port + 1... (a lone free port's neighbour may be another socket's)."""
+    for _ in range(100):
+        first, held = free_port(), []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", first + i))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
 def scrape(port: int) -> dict[str, dict[tuple, float]]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
     out: dict[str, dict[tuple, float]] = {}
@@ -63,7 +82,7 @@ def test_a_worker_counts_its_jobs_by_status_error_and_tokens(make_fleet):
 
 
 def test_each_process_of_a_node_serves_its_own_port(make_fleet):
-    port = free_port()
+    port = free_ports(2)
     fleet = make_fleet(metrics_port=str(port), processes="2")
     fleet.wait_ready(fleet.start_worker(None))  # `chatq worker`: two processes, ports port and port + 1
     deadline = time.monotonic() + 30
