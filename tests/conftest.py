@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,7 @@ class Fleet:
         self.env.update({f"CHATQ_{k.upper()}": str(v) for k, v in settings.items()})
         self.tmp = tmp
         self.workers: list[subprocess.Popen] = []
+        self._nodes: dict[int, str | None] = {}  # worker pid: its Celery node name, if known
         # The test's own client sees what the workers see: the fleet's settings that are core settings.
         self.settings = Settings(**{
             "redis_url": redis_url, "broker_url": broker_url, "namespace": self.env["CHATQ_NAMESPACE"],
@@ -96,7 +98,38 @@ class Fleet:
             cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)
+        # ``chatq worker`` names a one-process worker ``chatq-<pid>@<host>`` (chatq/cli.py); a supervisor's
+        # children and ``celery worker`` (``celery@<host>``, shared by every such worker) are not addressable.
+        self._nodes[proc.pid] = f"chatq-{proc.pid}@{socket.gethostname()}" if how == "chatq" and concurrency else None
         return proc
+
+    def nodes(self) -> list[str]:
+        """The Celery node names of this fleet's running worker processes."""
+        live = [proc for proc in self.workers if proc.poll() is None]
+        unnamed = [proc.pid for proc in live if self._nodes.get(proc.pid) is None]
+        assert not unnamed, f"workers {unnamed} have no node name of their own: start them with a concurrency"
+        return [self._nodes[proc.pid] for proc in live]  # type: ignore[misc]
+
+    def pause_consuming(self) -> None:
+        """This fleet's workers stop consuming its Celery queue (hand-offs still reach them).
+
+        Addressed to its own workers: Celery broadcasts a control command without a destination to
+        every worker on the broker, and other test runs on the machine share the test Redis (and
+        RabbitMQ). Their workers told to add a consumer for this queue took its wake-ups and dropped
+        them (their store has none of its sessions), which a sweeper's re-wakes, through the same
+        queue, did not always outrun."""
+        self._consumers("cancel_consumer")
+
+    def resume_consuming(self) -> None:
+        """Undo ``pause_consuming``: this fleet's workers consume its queue again."""
+        self._consumers("add_consumer")
+
+    def _consumers(self, command: str) -> None:
+        nodes = self.nodes()
+        control = self.client().app.control
+        replies = getattr(control, command)(self.settings.queue, destination=nodes, reply=True, timeout=10)
+        answered = {node for reply in replies or [] for node in reply}
+        assert answered == set(nodes), f"{command}: {sorted(set(nodes) - answered)} did not answer"
 
     def log_path(self, index: int) -> Path:
         return self.tmp / f"worker-{index}.log"

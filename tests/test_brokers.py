@@ -160,13 +160,39 @@ def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(bfleet,
     queue = bfleet.settings.queue
     assert bclient.chat("warm up", timeout=30).status == "succeeded"
     _until(lambda: bclient.r.zcard(bclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
-    bclient.app.control.cancel_consumer(queue, reply=True)
+    bfleet.pause_consuming()
     try:
         job = bclient.submit("hello, nobody is consuming wake-ups")
         assert bclient.wait(job.job_id, 30).status == "succeeded", bfleet.logs()
         assert ready_count(bfleet) == 0, "no Celery message was published for it"
     finally:
-        bclient.app.control.add_consumer(queue, reply=True)
+        bfleet.resume_consuming()
+
+
+def consumed(fleet: Fleet, nodes: list[str]) -> dict[str, set[str]]:
+    """The Celery queues each of these worker nodes consumes, as the workers answer."""
+    replies = fleet.client().app.control.inspect(destination=nodes, timeout=10).active_queues() or {}
+    return {node: {q["name"] for q in queues} for node, queues in replies.items()}
+
+
+def test_pausing_a_fleets_consumers_leaves_other_fleets_on_the_broker_alone(bfleet, tmp_path, fake_openai,
+                                                                           broker_url):
+    """Another fleet on the same broker (another test run on the machine shares it) is a bystander: told
+    to add a consumer for this fleet's queue, its workers would take this fleet's wake-ups and drop them,
+    their store holding none of its sessions (``test_a_small_batch_and_wait`` then timed out)."""
+    other = Fleet(tmp_path, fake_openai.base_url, broker_url=broker_url)
+    try:
+        other.wait_ready(other.start_worker(4))
+        bfleet.pause_consuming()
+        try:
+            assert consumed(bfleet, bfleet.nodes()) == {node: set() for node in bfleet.nodes()}
+            assert consumed(other, other.nodes()) == {other.nodes()[0]: {other.settings.queue}}
+        finally:
+            bfleet.resume_consuming()
+        assert consumed(bfleet, bfleet.nodes()) == {node: {bfleet.settings.queue} for node in bfleet.nodes()}
+        assert consumed(other, other.nodes()) == {other.nodes()[0]: {other.settings.queue}}
+    finally:
+        other.stop()
 
 
 def test_a_small_batch_and_wait(bfleet, bclient):

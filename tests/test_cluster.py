@@ -120,14 +120,14 @@ def test_a_session_is_handed_to_a_waiting_process_with_no_celery_message(cfleet,
     queue = cfleet.settings.queue
     assert cclient.chat("warm up", timeout=30).status == "succeeded"
     until(lambda: cclient.r.zcard(cclient.keys.idle(queue)) > 0, "a worker waits for hand-offs")
-    cclient.app.control.cancel_consumer(queue, reply=True)
+    cfleet.pause_consuming()
     try:
         job = cclient.submit("hello, nobody is consuming wake-ups")
         done = cclient.wait(job.job_id, 30)
         assert done.status == "succeeded", cfleet.logs()
         assert ready_count(cfleet) == 0, "no Celery message was published for it"
     finally:
-        cclient.app.control.add_consumer(queue, reply=True)
+        cfleet.resume_consuming()
 
 
 def test_a_small_batch_and_wait(cfleet, cclient):

@@ -169,7 +169,7 @@ def with_waiting_worker(make_fleet, idle_wait: str):
 
 def test_fleet_serves_a_new_session_with_its_celery_consumer_cancelled(make_fleet):
     fleet, worker, client = with_waiting_worker(make_fleet, "20")
-    client.app.control.cancel_consumer(fleet.settings.queue, reply=True)
+    fleet.pause_consuming()
     broker = redis.Redis.from_url(fleet.settings.broker)
     job = client.submit("hello, nobody is consuming wake-ups")
     done = client.wait(job.job_id, 30)
