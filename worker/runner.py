@@ -201,6 +201,11 @@ class SessionRunner:
                 taken = await sp.machine.take(session_id, token, head, self.settings.max_attempts, self.identity,
                                               self.history_limit, acquire_ms)
                 if taken.outcome in (TakeOutcome.released, TakeOutcome.lost):
+                    if not ran and taken.outcome is TakeOutcome.released:
+                        # Usual for a repeated wake-up; a fleet that keeps logging it for sessions its
+                        # store never had shares its broker queue with another store's fleet.
+                        log.debug("woken for session %s (namespace %s): nothing queued to take", session_id,
+                                  sp.keys.ns)
                     return ran
                 if acquire_ms:
                     acquire_ms = 0
