@@ -338,6 +338,7 @@ class StreamBench(run.Bench):
         self.mode: str | None = None  # the node's CHATQ_STREAM
         self.warmups = 0
         self.logs: list[dict[str, float]] = []  # per cost run: its event logs' entries and bytes per job
+        self.repeats: list[int] = []  # per cost run: which repeat it belongs to
         self.delays: list[Delays] = []
 
     def waiters(self) -> int:
@@ -411,9 +412,9 @@ class StreamBench(run.Bench):
                 suffix = f"-r{i}" if o.repeat > 1 else ""
                 for mode in order:
                     self.set_mode(mode)
-                    run = self._chatq_run(latency, suffix, name=f"stream {mode}", words=o.words,
-                                          chunk_delay=o.cost_chunk_delay, stream=mode == "asked")
-                    run.repeat = i  # type: ignore[attr-defined]
+                    self._chatq_run(latency, suffix, name=f"stream {mode}", words=o.words,
+                                    chunk_delay=o.cost_chunk_delay, stream=mode == "asked")
+                    self.repeats.append(i)
                     self.logs.append(self._drop_jobs())
                 order.reverse()  # alternate, and no restart between repeats or latencies
 
@@ -506,13 +507,13 @@ def cost_table(runs: list[Run], logs: list[dict[str, float]]) -> str:
                           "client+workers", "total", "log entries/job", "log B/job", "lost+reordered"], rows)
 
 
-def cost_ratios(runs: list[Run]) -> dict[tuple[float, str], list[tuple[float, float, float]]]:
-    """Per latency and setting, against the same repeat's ``off`` run: (CPU ms per job of client +
-    workers with the setting, without, the ratio)."""
+def cost_ratios(runs: list[Run], repeats: list[int]) -> dict[tuple[float, str], list[tuple[float, float, float]]]:
+    """Per latency and setting, against the same repeat's ``off`` run (``repeats``: each run's):
+    (CPU ms per job of client + workers with the setting, without, the ratio)."""
     out: dict[tuple[float, str], list[tuple[float, float, float]]] = {}
-    offs = {(r.latency, getattr(r, "repeat", 0)): r for r in runs if r.name == "stream off"}
-    for r in runs:
-        off = offs.get((r.latency, getattr(r, "repeat", 0)))
+    offs = {(r.latency, i): r for r, i in zip(runs, repeats) if r.name == "stream off"}
+    for r, i in zip(runs, repeats):
+        off = offs.get((r.latency, i))
         if r.name == "stream off" or off is None:
             continue
         a, b = _client(r) + r.cpu_ms.get("workers", 0.0), _client(off) + off.cpu_ms.get("workers", 0.0)
@@ -595,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                     for reader in dict.fromkeys(readers):
                         bench.latency_phase(reader, rate)
     shutil.rmtree(logdir, ignore_errors=True)
-    ratios = cost_ratios(bench.runs)
+    ratios = cost_ratios(bench.runs, bench.repeats)
     if bench.runs:
         print("\nStreaming cost: the same workload in each setting, no reader (CPU ms per job by process; "
               "client = this process: submit + ChatClient.wait; log = the job's event log in Redis)")
